@@ -1,0 +1,14 @@
+"""gleak_edu: learn gradient leakage in federated learning, hands on.
+
+Modules: :mod:`~gleak_edu.data` (offline real images), :mod:`~gleak_edu.models`
+(victims), :mod:`~gleak_edu.fl` (what a client shares), :mod:`~gleak_edu.attacks`
+(DLG, iDLG), :mod:`~gleak_edu.defenses` (noise, pruning), :mod:`~gleak_edu.metrics`
+(MSE, PSNR, SSIM, label accuracy), :mod:`~gleak_edu.viz` (figures) and
+:mod:`~gleak_edu.widgets` (live views, sliders).
+"""
+
+__version__ = "0.1.0"
+
+from gleak_edu import attacks, data, defenses, fl, metrics, models  # noqa: E402
+
+__all__ = ["attacks", "data", "defenses", "fl", "metrics", "models", "__version__"]

@@ -1,0 +1,11 @@
+"""Gradient leakage attacks. Every attack is called the same way::
+
+    result = attack(model, shared, input_shape=(B, C, H, W), num_classes=K, ..., callback=None)
+
+and returns an :class:`AttackResult` (reconstruction, labels, history, timing).
+"""
+
+from gleak_edu.attacks._common import AttackResult, AttackState
+from gleak_edu.attacks.dlg import dlg, idlg, idlg_label
+
+__all__ = ["AttackResult", "AttackState", "dlg", "idlg", "idlg_label"]

@@ -1,0 +1,276 @@
+"""What every attack shares: the result type, the live-view state, the hot-path setup."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gleak_edu import metrics
+
+__all__ = ["AttackResult", "AttackState", "Callback", "fast_attack_mode", "check_input_shape", "Recorder"]
+
+
+@dataclass
+class AttackState:
+    """A snapshot handed to the callback every ``callback_every`` iterations.
+
+    Attributes:
+        attack: the attack's name (``"DLG"``, ``"iDLG"``).
+        iteration: optimiser steps done (1-based).
+        evaluations: gradient-matching evaluations (closure calls) so far.
+        seconds: attack compute time so far (callbacks and metrics excluded).
+        loss: the current gradient-matching loss.
+        estimate: current reconstruction, float32 ``[B, C, H, W]`` clamped to [0, 1].
+        labels: current label estimate, int64 ``[B]``.
+        psnr: mean PSNR in dB against the truth, if the truth was given.
+        done: True for the final call.
+    """
+
+    attack: str
+    iteration: int
+    evaluations: int
+    seconds: float
+    loss: float
+    estimate: torch.Tensor
+    labels: torch.Tensor
+    psnr: float | None = None
+    done: bool = False
+
+
+Callback = Callable[[AttackState], Any]
+
+
+@dataclass
+class AttackResult:
+    """What an attack returns.
+
+    Attributes:
+        attack: ``"DLG"``, ``"iDLG"``, ...
+        reconstruction: float32 ``[B, C, H, W]`` in [0, 1], the estimate with the
+            lowest gradient-matching loss seen (not necessarily the last one).
+        labels: int64 ``[B]``, the recovered labels.
+        loss: the lowest gradient-matching loss reached.
+        iterations: optimiser steps run.
+        evaluations: closure evaluations (forward + double backward) run.
+        seconds: compute time of the attack loop, callbacks and metrics excluded.
+        history: one dict per step: ``iteration``, ``evaluations``, ``seconds``,
+            ``loss``, and ``psnr`` (dB, mean over the batch) when the truth was
+            given; ``ssim`` is added every ``metrics_every`` steps and at the end;
+            ``note`` marks restarts.
+        restarts: how many times the attack restarted from a fresh dummy.
+        diverged: True if the last run's loss became NaN/inf or exploded with no
+            restart left; the reconstruction is the best estimate before it.
+        message: a human-readable note on how the run ended.
+        metrics: final ``psnr``, ``ssim``, ``mse`` (per image lists and means) and
+            ``label_accuracy`` when the truth was given.
+    """
+
+    attack: str
+    reconstruction: torch.Tensor
+    labels: torch.Tensor
+    loss: float
+    iterations: int
+    evaluations: int
+    seconds: float
+    history: list[dict] = field(default_factory=list)
+    diverged: bool = False
+    message: str = ""
+    metrics: dict = field(default_factory=dict)
+    restarts: int = 0
+
+    def seconds_to(self, psnr_db: float) -> float | None:
+        """Compute seconds until the mean PSNR first reached ``psnr_db`` (None if never)."""
+        for rec in self.history:
+            if rec.get("psnr") is not None and rec["psnr"] >= psnr_db:
+                return rec["seconds"]
+        return None
+
+    def evaluations_to(self, psnr_db: float) -> int | None:
+        """Evaluations until the mean PSNR first reached ``psnr_db`` (None if never)."""
+        for rec in self.history:
+            if rec.get("psnr") is not None and rec["psnr"] >= psnr_db:
+                return rec["evaluations"]
+        return None
+
+    def __repr__(self) -> str:
+        m = ""
+        if self.metrics:
+            m = f", psnr={self.metrics['psnr_mean']:.1f} dB, ssim={self.metrics['ssim_mean']:.3f}"
+        return (
+            f"AttackResult({self.attack}, labels={self.labels.tolist()}, loss={self.loss:.3g}, "
+            f"iterations={self.iterations}, evaluations={self.evaluations}, "
+            f"seconds={self.seconds:.2f}{m}{', DIVERGED' if self.diverged else ''})"
+        )
+
+
+def check_input_shape(input_shape: Sequence[int], model: nn.Module) -> tuple[int, int, int, int]:
+    """Validate ``input_shape`` = (B, C, H, W) against the model's expected image shape."""
+    shape = tuple(int(s) for s in input_shape)
+    if len(shape) != 4 or any(s < 1 for s in shape):
+        raise ValueError(f"input_shape must be (B, C, H, W) with positive sizes, got {tuple(input_shape)}")
+    expected = getattr(model, "input_shape", None)
+    if expected is not None and tuple(shape[1:]) != tuple(expected):
+        raise ValueError(f"input_shape {shape} does not fit the model, which takes images of shape {tuple(expected)}")
+    return shape  # type: ignore[return-value]
+
+
+def _unfold_conv(conv: nn.Conv2d) -> Callable:
+    """Conv2d as im2col + matmul: same values, much cheaper double backward on a CPU."""
+    k, s, p = conv.kernel_size, conv.stride, conv.padding
+
+    def forward(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        b, _, h, w = x.shape
+        ho = (h + 2 * p[0] - k[0]) // s[0] + 1
+        wo = (w + 2 * p[1] - k[1]) // s[1] + 1
+        cols = F.unfold(x, k, padding=p, stride=s)
+        out = weight.reshape(weight.shape[0], -1) @ cols
+        if bias is not None:
+            out = out + bias[:, None]
+        return out.reshape(b, weight.shape[0], ho, wo)
+
+    return forward
+
+
+@contextlib.contextmanager
+def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[None]:
+    """Hot-path settings for an attack loop, undone on exit.
+
+    - flush denormal floats to zero (late iterations near zero loss otherwise
+      slow down many times);
+    - run plain 2-D convolutions as im2col + matmul (identical values; their
+      double backward is 2-3x cheaper than the convolution kernels' on a CPU);
+    - use ``num_threads`` intra-op threads (1 is fastest for the course's tiny
+      models on a 2-core CPU; None leaves the setting alone).
+    """
+    old_threads = torch.get_num_threads()
+    patched = []
+    for m in model.modules():
+        if (
+            type(m) is nn.Conv2d
+            and m.groups == 1
+            and m.padding_mode == "zeros"
+            and m.dilation == (1, 1)
+            and not isinstance(m.padding, str)
+        ):
+            m._conv_forward = _unfold_conv(m)  # instance attribute shadows the method
+            patched.append(m)
+    torch.set_flush_denormal(True)
+    if num_threads is not None:
+        torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m._conv_forward
+        torch.set_flush_denormal(False)
+        torch.set_num_threads(old_threads)
+
+
+class Recorder:
+    """Keeps the clock (pausing it for callbacks and metrics), history and best estimate."""
+
+    def __init__(
+        self,
+        attack: str,
+        truth: torch.Tensor | None,
+        callback: Callback | None,
+        callback_every: int,
+        metrics_every: int,
+        progress: bool,
+        iterations: int,
+    ) -> None:
+        if callback_every < 1 or metrics_every < 1:
+            raise ValueError("callback_every and metrics_every must be at least 1")
+        self.attack = attack
+        self.truth = truth.detach().float() if truth is not None else None
+        self.callback = callback
+        self.callback_every = int(callback_every)
+        self.metrics_every = int(metrics_every)
+        self.history: list[dict] = []
+        self.seconds = 0.0
+        self.evaluations = 0
+        self.best_loss = math.inf
+        self.best: torch.Tensor | None = None
+        self.best_labels: torch.Tensor | None = None
+        self._t0 = time.perf_counter()
+        self.bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=iterations, desc=attack, leave=False)
+
+    def pause(self) -> None:
+        self.seconds += time.perf_counter() - self._t0
+
+    def resume(self) -> None:
+        self._t0 = time.perf_counter()
+
+    def offer(self, loss: float, estimate: torch.Tensor, labels: Callable[[], torch.Tensor]) -> None:
+        """Keep ``estimate`` if its loss is the lowest so far (cheap: one small copy)."""
+        if loss < self.best_loss:
+            self.best_loss = loss
+            self.best = estimate.detach().clone()
+            self.best_labels = labels()
+
+    def record(
+        self, iteration: int, loss: float, estimate: torch.Tensor, labels: torch.Tensor, final: bool = False, note: str | None = None
+    ) -> bool:
+        """Log one step; call the callback when due. Returns True if the callback asked to stop."""
+        self.pause()
+        rec: dict[str, Any] = {
+            "iteration": iteration,
+            "evaluations": self.evaluations,
+            "seconds": self.seconds,
+            "loss": loss,
+        }
+        if note:
+            rec["note"] = note
+        est = estimate.detach().clamp(0, 1)
+        psnr = None
+        if self.truth is not None:
+            psnr = float(metrics.psnr(est, self.truth).mean())
+            rec["psnr"] = psnr
+            if final or iteration % self.metrics_every == 0:
+                rec["ssim"] = float(metrics.ssim(est, self.truth).mean())
+        self.history.append(rec)
+        stop = False
+        if self.callback is not None and (final or iteration % self.callback_every == 0):
+            state = AttackState(
+                self.attack, iteration, self.evaluations, self.seconds, loss, est.clone(), labels.clone(), psnr, final
+            )
+            stop = bool(self.callback(state))
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(loss=f"{loss:.2e}", **({"psnr": f"{psnr:.1f}"} if psnr is not None else {}))
+        self.resume()
+        return stop
+
+    def close(self) -> None:
+        self.pause()
+        if self.bar is not None:
+            self.bar.close()
+
+    def final_metrics(self, reconstruction: torch.Tensor, labels: torch.Tensor, true_labels: torch.Tensor | None) -> dict:
+        if self.truth is None:
+            return {}
+        p = metrics.psnr(reconstruction, self.truth)
+        s = metrics.ssim(reconstruction, self.truth)
+        e = metrics.mse(reconstruction, self.truth)
+        out = {
+            "psnr": p.tolist(),
+            "ssim": s.tolist(),
+            "mse": e.tolist(),
+            "psnr_mean": float(p.mean()),
+            "ssim_mean": float(s.mean()),
+            "mse_mean": float(e.mean()),
+        }
+        if true_labels is not None:
+            out["label_accuracy"] = metrics.label_accuracy(labels, true_labels)
+        return out

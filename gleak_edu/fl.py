@@ -1,0 +1,124 @@
+"""What a federated-learning client shares (FedSGD), and checks on it.
+
+A *shared gradient* is an ordered mapping ``parameter name -> gradient tensor``
+(float32, same shape as the parameter), in ``model.named_parameters()`` order,
+exactly as a FedSGD client sends it after one local step on its private batch.
+Attacks and defenses take and return this mapping.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Callable, Mapping
+
+import torch
+from torch import nn
+import torch.nn.functional as F
+
+__all__ = ["SharedGradient", "SharedGradientError", "client_gradient", "check_shared", "check_batch"]
+
+SharedGradient = "OrderedDict[str, torch.Tensor]"
+
+
+class SharedGradientError(ValueError):
+    """A shared gradient that does not fit the model (names, shapes, values)."""
+
+
+def check_batch(model: nn.Module, x: torch.Tensor, y: torch.Tensor, num_classes: int | None = None) -> None:
+    """Check a private batch: x float ``[B, C, H, W]`` in [0, 1], y int64 ``[B]``.
+
+    Raises:
+        TypeError: if x is not a floating tensor or y not an integer tensor.
+        ValueError: for wrong dimensions, mismatched batch sizes, pixels outside
+            [0, 1], non-finite pixels, or labels outside ``0 .. num_classes - 1``.
+    """
+    if not torch.is_tensor(x) or not x.is_floating_point():
+        raise TypeError("x must be a float tensor of images [B, C, H, W] with pixels in [0, 1]")
+    if x.ndim != 4:
+        raise ValueError(f"x must have shape [B, C, H, W]; got {tuple(x.shape)} (add a batch dimension with x[None])")
+    if not torch.is_tensor(y) or y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError("y must be an int64 tensor of class indices [B]")
+    if y.ndim != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(f"y must have shape [B] = [{x.shape[0]}]; got {tuple(y.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("x contains NaN or inf pixels")
+    if float(x.min()) < 0.0 or float(x.max()) > 1.0:
+        raise ValueError(
+            f"pixels must lie in [0, 1]; got min {float(x.min()):.3g}, max {float(x.max()):.3g} "
+            "(divide 8-bit images by 255)"
+        )
+    shape = getattr(model, "input_shape", None)
+    if shape is not None and tuple(x.shape[1:]) != tuple(shape):
+        raise ValueError(f"the model expects images of shape {tuple(shape)}, got {tuple(x.shape[1:])}")
+    k = num_classes if num_classes is not None else getattr(model, "num_classes", None)
+    if k is not None and (int(y.min()) < 0 or int(y.max()) >= k):
+        raise ValueError(f"labels must lie in 0..{k - 1}; got {y.tolist()}")
+
+
+def client_gradient(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> "OrderedDict[str, torch.Tensor]":
+    """The gradient a FedSGD client shares after one local step on (x, y).
+
+    Args:
+        model: the global model (the client and the server both know its weights).
+        x: private images, float32 ``[B, C, H, W]`` in [0, 1].
+        y: private labels, int64 ``[B]``.
+        loss_fn: ``loss_fn(logits, y) -> scalar``; default mean cross-entropy.
+
+    Returns:
+        OrderedDict ``name -> float32 tensor`` (detached), one entry per
+        parameter that requires grad, in ``named_parameters()`` order.
+
+    Raises:
+        TypeError, ValueError: for a malformed batch (see :func:`check_batch`).
+    """
+    check_batch(model, x, y)
+    loss_fn = loss_fn or F.cross_entropy
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    loss = loss_fn(model(x), y)
+    grads = torch.autograd.grad(loss, params)
+    return OrderedDict((n, g.detach().clone()) for n, g in zip(names, grads))
+
+
+def check_shared(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> None:
+    """Check that ``shared`` is a gradient of ``model``: same names, order, shapes, finite.
+
+    Raises:
+        SharedGradientError: naming the first missing, unexpected or misshapen
+            parameter, or the first parameter with NaN/inf entries.
+    """
+    if not isinstance(shared, Mapping):
+        raise SharedGradientError(
+            f"shared must be a mapping parameter name -> gradient tensor, got {type(shared).__name__}"
+        )
+    expected = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    names = list(shared.keys())
+    for i, (name, param) in enumerate(expected):
+        if name not in shared:
+            raise SharedGradientError(
+                f"the shared gradient has no entry for model parameter {name!r} "
+                f"(it has {names[:4]}{'...' if len(names) > 4 else ''}); was it computed on another model?"
+            )
+        g = shared[name]
+        if not torch.is_tensor(g):
+            raise SharedGradientError(f"shared[{name!r}] is a {type(g).__name__}, not a tensor")
+        if tuple(g.shape) != tuple(param.shape):
+            raise SharedGradientError(
+                f"shared[{name!r}] has shape {tuple(g.shape)} but the model parameter has shape "
+                f"{tuple(param.shape)}; was it computed on another model or input size?"
+            )
+        if not torch.isfinite(g).all():
+            raise SharedGradientError(
+                f"shared[{name!r}] contains NaN or inf values; a gradient must be finite "
+                "(check the defense's parameters)"
+            )
+    extra = [n for n in names if n not in dict(expected)]
+    if extra:
+        raise SharedGradientError(
+            f"the shared gradient has entry {extra[0]!r}, which is not a trainable parameter of the model"
+        )

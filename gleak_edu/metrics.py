@@ -1,0 +1,87 @@
+"""Reconstruction and label metrics.
+
+Images are float ``[B, C, H, W]`` (or ``[C, H, W]``) with pixels in [0, 1]; both
+arguments are clamped to [0, 1] first. Per-image values are returned as float64
+tensors ``[B]``; average them yourself (``.mean()``) so that the per-image
+spread stays visible.
+
+- PSNR: ``10 log10(1 / MSE)`` in dB per image (peak 1), capped at 100 dB for
+  identical images.
+- SSIM: scikit-image's ``structural_similarity`` (Wang et al. 2004; 7x7 uniform
+  window, or the largest odd window that fits small images; data range 1;
+  colour channels averaged).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import torch
+
+__all__ = ["mse", "psnr", "ssim", "label_accuracy", "match_order", "PSNR_CAP_DB"]
+
+PSNR_CAP_DB = 100.0
+
+
+def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    x = torch.as_tensor(x).detach().to(torch.float64)
+    y = torch.as_tensor(y).detach().to(torch.float64)
+    if x.ndim == 3:
+        x = x[None]
+    if y.ndim == 3:
+        y = y[None]
+    if x.shape != y.shape or x.ndim != 4:
+        raise ValueError(
+            f"images must both be [B, C, H, W] of the same shape; got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
+    return x.clamp(0, 1), y.clamp(0, 1)
+
+
+def mse(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Mean squared error per image (pixels in [0, 1]), float64 ``[B]``."""
+    x, y = _pair(x, y)
+    return ((x - y) ** 2).flatten(1).mean(1)
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image in dB (peak 1), float64 ``[B]``, at most 100 dB."""
+    m = mse(x, y).clamp_min(10 ** (-PSNR_CAP_DB / 10))
+    return 10.0 * torch.log10(1.0 / m)
+
+
+def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Structural similarity per image (scikit-image), float64 ``[B]`` in [-1, 1]."""
+    from skimage.metrics import structural_similarity
+
+    x, y = _pair(x, y)
+    side = min(x.shape[-2:])
+    win = min(7, side if side % 2 == 1 else side - 1)
+    out = []
+    for a, b in zip(x.numpy(), y.numpy()):
+        out.append(structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=win))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def label_accuracy(predicted, true) -> float:
+    """Fraction of true labels recovered, order-invariant (multiset overlap / batch size)."""
+    p = Counter(int(v) for v in torch.as_tensor(predicted).flatten())
+    t = Counter(int(v) for v in torch.as_tensor(true).flatten())
+    n = sum(t.values())
+    if n == 0:
+        raise ValueError("no true labels given")
+    return sum((p & t).values()) / n
+
+
+def match_order(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
+    """Permutation ``perm`` so that ``reconstruction[perm][i]`` best matches ``truth[i]``.
+
+    Attacks on a batch recover the images in any order; this pairs them by
+    minimum total MSE (Hungarian algorithm, scipy). Returns int64 ``[B]``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    r, t = _pair(reconstruction, truth)
+    cost = ((t.flatten(1)[:, None, :] - r.flatten(1)[None, :, :]) ** 2).mean(-1).numpy()
+    _, cols = linear_sum_assignment(cost)
+    return torch.as_tensor(np.asarray(cols), dtype=torch.int64)

@@ -1,0 +1,191 @@
+"""Victim models of the course.
+
+Every model takes float32 images ``[B, C, H, W]`` with pixels in [0, 1] and
+returns logits ``[B, num_classes]`` (float32). Parameter names are stable
+(``features.0.weight`` ... ``classifier.weight``) because the shared gradient is
+keyed by them.
+
+- :class:`LeNetZhu` is the victim of DLG (Zhu, Liu, Han, NeurIPS 2019) and iDLG
+  (Zhao, Mopuri, Bilen, 2020): three 5x5 convolutions with sigmoid and one linear
+  layer. ReLU and tanh are selectable to show the failure modes.
+- :class:`MLP` is a fully connected network whose first layer is linear with a
+  bias (the case where one row of its gradient gives the input back exactly).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["ACTIVATIONS", "LeNetZhu", "MLP", "uniform_init_", "build_model", "output_layer"]
+
+ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def _activation(name: str) -> nn.Module:
+    try:
+        return ACTIVATIONS[name]()
+    except KeyError:
+        raise ValueError(
+            f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}"
+        ) from None
+
+
+def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
+    if len(input_shape) != 3 or any(int(s) < 1 for s in input_shape):
+        raise ValueError(
+            f"input_shape must be (channels, height, width) with positive sizes, got {tuple(input_shape)}"
+        )
+    c, h, w = (int(s) for s in input_shape)
+    return c, h, w
+
+
+class LeNetZhu(nn.Module):
+    """The LeNet variant of DLG (Zhu et al., 2019).
+
+    Conv(C->12, k5, pad 2, stride 2) -> act -> Conv(12->12, k5, pad 2, stride 2)
+    -> act -> Conv(12->12, k5, pad 2, stride 1) -> act -> flatten -> Linear(->
+    num_classes). For 32x32 inputs the flattened size is 768, as in the paper.
+
+    Args:
+        input_shape: (channels, height, width) of one image, e.g. (3, 32, 32).
+        num_classes: number of output classes (100 in the DLG paper, CIFAR-100).
+        activation: ``"sigmoid"`` (the paper's; attacks work), ``"relu"`` or
+            ``"tanh"`` (to show what breaks DLG).
+
+    Input: float32 ``[B, C, H, W]`` in [0, 1]. Output: logits float32 ``[B, num_classes]``.
+
+    Raises:
+        ValueError: for an unknown activation or a malformed ``input_shape``.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 100,
+        activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        c, h, w = _check_input_shape(input_shape)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.input_shape = (c, h, w)
+        self.num_classes = int(num_classes)
+        self.activation = activation
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 12, kernel_size=5, padding=2, stride=2),
+            _activation(activation),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=2),
+            _activation(activation),
+            nn.Conv2d(12, 12, kernel_size=5, padding=2, stride=1),
+            _activation(activation),
+        )
+        h2, w2 = (h + 1) // 2, (w + 1) // 2
+        h3, w3 = (h2 + 1) // 2, (w2 + 1) // 2
+        self.classifier = nn.Linear(12 * h3 * w3, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x).flatten(1))
+
+
+class MLP(nn.Module):
+    """A fully connected classifier: flatten -> [Linear -> act] x len(hidden) -> Linear.
+
+    Args:
+        input_shape: (channels, height, width) of one image.
+        num_classes: number of output classes.
+        hidden: widths of the hidden layers (default two layers of 256).
+        activation: ``"sigmoid"``, ``"relu"`` or ``"tanh"``.
+
+    Input: float32 ``[B, C, H, W]`` in [0, 1]. Output: logits float32 ``[B, num_classes]``.
+    Parameters are named ``features.0.weight`` (first linear layer, with bias),
+    ..., ``classifier.weight``.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 100,
+        hidden: Sequence[int] = (256, 256),
+        activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        c, h, w = _check_input_shape(input_shape)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.input_shape = (c, h, w)
+        self.num_classes = int(num_classes)
+        self.activation = activation
+        layers: list[nn.Module] = []
+        width = c * h * w
+        for size in hidden:
+            layers += [nn.Linear(width, int(size)), _activation(activation)]
+            width = int(size)
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x.flatten(1)))
+
+
+def uniform_init_(model: nn.Module, bound: float = 0.5, seed: int | None = None) -> nn.Module:
+    """Re-initialise every parameter uniformly in [-bound, bound] (DLG's init), in place.
+
+    Args:
+        model: any module; all its parameters are overwritten.
+        bound: half-width of the interval (0.5 in DLG and GRNN).
+        seed: if given, the draw uses its own ``torch.Generator`` so the global
+            RNG is untouched and the weights are reproducible.
+
+    Returns the same model, for chaining.
+    """
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.rand(p.shape, generator=gen) * (2 * bound) - bound)
+    return model
+
+
+MODELS = {"lenet-zhu": LeNetZhu, "mlp": MLP}
+
+
+def build_model(
+    name: str,
+    input_shape: Sequence[int] = (3, 32, 32),
+    num_classes: int = 100,
+    activation: str = "sigmoid",
+    seed: int | None = 0,
+) -> nn.Module:
+    """Build a course victim by name (``"lenet-zhu"`` or ``"mlp"``) with DLG's init.
+
+    Weights are uniform(-0.5, 0.5) drawn from ``seed`` (so the same seed gives the
+    same model everywhere: notebook, CLI, tests, benchmark).
+
+    Raises:
+        ValueError: for an unknown model name or activation.
+    """
+    try:
+        cls = MODELS[name]
+    except KeyError:
+        raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    model = cls(input_shape=input_shape, num_classes=num_classes, activation=activation)
+    return uniform_init_(model, 0.5, seed=seed)
+
+
+def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
+    """The last ``nn.Linear`` of a model (its classification layer), with its name.
+
+    Raises:
+        ValueError: if the model has no linear layer.
+    """
+    found = None
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    if found is None:
+        raise ValueError(
+            "the model has no nn.Linear layer, so there is no output layer to read labels from"
+        )
+    return found

@@ -1,0 +1,164 @@
+"""Static figures: image grids, original-vs-reconstruction, curves, the threat model.
+
+Every function returns a ``matplotlib.figure.Figure`` (and does not call
+``plt.show()``), so the same code works in notebooks, scripts and tests.
+Images are float ``[B, C, H, W]`` or ``[C, H, W]`` tensors with pixels in [0, 1].
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Iterable, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["STYLE", "to_numpy_image", "png_bytes", "show_images", "compare_figure", "history_figure", "threat_model_figure"]
+
+# One style for every figure of the course.
+STYLE = {"cell": 1.7, "cmap": "gray", "title_size": 9, "font_size": 9, "dpi": 100}
+
+
+def _plt():
+    import matplotlib
+
+    if matplotlib.get_backend().lower() not in ("agg",) and not _in_notebook():
+        matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"font.size": STYLE["font_size"], "figure.dpi": STYLE["dpi"]})
+    return plt
+
+
+def _in_notebook() -> bool:
+    try:
+        from IPython import get_ipython
+
+        return get_ipython() is not None
+    except Exception:
+        return False
+
+
+def to_numpy_image(image: torch.Tensor) -> np.ndarray:
+    """``[C, H, W]`` (or ``[1, C, H, W]``) tensor in [0, 1] -> HxW or HxWx3 numpy array in [0, 1]."""
+    t = torch.as_tensor(image).detach().float().cpu()
+    if t.ndim == 4:
+        if t.shape[0] != 1:
+            raise ValueError(f"expected one image, got a batch of {t.shape[0]}")
+        t = t[0]
+    if t.ndim != 3:
+        raise ValueError(f"expected an image [C, H, W], got shape {tuple(t.shape)}")
+    t = t.clamp(0, 1)
+    if t.shape[0] == 1:
+        return t[0].numpy()
+    return t.permute(1, 2, 0).numpy()
+
+
+def png_bytes(image: torch.Tensor, scale: int = 4) -> bytes:
+    """PNG bytes of one image, enlarged ``scale`` times with nearest-neighbour pixels."""
+    from matplotlib import image as mpimg
+
+    arr = to_numpy_image(image)
+    arr = np.kron(arr, np.ones((scale, scale) + ((1,) if arr.ndim == 3 else ()), dtype=arr.dtype))
+    buf = io.BytesIO()
+    mpimg.imsave(buf, arr, cmap=STYLE["cmap"] if arr.ndim == 2 else None, vmin=0, vmax=1, format="png")
+    return buf.getvalue()
+
+
+def show_images(
+    images: torch.Tensor,
+    titles: Sequence[str] | None = None,
+    ncols: int | None = None,
+    suptitle: str | None = None,
+    caption: str | None = None,
+):
+    """A grid of images ``[B, C, H, W]`` with optional per-image titles and a caption line."""
+    plt = _plt()
+    imgs = torch.as_tensor(images)
+    if imgs.ndim == 3:
+        imgs = imgs[None]
+    n = imgs.shape[0]
+    ncols = ncols or min(n, 8)
+    nrows = (n + ncols - 1) // ncols
+    cell = STYLE["cell"]
+    fig, axes = plt.subplots(nrows, ncols, figsize=(cell * ncols, cell * nrows + (0.3 if caption else 0)), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(to_numpy_image(imgs[i]), cmap=STYLE["cmap"], vmin=0, vmax=1, interpolation="nearest")
+            if titles is not None and i < len(titles):
+                ax.set_title(titles[i], fontsize=STYLE["title_size"])
+    if suptitle:
+        fig.suptitle(suptitle)
+    if caption:
+        fig.text(0.5, 0.01, caption, ha="center", fontsize=7, color="0.35")
+    fig.tight_layout()
+    return fig
+
+
+def compare_figure(original: torch.Tensor, reconstruction: torch.Tensor, title: str | None = None, caption: str | None = None):
+    """Originals (top row) above reconstructions (bottom row), each reconstruction titled with its PSNR."""
+    from gleak_edu import metrics
+
+    orig = torch.as_tensor(original)
+    rec = torch.as_tensor(reconstruction)
+    if orig.ndim == 3:
+        orig, rec = orig[None], rec[None]
+    per = metrics.psnr(rec, orig).tolist()
+    b = orig.shape[0]
+    titles = ["original" if b == 1 else f"original {i}" for i in range(b)] + [f"{p:.1f} dB" for p in per]
+    ncols = 2 if b == 1 else b  # one image: side by side; a batch: two rows
+    return show_images(torch.cat([orig, rec]), titles=titles, ncols=ncols, suptitle=title, caption=caption)
+
+
+def history_figure(runs: dict, key: str = "psnr", x: str = "seconds", threshold: float | None = 30.0):
+    """Curves of ``key`` (psnr, ssim or loss) against ``x`` (seconds, evaluations, iteration).
+
+    Args:
+        runs: ``{label: AttackResult or history list}``.
+    """
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5, 3))
+    for label, run in runs.items():
+        hist = run.history if hasattr(run, "history") else run
+        pts = [(h[x], h[key]) for h in hist if h.get(key) is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(xs, ys, label=label)
+    if key == "loss":
+        ax.set_yscale("log")
+    if threshold is not None and key == "psnr":
+        ax.axhline(threshold, color="0.5", ls="--", lw=0.8)
+    ax.set_xlabel({"seconds": "seconds", "evaluations": "evaluations", "iteration": "L-BFGS iteration"}.get(x, x))
+    ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "loss": "gradient distance"}.get(key, key))
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def threat_model_figure():
+    """The FedSGD threat model in one picture: clients share gradients, an honest-but-curious server inverts one."""
+    plt = _plt()
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(7.5, 2.8))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 4)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.3"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
+
+    box(0.2, 2.5, 2.4, 1.2, "client A\nprivate photo x, label y", "#d8ecff")
+    box(0.2, 0.3, 2.4, 1.2, "client B\nprivate batch", "#d8ecff")
+    box(4.0, 1.4, 2.2, 1.2, "server\nknows model W\n(honest but curious)", "#ffe3c8")
+    box(7.4, 1.4, 2.4, 1.2, "attack (DLG, iDLG)\nfind x', y' whose\ngradient matches", "#ffd0d0")
+    for y0 in (3.1, 0.9):
+        ax.add_patch(FancyArrowPatch((2.7, y0), (3.95, 2.0), arrowstyle="-|>", mutation_scale=12, color="0.2"))
+    ax.text(3.05, 2.85, r"$\nabla_W L(x, y)$", fontsize=9)
+    ax.add_patch(FancyArrowPatch((6.25, 2.0), (7.35, 2.0), arrowstyle="-|>", mutation_scale=12, color="#b00"))
+    ax.text(6.3, 2.2, "one gradient", fontsize=8, color="#b00")
+    ax.text(5.0, 0.25, "FedSGD: only gradients leave the clients, never the data... or so it seems", ha="center", fontsize=8, style="italic")
+    fig.tight_layout()
+    return fig

@@ -1,0 +1,207 @@
+"""Live views and slider panels for the notebooks.
+
+Both degrade gracefully: without a Jupyter front end (nbval, scripts) the
+widgets still build and their handlers still run once with the defaults, so a
+notebook executes headlessly; without ipywidgets installed, :class:`LiveView`
+prints a line per update instead.
+"""
+
+from __future__ import annotations
+
+import html
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from gleak_edu import fl, metrics, viz
+from gleak_edu.attacks import AttackResult, AttackState, dlg, idlg
+from gleak_edu.defenses import gaussian_noise, prune_gradients
+
+__all__ = ["LiveView", "DefensePanel", "NOISE_LEVELS"]
+
+# The noise slider's stops (absolute std per gradient entry; see gaussian_noise).
+NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+
+def _widgets():
+    try:
+        import ipywidgets
+
+        return ipywidgets
+    except ImportError:  # pragma: no cover - ipywidgets is a dependency
+        return None
+
+
+class LiveView:
+    """The current reconstruction beside the original, updated while an attack runs.
+
+    Use it as the attack's callback::
+
+        view = LiveView(original=x)
+        view.display()
+        result = dlg(model, shared, ..., callback=view, callback_every=5)
+
+    Args:
+        original: the true images ``[B, C, H, W]`` in [0, 1] (shown for
+            comparison and for the PSNR readout), or None.
+        scale: on-screen enlargement of the 32x32 pixels.
+        title: a line shown above the images.
+
+    Attributes:
+        updates: how many frames it has drawn; ``last_psnr`` the latest PSNR (dB).
+    """
+
+    def __init__(self, original: torch.Tensor | None = None, scale: int = 5, title: str = "") -> None:
+        self.original = original
+        self.scale = int(scale)
+        self.updates = 0
+        self.last_psnr: float | None = None
+        self.last_state: AttackState | None = None
+        w = _widgets()
+        self._w = w
+        if w is None:
+            self.widget = None
+            return
+        self.title = w.HTML(f"<b>{html.escape(title)}</b>" if title else "")
+        self.image = w.Image(format="png", layout=w.Layout(margin="2px"))
+        self.readout = w.HTML("waiting for the first update ...")
+        row = []
+        if original is not None:
+            row.append(w.VBox([w.HTML("original"), w.Image(value=self._grid(original), format="png", layout=w.Layout(margin="2px"))]))
+        row.append(w.VBox([w.HTML("reconstruction"), self.image]))
+        self.widget = w.VBox([self.title, w.HBox(row), self.readout])
+
+    def _grid(self, images: torch.Tensor) -> bytes:
+        imgs = torch.as_tensor(images)
+        if imgs.ndim == 4:
+            imgs = torch.cat(list(imgs), dim=-1)  # side by side
+        return viz.png_bytes(imgs, scale=self.scale)
+
+    def display(self) -> "LiveView":
+        """Show the view in the notebook (call before starting the attack)."""
+        from IPython.display import display
+
+        display(self.widget if self.widget is not None else "LiveView: ipywidgets not installed")
+        return self
+
+    def _ipython_display_(self) -> None:
+        self.display()
+
+    def __call__(self, state: AttackState) -> None:
+        """Attack callback: draw ``state.estimate`` and the readout."""
+        self.updates += 1
+        self.last_state = state
+        psnr = state.psnr
+        if psnr is None and self.original is not None and self.original.shape == state.estimate.shape:
+            psnr = float(metrics.psnr(state.estimate, self.original).mean())
+        self.last_psnr = psnr
+        text = (
+            f"{state.attack} · iteration {state.iteration} · {state.evaluations} evaluations · "
+            f"{state.seconds:.1f} s · loss {state.loss:.3g}"
+            + (f" · <b>PSNR {psnr:.1f} dB</b>" if psnr is not None else "")
+            + f" · label {state.labels.tolist()}"
+            + (" · done" if state.done else "")
+        )
+        if self.widget is None:
+            print(html.unescape(text.replace("<b>", "").replace("</b>", "")))
+            return
+        self.image.value = self._grid(state.estimate)
+        self.readout.value = text
+
+
+class DefensePanel:
+    """Sliders for the noise sigma and the pruning fraction that re-run an attack on release.
+
+    The private batch's gradient is computed once; every slider release applies
+    the defense (:func:`gaussian_noise` with absolute std ``sigma``, then
+    :func:`prune_gradients`), re-runs the attack with a :class:`LiveView`, and
+    shows the final reconstruction with its PSNR, SSIM and label.
+
+    Args:
+        model: the victim model.
+        x: private images ``[B, C, H, W]`` in [0, 1]; y: labels int64 ``[B]``.
+        attack: ``"dlg"`` or ``"idlg"``.
+        iterations: L-BFGS iterations per run (fewer than 300 keeps the
+            slider responsive; the default reaches 30 dB without a defense on
+            the course's photos).
+        noise_levels: the sigma slider's stops.
+        seed: seed of the noise and of the dummy start.
+
+    Attributes:
+        widget: the ipywidgets box to display; ``results``: ``{(sigma, prune):
+        AttackResult}`` of every run so far; ``last``: the latest result.
+
+    The handler runs once with the defaults when the panel is built
+    (``interactive_output``), so the panel works in a headless run.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        attack: str = "idlg",
+        iterations: int = 100,
+        noise_levels: Sequence[float] = NOISE_LEVELS,
+        prune_step: float = 0.1,
+        seed: int = 0,
+        num_classes: int | None = None,
+    ) -> None:
+        if attack not in ("dlg", "idlg"):
+            raise ValueError(f"attack must be 'dlg' or 'idlg', got {attack!r}")
+        fl.check_batch(model, x, y)
+        self.model, self.x, self.y = model, x, y
+        self.attack = attack
+        self.iterations = int(iterations)
+        self.seed = int(seed)
+        self.num_classes = num_classes or getattr(model, "num_classes")
+        self.shared = fl.client_gradient(model, x, y)
+        self.results: dict[tuple[float, float], AttackResult] = {}
+        self.last: AttackResult | None = None
+        w = _widgets()
+        self.noise = w.SelectionSlider(
+            options=[(f"{v:g}", v) for v in noise_levels], value=noise_levels[0],
+            description="noise σ", continuous_update=False, layout=w.Layout(width="420px"),
+        )
+        self.prune = w.FloatSlider(
+            value=0.0, min=0.0, max=0.9, step=prune_step, description="prune", readout_format=".0%",
+            continuous_update=False, layout=w.Layout(width="420px"),
+        )
+        self.view = LiveView(original=x, title=f"{attack.upper()} against the defended gradient")
+        self.summary = w.HTML()
+        out = w.interactive_output(self.run, {"sigma": self.noise, "prune": self.prune})
+        self.widget = w.VBox([w.HBox([self.noise, self.prune]), self.view.widget, self.summary, out])
+
+    def defended(self, sigma: float, prune: float):
+        """The shared gradient after noise ``sigma`` and pruning ``prune``."""
+        shared = gaussian_noise(self.shared, sigma, seed=self.seed) if sigma > 0 else self.shared
+        return prune_gradients(shared, prune) if prune > 0 else shared
+
+    def run(self, sigma: float, prune: float) -> AttackResult:
+        """Apply the defense, run the attack (drawing the live view), summarise, return the result."""
+        fn = {"dlg": dlg, "idlg": idlg}[self.attack]
+        result = fn(
+            self.model, self.defended(sigma, prune), input_shape=tuple(self.x.shape), num_classes=self.num_classes,
+            iterations=self.iterations, seed=self.seed, truth=self.x, true_labels=self.y,
+            callback=self.view, callback_every=5,
+        )
+        self.results[(float(sigma), float(prune))] = result
+        self.last = result
+        m = result.metrics
+        self.summary.value = (
+            f"noise σ = {sigma:g}, pruned {prune:.0%}: <b>PSNR {m['psnr_mean']:.1f} dB</b>, "
+            f"SSIM {m['ssim_mean']:.3f}, label {'recovered' if m['label_accuracy'] == 1 else 'wrong'} "
+            f"({result.evaluations} evaluations, {result.seconds:.1f} s)"
+        )
+        return result
+
+    def display(self) -> "DefensePanel":
+        from IPython.display import display
+
+        display(self.widget)
+        return self
+
+    def _ipython_display_(self) -> None:
+        self.display()
