@@ -155,6 +155,9 @@ def _run_attack(args) -> dict:
         fig = viz.compare_figure(x, result.reconstruction, title=f"{result.attack} on {source}")
         args.png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.png, dpi=120)
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
     return out
 
 

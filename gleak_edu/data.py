@@ -292,6 +292,8 @@ def load_image(path: str | Path, size: int | tuple[int, int] = 32, channels: int
     except Exception as exc:  # imageio raises many types for non-images
         raise ValueError(f"{p} is not a readable image file (PNG or JPEG): {exc}") from None
     array = np.asarray(array)
+    if array.ndim == 4:  # animation (GIF, APNG): [frames, H, W, C]
+        array = array[0]
     if array.ndim == 3 and array.shape[0] > 1 and array.shape[-1] not in (1, 3, 4):
         array = array[0]  # first frame of an animation or stack
     if array.ndim not in (2, 3) or min(array.shape[:2]) < 2:

@@ -106,7 +106,8 @@ def compare_figure(original: torch.Tensor, reconstruction: torch.Tensor, title: 
         orig, rec = orig[None], rec[None]
     per = metrics.psnr(rec, orig).tolist()
     b = orig.shape[0]
-    titles = ["original" if b == 1 else f"original {i}" for i in range(b)] + [f"{p:.1f} dB" for p in per]
+    titles = ["original" if b == 1 else f"original {i}" for i in range(b)]
+    titles += [f"reconstruction\n{p:.1f} dB" if b == 1 else f"{p:.1f} dB" for p in per]
     ncols = 2 if b == 1 else b  # one image: side by side; a batch: two rows
     return show_images(torch.cat([orig, rec]), titles=titles, ncols=ncols, suptitle=title, caption=caption)
 

@@ -78,12 +78,11 @@ class LiveView:
             imgs = torch.cat(list(imgs), dim=-1)  # side by side
         return viz.png_bytes(imgs, scale=self.scale)
 
-    def display(self) -> "LiveView":
+    def display(self) -> None:
         """Show the view in the notebook (call before starting the attack)."""
         from IPython.display import display
 
         display(self.widget if self.widget is not None else "LiveView: ipywidgets not installed")
-        return self
 
     def _ipython_display_(self) -> None:
         self.display()
@@ -123,8 +122,8 @@ class DefensePanel:
         x: private images ``[B, C, H, W]`` in [0, 1]; y: labels int64 ``[B]``.
         attack: ``"dlg"`` or ``"idlg"``.
         iterations: L-BFGS iterations per run (fewer than 300 keeps the
-            slider responsive; the default reaches 30 dB without a defense on
-            the course's photos).
+            slider responsive: about 5 s per run; the default gets to about
+            30 dB without a defense on the course's photos).
         noise_levels: the sigma slider's stops.
         seed: seed of the noise and of the dummy start.
 
@@ -197,11 +196,11 @@ class DefensePanel:
         )
         return result
 
-    def display(self) -> "DefensePanel":
+    def display(self) -> None:
+        """Show the sliders, the live view and the summary in the notebook."""
         from IPython.display import display
 
         display(self.widget)
-        return self
 
     def _ipython_display_(self) -> None:
         self.display()

@@ -60,9 +60,9 @@ class AttackResult:
         iterations: optimiser steps run.
         evaluations: closure evaluations (forward + double backward) run.
         seconds: compute time of the attack loop, callbacks and metrics excluded.
-        history: one dict per step: ``iteration``, ``evaluations``, ``seconds``,
-            ``loss``, and ``psnr`` (dB, mean over the batch) when the truth was
-            given; ``ssim`` is added every ``metrics_every`` steps and at the end;
+        history: one dict per step, describing the current iterate (not the
+            best one): ``iteration``, ``evaluations``, ``seconds``, ``loss``, and
+            ``psnr`` (dB, mean over the batch) when the truth was given; ``ssim`` is added every ``metrics_every`` steps and at the end;
             ``note`` marks restarts.
         restarts: how many times the attack restarted from a fresh dummy.
         diverged: True if the last run's loss became NaN/inf or exploded with no
@@ -138,6 +138,9 @@ def _unfold_conv(conv: nn.Conv2d) -> Callable:
     return forward
 
 
+_FAST_DEPTH = 0
+
+
 @contextlib.contextmanager
 def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[None]:
     """Hot-path settings for an attack loop, undone on exit.
@@ -154,6 +157,7 @@ def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[
     for m in model.modules():
         if (
             type(m) is nn.Conv2d
+            and "_conv_forward" not in m.__dict__  # already patched by an outer fast_attack_mode
             and m.groups == 1
             and m.padding_mode == "zeros"
             and m.dilation == (1, 1)
@@ -161,6 +165,8 @@ def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[
         ):
             m._conv_forward = _unfold_conv(m)  # instance attribute shadows the method
             patched.append(m)
+    global _FAST_DEPTH
+    _FAST_DEPTH += 1
     torch.set_flush_denormal(True)
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
@@ -169,7 +175,9 @@ def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[
     finally:
         for m in patched:
             del m._conv_forward
-        torch.set_flush_denormal(False)
+        _FAST_DEPTH -= 1
+        if _FAST_DEPTH == 0:  # torch has no getter: restore its default, off
+            torch.set_flush_denormal(False)
         torch.set_num_threads(old_threads)
 
 
@@ -233,6 +241,7 @@ class Recorder:
         if note:
             rec["note"] = note
         est = estimate.detach().clamp(0, 1)
+        self._last_estimate = est
         psnr = None
         if self.truth is not None:
             psnr = float(metrics.psnr(est, self.truth).mean())
@@ -253,7 +262,10 @@ class Recorder:
         return stop
 
     def close(self) -> None:
+        """Stop the clock, add SSIM to the last history entry, close the progress bar."""
         self.pause()
+        if self.truth is not None and self.history and "ssim" not in self.history[-1]:
+            self.history[-1]["ssim"] = float(metrics.ssim(self._last_estimate, self.truth).mean())
         if self.bar is not None:
             self.bar.close()
 

@@ -41,11 +41,17 @@ def idlg_label(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> int:
 
     Raises:
         SharedGradientError: if ``shared`` does not match the model.
-        ValueError: if the model has no linear output layer.
+        ValueError: if the model has no linear output layer, or its gradient is
+            all zero (a saturated softmax leaks nothing).
     """
     check_shared(model, shared)
     name, _ = output_layer(model)
     g = shared[f"{name}.weight" if name else "weight"]
+    if not bool(g.any()):
+        raise ValueError(
+            "the output layer's gradient is all zero (the model already predicts the label with "
+            "probability 1), so no label can be read from it"
+        )
     return int(g.sum(dim=1).argmin())
 
 
@@ -137,6 +143,7 @@ def _run(
             exploded = finite and last > 10 * run_start_loss
             stuck = info.converged and info.evaluations <= 2 and last > 1e-4 * scale
             stalled = run_steps == 50 and last > 0.01 * run_start_loss
+            estimate = z[:nx].view(b, c, h, w)
             if not finite or exploded or stuck or stalled:
                 why = (
                     "non-finite loss" if not finite
@@ -144,19 +151,20 @@ def _run(
                     else "frozen run" if stuck
                     else "stalled run"
                 )
-                if restarts_used < restarts and it < iterations:
+                can_restart = restarts_used < restarts and it < iterations
+                note = f"restart {restarts_used + 1} ({why})" if can_restart else f"stopped ({why})"
+                rec.record(it, last, estimate, labels_of(z), note=note)
+                if can_restart:
                     restarts_used += 1
                     z.copy_(torch.randn(z.shape, generator=gen))
                     opt = LBFGS(z, lr=lr, max_iter=max_evals_per_step)
                     run_start_loss = None
                     run_steps = 0
-                    rec.record(it, rec.best_loss, rec.best if rec.best is not None else z[:nx].view(b, c, h, w), labels_of(z), note=f"restart {restarts_used} ({why})")
                     continue
                 diverged = not finite or exploded
                 message = f"{why} at iteration {it} and no restarts left; kept the best estimate (loss {rec.best_loss:.3g})"
                 break
-            stop = rec.record(it, rec.best_loss, z[:nx].view(b, c, h, w), labels_of(z))
-            if stop:
+            if rec.record(it, last, estimate, labels_of(z)):
                 message = f"stopped by the callback at iteration {it}"
                 break
             if info.converged and info.evaluations <= 2:
