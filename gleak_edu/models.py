@@ -19,7 +19,7 @@ from typing import Sequence
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "LeNetZhu", "MLP", "uniform_init_", "build_model", "output_layer"]
+__all__ = ["ACTIVATIONS", "LeNetZhu", "LeNet5", "MLP", "uniform_init_", "build_model", "output_layer"]
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -89,6 +89,68 @@ class LeNetZhu(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))
 
+    def chain(self) -> list[nn.Module]:
+        """The layers in forward order (with an ``nn.Flatten``): lets attacks compute gradients fast."""
+        return [*self.features, nn.Flatten(), self.classifier]
+
+
+class LeNet5(nn.Module):
+    """LeNet-5 (LeCun et al. 1998) with sigmoid activations, GRNN's victim (Ren, Deng, Xie, 2022).
+
+    Conv(C->6, k5, pad 2) -> act -> AvgPool 2 -> Conv(6->16, k5) -> act -> AvgPool 2
+    -> flatten -> Linear(->120) -> act -> Linear(120->84) -> act -> Linear(84->num_classes).
+    For 32x32 inputs the flattened size is 16 * 6 * 6 = 576; for 28x28, 400.
+
+    Args:
+        input_shape: (channels, height, width), height and width at least 12.
+        num_classes: number of classes.
+        activation: ``"sigmoid"`` (GRNN's), ``"relu"`` or ``"tanh"``.
+
+    Input: float32 ``[B, C, H, W]`` in [0, 1]. Output: logits float32 ``[B, num_classes]``.
+
+    Raises:
+        ValueError: for images smaller than 12x12, an unknown activation, or fewer than 2 classes.
+    """
+
+    def __init__(
+        self,
+        input_shape: Sequence[int] = (3, 32, 32),
+        num_classes: int = 100,
+        activation: str = "sigmoid",
+    ) -> None:
+        super().__init__()
+        c, h, w = _check_input_shape(input_shape)
+        if min(h, w) < 12:
+            raise ValueError(f"LeNet-5 needs images of at least 12x12 pixels, got {h}x{w}")
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        self.input_shape = (c, h, w)
+        self.num_classes = int(num_classes)
+        self.activation = activation
+        self.features = nn.Sequential(
+            nn.Conv2d(c, 6, kernel_size=5, padding=2),
+            _activation(activation),
+            nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5),
+            _activation(activation),
+            nn.AvgPool2d(2),
+        )
+        h2, w2 = (h // 2 - 4) // 2, (w // 2 - 4) // 2
+        self.hidden = nn.Sequential(
+            nn.Linear(16 * h2 * w2, 120),
+            _activation(activation),
+            nn.Linear(120, 84),
+            _activation(activation),
+        )
+        self.classifier = nn.Linear(84, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.hidden(self.features(x).flatten(1)))
+
+    def chain(self) -> list[nn.Module]:
+        """The layers in forward order (with an ``nn.Flatten``): lets attacks compute gradients fast."""
+        return [*self.features, nn.Flatten(), *self.hidden, self.classifier]
+
 
 class MLP(nn.Module):
     """A fully connected classifier: flatten -> [Linear -> act] x len(hidden) -> Linear.
@@ -129,6 +191,10 @@ class MLP(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x.flatten(1)))
 
+    def chain(self) -> list[nn.Module]:
+        """The layers in forward order (with an ``nn.Flatten``): lets attacks compute gradients fast."""
+        return [nn.Flatten(), *self.features, self.classifier]
+
 
 def uniform_init_(model: nn.Module, bound: float = 0.5, seed: int | None = None) -> nn.Module:
     """Re-initialise every parameter uniformly in [-bound, bound] (DLG's init), in place.
@@ -148,7 +214,7 @@ def uniform_init_(model: nn.Module, bound: float = 0.5, seed: int | None = None)
     return model
 
 
-MODELS = {"lenet-zhu": LeNetZhu, "mlp": MLP}
+MODELS = {"lenet-zhu": LeNetZhu, "lenet5": LeNet5, "mlp": MLP}
 
 
 def build_model(
@@ -158,7 +224,7 @@ def build_model(
     activation: str = "sigmoid",
     seed: int | None = 0,
 ) -> nn.Module:
-    """Build a course victim by name (``"lenet-zhu"`` or ``"mlp"``) with DLG's init.
+    """Build a course victim by name (``"lenet-zhu"``, ``"lenet5"`` or ``"mlp"``) with DLG's init.
 
     Weights are uniform(-0.5, 0.5) drawn from ``seed`` (so the same seed gives the
     same model everywhere: notebook, CLI, tests, benchmark).

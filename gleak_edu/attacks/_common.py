@@ -68,8 +68,10 @@ class AttackResult:
         diverged: True if the last run's loss became NaN/inf or exploded with no
             restart left; the reconstruction is the best estimate before it.
         message: a human-readable note on how the run ended.
-        metrics: final ``psnr``, ``ssim``, ``mse`` (per image lists and means) and
-            ``label_accuracy`` when the truth was given.
+        metrics: final ``psnr``, ``ssim``, ``mse`` (per image lists, in the
+            truth's order, and their means), ``order`` (``reconstruction[order]``
+            lines up with the truth: a batch comes back in any order) and
+            ``label_accuracy`` (order-invariant) when the truth was given.
     """
 
     attack: str
@@ -214,6 +216,12 @@ class Recorder:
 
             self.bar = tqdm(total=iterations, desc=attack, leave=False)
 
+    def _matched(self, est: torch.Tensor) -> torch.Tensor:
+        """A batch comes back in any order: pair it with the truth before scoring."""
+        if est.shape[0] == 1:
+            return est
+        return est[metrics.match_order(est, self.truth)]
+
     def pause(self) -> None:
         self.seconds += time.perf_counter() - self._t0
 
@@ -244,10 +252,11 @@ class Recorder:
         self._last_estimate = est
         psnr = None
         if self.truth is not None:
-            psnr = float(metrics.psnr(est, self.truth).mean())
+            matched = self._matched(est)
+            psnr = float(metrics.psnr(matched, self.truth).mean())
             rec["psnr"] = psnr
             if final or iteration % self.metrics_every == 0:
-                rec["ssim"] = float(metrics.ssim(est, self.truth).mean())
+                rec["ssim"] = float(metrics.ssim(matched, self.truth).mean())
         self.history.append(rec)
         stop = False
         if self.callback is not None and (final or iteration % self.callback_every == 0):
@@ -265,17 +274,20 @@ class Recorder:
         """Stop the clock, add SSIM to the last history entry, close the progress bar."""
         self.pause()
         if self.truth is not None and self.history and "ssim" not in self.history[-1]:
-            self.history[-1]["ssim"] = float(metrics.ssim(self._last_estimate, self.truth).mean())
+            self.history[-1]["ssim"] = float(metrics.ssim(self._matched(self._last_estimate), self.truth).mean())
         if self.bar is not None:
             self.bar.close()
 
     def final_metrics(self, reconstruction: torch.Tensor, labels: torch.Tensor, true_labels: torch.Tensor | None) -> dict:
         if self.truth is None:
             return {}
-        p = metrics.psnr(reconstruction, self.truth)
-        s = metrics.ssim(reconstruction, self.truth)
-        e = metrics.mse(reconstruction, self.truth)
+        order = metrics.match_order(reconstruction, self.truth) if reconstruction.shape[0] > 1 else torch.zeros(1, dtype=torch.int64)
+        matched = reconstruction[order]
+        p = metrics.psnr(matched, self.truth)
+        s = metrics.ssim(matched, self.truth)
+        e = metrics.mse(matched, self.truth)
         out = {
+            "order": order.tolist(),
             "psnr": p.tolist(),
             "ssim": s.tolist(),
             "mse": e.tolist(),

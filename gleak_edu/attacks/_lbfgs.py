@@ -70,65 +70,81 @@ class LBFGS:
         self.tolerance_change = tolerance_change
         m, n = int(history_size), x.numel()
         self.m = m
-        # One ring buffer W: rows 0..m-1 hold the steps s, rows m..2m-1 the
-        # gradient changes y. Products are taken over the whole ring (unused
-        # rows are zero) and the small results reordered, so no history copy.
+        # Ring buffer W (float64): rows 0..m-1 hold the steps s, rows m..2m-1 the
+        # gradient changes y; G = W W^T is kept up to date in the same ring
+        # order. Unused rows are zero. Each iteration reads W only twice:
+        # W g_new (from which W y = W g_new - W g_old) and W^T coef (the step);
+        # W s follows from G, because s = t d and d = -(gamma g + W^T coef).
         self.W = torch.zeros(2 * m, n, dtype=torch.float64)
-        self.SY = torch.zeros(m, m, dtype=torch.float64)  # SY[i, j] = s_i . y_j (oldest first)
-        self.YY = torch.zeros(m, m, dtype=torch.float64)  # YY[i, j] = y_i . y_j (oldest first)
+        self.G = torch.zeros(2 * m, 2 * m, dtype=torch.float64)
+        self.SY = torch.zeros(m, m, dtype=torch.float64)  # s_i . y_j, oldest first (no gathers from G)
+        self.YY = torch.zeros(m, m, dtype=torch.float64)  # y_i . y_j, oldest first
         self.slots: list[int] = []  # ring slots, oldest first
         self._idx = torch.zeros(0, dtype=torch.long)
         self.gamma = 1.0
         self.n_iter = 0
-        self.d: torch.Tensor | None = None
+        self.d: torch.Tensor | None = None  # float64
         self.t = 0.0
-        self.prev_grad: torch.Tensor | None = None
+        self.prev_grad: torch.Tensor | None = None  # float64
+        self._wg = torch.zeros(2 * m, dtype=torch.float64)  # W g for the previous gradient
+        self._wd = torch.zeros(2 * m, dtype=torch.float64)  # W d for the previous direction
 
-    # -- history (float64: the Gram-matrix form cancels large terms) ------
-    def _push(self, s: torch.Tensor, y: torch.Tensor, ys: float) -> None:
-        m = self.m
-        k = len(self.slots)
-        if k == m:
-            slot = self.slots.pop(0)
-            self.SY[:-1, :-1] = self.SY[1:, 1:].clone()
-            self.YY[:-1, :-1] = self.YY[1:, 1:].clone()
-            k -= 1
-        else:
-            slot = k
-        self.W[slot] = s
-        self.W[m + slot] = y
-        self.slots.append(slot)
-        self._idx = idx = torch.tensor(self.slots, dtype=torch.long)
-        ws, wy = self.W @ s.double(), self.W @ y.double()  # two gemv beat one skinny gemm
-        sy_col = wy[idx]  # s_i . y_new
-        ys_row = ws[m + idx]  # s_new . y_j
-        yy = wy[m + idx]  # y_i . y_new
-        self.SY[: k + 1, k] = sy_col
-        self.SY[k, : k + 1] = ys_row
-        self.SY[k, k] = ys
-        self.YY[: k + 1, k] = yy
-        self.YY[k, : k + 1] = yy
-        self.gamma = ys / float(y.double().dot(y.double()))
-
-    def _direction(self, g: torch.Tensor) -> torch.Tensor:
-        """-H g with the compact representation."""
-        k = len(self.slots)
-        if k == 0:
-            return -g * self.gamma
-        m, idx, gamma = self.m, self._idx, self.gamma
-        wg = self.W @ g.double()
-        a, b = wg[idx], wg[m + idx]
-        SY = self.SY[:k, :k]
-        R = torch.triu(SY)
-        D = torch.diagonal(SY)
-        p = torch.linalg.solve_triangular(R, a[:, None], upper=True)[:, 0]
-        rhs = D * p + gamma * (self.YY[:k, :k] @ p) - gamma * b
-        top = torch.linalg.solve_triangular(R.T, rhs[:, None], upper=False)[:, 0]
+    # -- history and direction (float64: the Gram form cancels large terms) --
+    def _update_and_direction(self, g64: torch.Tensor) -> torch.Tensor:
+        """Add the pair (s, y) of the last step if it passes the curvature test; return d = -H g."""
+        m, W = self.m, self.W
+        wg = W @ g64  # with the W that produced the last direction
+        s = self.d * self.t
+        y = g64 - self.prev_grad
+        ys = float(y.dot(s))
+        if ys > 1e-10:
+            ws = self._wd * self.t  # W s
+            wy = wg - self._wg  # W y
+            k = len(self.slots)
+            if k == m:
+                slot = self.slots.pop(0)
+                self.SY[:-1, :-1] = self.SY[1:, 1:].clone()
+                self.YY[:-1, :-1] = self.YY[1:, 1:].clone()
+                k -= 1
+            else:
+                slot = k
+            ss, yy = float(s.dot(s)), float(y.dot(y))
+            if k:  # products of the new pair with the kept ones, oldest first
+                old = self._idx[-k:] if len(self._idx) > k else self._idx
+                self.SY[:k, k] = wy[old]
+                self.SY[k, :k] = ws[m + old]
+                self.YY[:k, k] = self.YY[k, :k] = wy[m + old]
+            self.SY[k, k] = ys
+            self.YY[k, k] = yy
+            W[slot] = s
+            W[m + slot] = y
+            for row, vec in ((slot, ws), (m + slot, wy)):  # products with the old rows ...
+                self.G[row] = vec
+                self.G[:, row] = vec
+            self.G[slot, slot] = ss  # ... then the new rows with each other
+            self.G[m + slot, m + slot] = yy
+            self.G[slot, m + slot] = self.G[m + slot, slot] = ys
+            wg[slot] = float(s.dot(g64))
+            wg[m + slot] = float(y.dot(g64))
+            self.slots.append(slot)
+            self._idx = torch.tensor(self.slots, dtype=torch.long)
+            self.gamma = ys / yy
+        idx, gamma = self._idx, self.gamma
         coef = torch.zeros(2 * m, dtype=torch.float64)
-        coef[idx] = top
-        coef[m + idx] = -gamma * p
-        hg = g * gamma + (self.W.T @ coef).to(g.dtype)
-        return -hg
+        if len(self.slots):
+            a, b = wg[idx], wg[m + idx]
+            k = len(self.slots)
+            sy = self.SY[:k, :k]
+            R = torch.triu(sy)
+            p = torch.linalg.solve_triangular(R, a[:, None], upper=True)[:, 0]
+            rhs = torch.diagonal(sy) * p + gamma * (self.YY[:k, :k] @ p) - gamma * b
+            top = torch.linalg.solve_triangular(R.T, rhs[:, None], upper=False)[:, 0]
+            coef[idx] = top
+            coef[m + idx] = -gamma * p
+        d = -(g64 * gamma + W.T @ coef)
+        self._wd = -(wg * gamma + self.G @ coef)
+        self._wg = wg
+        return d
 
     # -- one step ----------------------------------------------------------
     def step(self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]) -> StepInfo:
@@ -146,28 +162,26 @@ class LBFGS:
         while n_iter < self.max_iter:
             n_iter += 1
             self.n_iter += 1
+            g64 = g.double()
             if self.n_iter == 1:
-                d = -g
+                d = -g64
                 self.gamma = 1.0
+                self._wg = torch.zeros(2 * self.m, dtype=torch.float64)  # W is still empty
+                self._wd = torch.zeros(2 * self.m, dtype=torch.float64)
             else:
-                y = g - self.prev_grad
-                s = self.d * self.t
-                ys = float(y.double().dot(s.double()))
-                if ys > 1e-10:
-                    self._push(s, y, ys)
-                d = self._direction(g)
-            self.prev_grad = g.clone()
+                d = self._update_and_direction(g64)
+            self.prev_grad = g64
             prev_loss = loss
             if self.n_iter == 1:
                 t = min(1.0, 1.0 / float(g.abs().sum())) * self.lr
             else:
                 t = self.lr
-            gtd = float(g.dot(d))
+            gtd = float(g64.dot(d))
             self.d, self.t = d, t
             if gtd > -self.tolerance_change:
                 converged = True
                 break
-            self.x.add_(d, alpha=t)
+            self.x.add_((d * t).to(self.x.dtype))
             ls_evals = 0
             if n_iter != self.max_iter:
                 loss_t, g = fn(self.x)
@@ -184,7 +198,7 @@ class LBFGS:
             if float(g.abs().max()) <= self.tolerance_grad:
                 converged = True
                 break
-            if float((d * t).abs().max()) <= self.tolerance_change:
+            if float(d.abs().max()) * t <= self.tolerance_change:
                 converged = True
                 break
             if abs(loss - prev_loss) < self.tolerance_change:
