@@ -1,8 +1,8 @@
 """The ``gleak`` command: run the course's attacks from a shell.
 
-    gleak attack {dlg,idlg} (--image PATH | --sample SET:INDEX) [--label N]
-          [--model lenet-zhu|mlp] [--activation sigmoid|relu|tanh]
-          [--classes N] [--seed N] [--iterations N]
+    gleak attack {dlg,idlg,grnn} (--image PATH | --sample SET:INDEX[,INDEX...]) [--label N]
+          [--model lenet-zhu|lenet5|mlp] [--activation sigmoid|relu|tanh]
+          [--classes N] [--seed N] [--iterations N] [--batch N]
           [--noise SIGMA] [--prune FRACTION] [--json OUT] [--png OUT]
 
 Bad input exits with status 2 and one line on stderr saying what is wrong.
@@ -58,16 +58,17 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gleak", description="Gradient leakage attacks for teaching (gleak_edu).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     att = sub.add_parser("attack", help="reconstruct a private image from the gradient it produces")
-    att.add_argument("attack", choices=["dlg", "idlg"], help="DLG (joint label) or iDLG (analytic label)")
+    att.add_argument("attack", choices=["dlg", "idlg", "grnn"], help="DLG (joint label), iDLG (analytic label) or GRNN (generator)")
     src = att.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, help="a PNG/JPEG file, resized to the model's input")
-    src.add_argument("--sample", help="an offline sample: SET:INDEX with SET in photos, lfw, digits, mnist")
+    src.add_argument("--sample", help="offline samples: SET:INDEX or SET:I,J,... with SET in photos, lfw, digits, mnist")
     att.add_argument("--label", type=int, help="the private label (default: the sample's label, 0 for a file)")
-    att.add_argument("--model", default="lenet-zhu", choices=["lenet-zhu", "mlp"])
+    att.add_argument("--model", choices=["lenet-zhu", "lenet5", "mlp"], help="victim (default: lenet-zhu; lenet5 for grnn)")
+    att.add_argument("--batch", type=_positive_int("--batch"), help="batch size: this many images from the --sample index on")
     att.add_argument("--activation", default="sigmoid", choices=["sigmoid", "relu", "tanh"])
     att.add_argument("--classes", type=_positive_int("--classes"), default=100, help="output classes (100, as CIFAR-100)")
     att.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummy start")
-    att.add_argument("--iterations", type=_positive_int("--iterations"), default=300, help="L-BFGS iterations (300)")
+    att.add_argument("--iterations", type=_positive_int("--iterations"), help="L-BFGS iterations for dlg/idlg (300), generator updates for grnn (1500)")
     att.add_argument("--restarts", type=int, default=10, help="restarts of a failed run within the budget (0: plain recipe)")
     att.add_argument("--noise", type=_nonneg_float("--noise"), default=0.0, help="Gaussian noise std on the shared gradient")
     att.add_argument("--prune", type=_nonneg_float("--prune"), default=0.0, help="fraction of gradient entries zeroed per layer, in [0, 1)")
@@ -83,22 +84,33 @@ def _load_victim(args):
     from gleak_edu import data
 
     if args.image is not None:
+        if args.batch not in (None, 1):
+            raise UsageError("--batch needs --sample; an --image is one image")
         x = data.load_image(args.image, size=args.size, channels=3)
         label = 0 if args.label is None else args.label
-        return x, label, str(args.image)
+        return x, torch.tensor([label], dtype=torch.int64), str(args.image), None, None
     image_set, idx = data.parse_sample(args.sample)
-    if len(idx) != 1:
-        raise UsageError(f"--sample {args.sample!r}: DLG and iDLG attack one image; give a single index")
+    if args.batch is not None:
+        if len(idx) != 1:
+            raise UsageError("give either --batch with one start index, or a list of indices, not both")
+        if idx[0] + args.batch > len(image_set):
+            raise UsageError(
+                f"--batch {args.batch} from index {idx[0]} runs past the {image_set.name!r} set, which has {len(image_set)} images"
+            )
+        idx = list(range(idx[0], idx[0] + args.batch))
     x, y = image_set.batch(idx)
-    label = int(y[0]) if args.label is None else args.label
-    return x, label, args.sample
+    if args.label is not None:
+        if len(idx) != 1:
+            raise UsageError("--label sets the label of a single image; leave it out for a batch")
+        y = torch.tensor([args.label], dtype=torch.int64)
+    return x, y, args.sample, image_set, idx
 
 
 def _run_attack(args) -> dict:
     import torch
 
-    from gleak_edu import fl, models
-    from gleak_edu.attacks import dlg, idlg
+    from gleak_edu import fl, metrics, models
+    from gleak_edu.attacks import dlg, grnn, idlg
     from gleak_edu.defenses import gaussian_noise, prune_gradients
 
     if not 0 <= args.prune < 1:
@@ -107,37 +119,49 @@ def _run_attack(args) -> dict:
         raise UsageError(f"--restarts must be >= 0, got {args.restarts}")
     if args.classes < 2:
         raise UsageError(f"--classes must be at least 2, got {args.classes}")
-    x, label, source = _load_victim(args)
-    if not 0 <= label < args.classes:
-        raise UsageError(f"--label {label} is outside 0..{args.classes - 1} (set --classes or --label)")
-    y = torch.tensor([label], dtype=torch.int64)
-    model = models.build_model(args.model, tuple(x.shape[1:]), args.classes, args.activation, seed=args.seed)
+    x, y, source, image_set, idx = _load_victim(args)
+    if int(y.min()) < 0 or int(y.max()) >= args.classes:
+        raise UsageError(f"label(s) {y.tolist()} outside 0..{args.classes - 1} (set --classes or --label)")
+    if args.attack == "idlg" and x.shape[0] > 1:
+        raise UsageError("iDLG's label rule needs a single image; use dlg or grnn for a batch")
+    model_name = args.model or ("lenet5" if args.attack == "grnn" else "lenet-zhu")
+    try:
+        model = models.build_model(model_name, tuple(x.shape[1:]), args.classes, args.activation, seed=args.seed)
+    except ValueError as exc:
+        raise UsageError(f"--model {model_name}: {exc}") from None
     shared = fl.client_gradient(model, x, y)
     if args.noise > 0:
         shared = gaussian_noise(shared, args.noise, seed=args.seed)
     if args.prune > 0:
         shared = prune_gradients(shared, args.prune)
-    attack = {"dlg": dlg, "idlg": idlg}[args.attack]
-    result = attack(
-        model, shared, input_shape=tuple(x.shape), num_classes=args.classes, iterations=args.iterations,
-        seed=args.seed, truth=x, true_labels=y, restarts=args.restarts,
-    )
+    common = dict(input_shape=tuple(x.shape), num_classes=args.classes, seed=args.seed, truth=x, true_labels=y)
+    if args.attack == "grnn":
+        result = grnn(model, shared, iterations=args.iterations or 1500, **common)
+    else:
+        attack = {"dlg": dlg, "idlg": idlg}[args.attack]
+        result = attack(model, shared, iterations=args.iterations or 300, restarts=args.restarts, **common)
     m = result.metrics
+    order = m["order"]
+    labels_pred = result.labels[order] if x.shape[0] > 1 else result.labels
     out = {
         "attack": result.attack,
-        "model": args.model,
+        "model": model_name,
         "activation": args.activation,
         "classes": args.classes,
         "source": source,
         "seed": args.seed,
         "noise": args.noise,
         "prune": args.prune,
+        "batch": int(x.shape[0]),
         "psnr": m["psnr_mean"],
         "ssim": m["ssim_mean"],
         "mse": m["mse_mean"],
-        "label_true": label,
-        "label_pred": int(result.labels[0]),
-        "label_correct": int(result.labels[0]) == label,
+        "psnr_per_image": m["psnr"],
+        "ssim_per_image": m["ssim"],
+        "label_true": int(y[0]) if x.shape[0] == 1 else y.tolist(),
+        "label_pred": int(labels_pred[0]) if x.shape[0] == 1 else labels_pred.tolist(),
+        "label_correct": bool(m["label_accuracy"] == 1.0),
+        "label_accuracy": m["label_accuracy"],
         "seconds": result.seconds,
         "evaluations": result.evaluations,
         "iterations": result.iterations,
@@ -149,10 +173,14 @@ def _run_attack(args) -> dict:
             {k: rec[k] for k in ("iteration", "evaluations", "seconds", "loss", "psnr")} for rec in result.history
         ],
     }
+    if image_set is not None and image_set.name == "lfw":
+        ranks = metrics.reid_ranks(result.reconstruction[order], image_set.images, idx)
+        out["reid_ranks"] = ranks.tolist()
+        out["reid_top1"] = metrics.rank1_accuracy(ranks)
     if args.png is not None:
         from gleak_edu import viz
 
-        fig = viz.compare_figure(x, result.reconstruction, title=f"{result.attack} on {source}")
+        fig = viz.compare_figure(x, result.reconstruction[order], title=f"{result.attack} on {source}")
         args.png.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(args.png, dpi=120)
         import matplotlib.pyplot as plt
@@ -183,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{out['attack']}: PSNR {out['psnr']:.1f} dB, SSIM {out['ssim']:.3f}, "
                 f"label {out['label_pred']} ({'right' if out['label_correct'] else 'wrong'}, true {out['label_true']}), "
                 f"{out['iterations']} iterations, {out['evaluations']} evaluations, {out['seconds']:.1f} s"
+                + (f", re-identified (rank 1) {out['reid_top1']:.0%}" if "reid_top1" in out else "")
             )
             print(summary)
             if args.json is not None:

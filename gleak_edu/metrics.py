@@ -19,7 +19,7 @@ from collections import Counter
 import numpy as np
 import torch
 
-__all__ = ["mse", "psnr", "ssim", "label_accuracy", "match_order", "PSNR_CAP_DB"]
+__all__ = ["mse", "psnr", "ssim", "label_accuracy", "match_order", "reid_ranks", "rank1_accuracy", "PSNR_CAP_DB"]
 
 PSNR_CAP_DB = 100.0
 
@@ -85,3 +85,56 @@ def match_order(reconstruction: torch.Tensor, truth: torch.Tensor) -> torch.Tens
     cost = ((t.flatten(1)[:, None, :] - r.flatten(1)[None, :, :]) ** 2).mean(-1).numpy()
     _, cols = linear_sum_assignment(cost)
     return torch.as_tensor(np.asarray(cols), dtype=torch.int64)
+
+
+def reid_ranks(
+    reconstructions: torch.Tensor,
+    gallery: torch.Tensor,
+    true_indices,
+    similarity: str = "ssim",
+) -> torch.Tensor:
+    """Re-identification: the rank of each reconstruction's true identity in a gallery.
+
+    Every reconstruction is compared with every gallery image; the gallery is
+    sorted from most to least similar, and the rank of the true image is
+    returned (1 = the true face is the closest match). This measures whether the
+    reconstruction singles out the person *among the gallery's images*, by pixel
+    similarity; GRNN's paper used a face recognition network's embeddings
+    instead, which also matches other photos of the same person.
+
+    Args:
+        reconstructions: ``[B, C, H, W]`` in [0, 1].
+        gallery: ``[N, C, H, W]`` in [0, 1], containing the true images.
+        true_indices: ``[B]`` gallery index of each reconstruction's true image.
+        similarity: ``"ssim"`` (scikit-image) or ``"mse"`` (negative MSE).
+
+    Returns:
+        int64 ``[B]`` ranks in 1..N.
+
+    Raises:
+        ValueError: for mismatched image shapes, an index outside the gallery,
+            or an unknown similarity.
+    """
+    rec = torch.as_tensor(reconstructions).detach().float()
+    gal = torch.as_tensor(gallery).detach().float()
+    idx = torch.as_tensor(true_indices, dtype=torch.int64).reshape(-1)
+    if rec.ndim != 4 or gal.ndim != 4 or rec.shape[1:] != gal.shape[1:]:
+        raise ValueError(f"reconstructions {tuple(rec.shape)} and gallery {tuple(gal.shape)} must be [B, C, H, W] images of one shape")
+    if idx.numel() != rec.shape[0] or int(idx.min()) < 0 or int(idx.max()) >= gal.shape[0]:
+        raise ValueError(f"true_indices must give one gallery index in 0..{gal.shape[0] - 1} per reconstruction")
+    if similarity not in ("ssim", "mse"):
+        raise ValueError(f"similarity must be 'ssim' or 'mse', got {similarity!r}")
+    ranks = []
+    for r, true in zip(rec, idx.tolist()):
+        reps = r[None].expand_as(gal)
+        score = ssim(reps, gal) if similarity == "ssim" else -mse(reps, gal)
+        ranks.append(int((score > score[true]).sum()) + 1)
+    return torch.tensor(ranks, dtype=torch.int64)
+
+
+def rank1_accuracy(ranks: torch.Tensor) -> float:
+    """Share of reconstructions whose true identity is the closest gallery match (rank 1)."""
+    ranks = torch.as_tensor(ranks)
+    if ranks.numel() == 0:
+        raise ValueError("no ranks given")
+    return float((ranks == 1).double().mean())

@@ -15,10 +15,10 @@ import torch
 from torch import nn
 
 from gleak_edu import fl, metrics, viz
-from gleak_edu.attacks import AttackResult, AttackState, dlg, idlg
+from gleak_edu.attacks import AttackResult, AttackState, dlg, grnn, idlg
 from gleak_edu.defenses import gaussian_noise, prune_gradients
 
-__all__ = ["LiveView", "DefensePanel", "NOISE_LEVELS"]
+__all__ = ["LiveView", "DefensePanel", "GRNNPanel", "NOISE_LEVELS"]
 
 # The noise slider's stops (absolute std per gradient entry; see gaussian_noise).
 NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -193,6 +193,90 @@ class DefensePanel:
             f"noise σ = {sigma:g}, pruned {prune:.0%}: <b>PSNR {m['psnr_mean']:.1f} dB</b>, "
             f"SSIM {m['ssim_mean']:.3f}, label {'recovered' if m['label_accuracy'] == 1 else 'wrong'} "
             f"({result.evaluations} evaluations, {result.seconds:.1f} s)"
+        )
+        return result
+
+    def display(self) -> None:
+        """Show the sliders, the live view and the summary in the notebook."""
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _ipython_display_(self) -> None:
+        self.display()
+
+
+class GRNNPanel:
+    """Sliders for the batch size and the gradient noise sigma, re-running GRNN on release.
+
+    The victim (a fresh model from ``model_factory``) shares the gradient of
+    the first ``B`` images of ``images``; Gaussian noise of std ``sigma`` (see
+    :func:`gleak_edu.defenses.gaussian_noise`) is added; GRNN then trains its
+    generator, and the live view shows the generator's output as it learns.
+
+    Args:
+        model_factory: ``() -> model`` (called once; the same weights for every run).
+        images: float32 ``[N, C, H, W]`` in [0, 1]; labels: int64 ``[N]``.
+        num_classes: classes of the victim.
+        iterations: generator updates per run.
+        max_batch: the batch slider's top end (at most N).
+        noise_levels: the sigma slider's stops.
+
+    Attributes: ``widget``, ``results`` ``{(batch, sigma): AttackResult}``, ``last``.
+    The handler runs once with the defaults (batch 1, no noise) when built.
+    """
+
+    def __init__(
+        self,
+        model_factory,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        *,
+        num_classes: int,
+        iterations: int = 300,
+        max_batch: int = 8,
+        noise_levels: Sequence[float] = NOISE_LEVELS,
+        seed: int = 0,
+    ) -> None:
+        if max_batch < 1 or max_batch > images.shape[0]:
+            raise ValueError(f"max_batch must lie in 1..{images.shape[0]} (the number of images), got {max_batch}")
+        self.model = model_factory()
+        self.images, self.labels = images, labels
+        self.num_classes = int(num_classes)
+        self.iterations = int(iterations)
+        self.seed = int(seed)
+        self.results: dict[tuple[int, float], AttackResult] = {}
+        self.last: AttackResult | None = None
+        w = _widgets()
+        self.batch = w.IntSlider(value=1, min=1, max=max_batch, description="batch", continuous_update=False)
+        self.noise = w.SelectionSlider(
+            options=[(f"{v:g}", v) for v in noise_levels], value=noise_levels[0],
+            description="noise σ", continuous_update=False, layout=w.Layout(width="420px"),
+        )
+        self.view_box = w.VBox()
+        self.summary = w.HTML()
+        out = w.interactive_output(self.run, {"batch": self.batch, "sigma": self.noise})
+        self.widget = w.VBox([w.HBox([self.batch, self.noise]), self.view_box, self.summary, out])
+
+    def run(self, batch: int, sigma: float) -> AttackResult:
+        """Share the gradient of the first ``batch`` images, add noise ``sigma``, run GRNN live."""
+        x, y = self.images[:batch], self.labels[:batch]
+        shared = fl.client_gradient(self.model, x, y)
+        if sigma > 0:
+            shared = gaussian_noise(shared, sigma, seed=self.seed)
+        view = LiveView(original=x, scale=4, title=f"GRNN, batch {batch}, noise σ = {sigma:g}")
+        if view.widget is not None:
+            self.view_box.children = (view.widget,)
+        result = grnn(
+            self.model, shared, input_shape=tuple(x.shape), num_classes=self.num_classes,
+            iterations=self.iterations, seed=self.seed, truth=x, true_labels=y, callback=view, callback_every=25,
+        )
+        self.results[(int(batch), float(sigma))] = result
+        self.last = result
+        m = result.metrics
+        self.summary.value = (
+            f"batch {batch}, noise σ = {sigma:g}: <b>mean PSNR {m['psnr_mean']:.1f} dB</b>, "
+            f"SSIM {m['ssim_mean']:.3f}, labels recovered {m['label_accuracy']:.0%} ({result.seconds:.1f} s)"
         )
         return result
 

@@ -116,7 +116,10 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "unknown-set": (["--sample", "cifar:0"], "cifar"),
         "index-out-of-range": (["--sample", "photos:99"], "99"),
         "malformed-sample": (["--sample", "photos"], "SET:INDEX"),
-        "two-indices": (["--sample", "photos:0,1"], "single"),
+        "batch-past-end": (["--sample", "photos:12", "--batch", "3"], "runs past"),
+        "batch-and-list": (["--sample", "photos:0,1", "--batch", "2"], "not both"),
+        "batch-with-label": (["--sample", "photos:0", "--batch", "2", "--label", "3"], "single image"),
+        "batch-with-image": (["--image", str(text_file), "--batch", "2"], "--batch"),
         "negative-noise": (["--sample", "photos:0", "--noise", "-0.1"], "--noise"),
         "nan-noise": (["--sample", "photos:0", "--noise", "nan"], "--noise"),
         "prune-1.5": (["--sample", "photos:0", "--prune", "1.5"], "--prune"),
@@ -132,7 +135,8 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 
 
 BAD_CASES = [
-    "missing-file", "non-image-file", "unknown-set", "index-out-of-range", "malformed-sample", "two-indices",
+    "missing-file", "non-image-file", "unknown-set", "index-out-of-range", "malformed-sample",
+    "batch-past-end", "batch-and-list", "batch-with-label", "batch-with-image",
     "negative-noise", "nan-noise", "prune-1.5", "prune-1", "label-500", "negative-label", "iterations-0",
     "classes-1", "unknown-model", "no-source", "both-sources",
 ]
@@ -153,6 +157,26 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, cached_photos):
     assert must_mention in lines[0]
     assert captured.out == ""
     assert not out_json.exists()  # nothing is written for a refused command
+
+
+def test_idlg_refuses_a_batch(capsys, cached_photos):
+    assert cli.main(["attack", "idlg", "--sample", "photos:0,1", "--iterations", "1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "single image" in err[0]
+
+
+@pytest.mark.slow
+def test_grnn_on_faces_reports_reidentification(tmp_path, capsys):
+    """GRNN on two LFW faces: per-image PSNR/SSIM, label accuracy and re-identification in the JSON."""
+    out = tmp_path / "grnn.json"
+    assert cli.main(["attack", "grnn", "--sample", "lfw:3", "--batch", "2", "--iterations", "300", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["attack"] == "GRNN" and res["model"] == "lenet5" and res["batch"] == 2
+    assert len(res["psnr_per_image"]) == len(res["ssim_per_image"]) == 2
+    assert res["psnr"] == pytest.approx(sum(res["psnr_per_image"]) / 2)
+    assert res["label_accuracy"] == 1.0 and res["label_true"] == [3, 4]
+    assert res["reid_top1"] == 1.0 and res["reid_ranks"] == [1, 1]
+    assert res["psnr"] > 15
 
 
 def test_bad_command_exits_2(capsys):

@@ -173,3 +173,18 @@ def test_png_bytes_and_to_numpy_image(photo_set):
     assert viz.to_numpy_image(torch.rand(1, 1, 8, 8)).shape == (8, 8)
     with pytest.raises(ValueError):
         viz.to_numpy_image(torch.rand(2, 3, 8, 8))
+
+
+def test_grnn_panel_runs_headless_and_on_release(photo_set):
+    from gleak_edu import models, widgets
+
+    panel = widgets.GRNNPanel(
+        lambda: models.build_model("lenet5", (3, 32, 32), 100, seed=0),
+        photo_set.images, photo_set.labels, num_classes=100, iterations=5, max_batch=4,
+    )
+    assert panel.last is not None and (1, 0.0) in panel.results  # the handler ran once with the defaults
+    result = panel.run(3, 0.1)
+    assert result.reconstruction.shape == (3, 3, 32, 32)
+    assert (3, 0.1) in panel.results and "batch 3" in panel.summary.value
+    with pytest.raises(ValueError, match="max_batch"):
+        widgets.GRNNPanel(lambda: None, photo_set.images, photo_set.labels, num_classes=100, max_batch=99)

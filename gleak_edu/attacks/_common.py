@@ -14,7 +14,7 @@ from torch import nn
 
 from gleak_edu import metrics
 
-__all__ = ["AttackResult", "AttackState", "Callback", "fast_attack_mode", "check_input_shape", "Recorder"]
+__all__ = ["AttackResult", "AttackState", "Callback", "fast_attack_mode", "check_input_shape", "check_num_classes", "Recorder"]
 
 
 @dataclass
@@ -121,6 +121,19 @@ def check_input_shape(input_shape: Sequence[int], model: nn.Module) -> tuple[int
     if expected is not None and tuple(shape[1:]) != tuple(expected):
         raise ValueError(f"input_shape {shape} does not fit the model, which takes images of shape {tuple(expected)}")
     return shape  # type: ignore[return-value]
+
+
+def check_num_classes(model: nn.Module, num_classes: int) -> int:
+    """``num_classes`` must equal the output size of the model's last linear layer."""
+    from gleak_edu.models import output_layer
+
+    _, layer = output_layer(model)
+    if int(num_classes) != layer.out_features:
+        raise ValueError(
+            f"num_classes={num_classes} does not match the model, whose output layer has "
+            f"{layer.out_features} classes"
+        )
+    return int(num_classes)
 
 
 def _unfold_conv(conv: nn.Conv2d) -> Callable:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gleak_edu.attacks._chain import gradient_fn
-from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, fast_attack_mode
+from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
 from gleak_edu.attacks._lbfgs import LBFGS
 from gleak_edu.fl import SharedGradientError, check_shared
 from gleak_edu.models import output_layer
@@ -90,6 +90,7 @@ def _run(
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if truth is not None and tuple(truth.shape) != (b, c, h, w):
         raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
+    check_num_classes(model, num_classes)
     _, target = _params_and_target(model, shared)
     k = int(num_classes)
     nx = b * c * h * w
@@ -309,8 +310,6 @@ def idlg(
             f"iDLG's analytic label rule needs batch size 1, but input_shape has batch size {b}; use dlg for batches"
         )
     label = torch.tensor([idlg_label(model, shared)], dtype=torch.int64)
-    if label.item() >= num_classes:
-        raise ValueError(f"num_classes={num_classes} does not fit the model's output layer")
     return _run(
         "iDLG", model, shared, input_shape, num_classes, label, iterations, lr, max_evals_per_step,
         seed, truth, true_labels, callback, callback_every, metrics_every, progress, num_threads,
