@@ -107,7 +107,6 @@ def _load_victim(args):
 
 
 def _run_attack(args) -> dict:
-    import torch
 
     from gleak_edu import fl, metrics, models
     from gleak_edu.attacks import dlg, grnn, idlg

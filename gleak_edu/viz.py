@@ -8,7 +8,7 @@ Images are float ``[B, C, H, W]`` or ``[C, H, W]`` tensors with pixels in [0, 1]
 from __future__ import annotations
 
 import io
-from typing import Iterable, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch

@@ -291,6 +291,25 @@ class Recorder:
         if self.bar is not None:
             self.bar.close()
 
+    def result(
+        self, iterations: int, diverged: bool, message: str, true_labels: torch.Tensor | None, restarts: int = 0
+    ) -> AttackResult:
+        """The AttackResult of the best estimate (clamped to [0, 1]), with final metrics; tells the callback it is done."""
+        recon = self.best.clamp(0, 1)
+        labels = self.best_labels
+        result = AttackResult(
+            attack=self.attack, reconstruction=recon, labels=labels, loss=self.best_loss, iterations=iterations,
+            evaluations=self.evaluations, seconds=self.seconds, history=self.history, diverged=diverged,
+            message=message, restarts=restarts,
+        )
+        result.metrics = self.final_metrics(recon, labels, true_labels)
+        if self.callback is not None:
+            psnr = result.metrics.get("psnr_mean")
+            self.callback(
+                AttackState(self.attack, iterations, self.evaluations, self.seconds, self.best_loss, recon.clone(), labels.clone(), psnr, True)
+            )
+        return result
+
     def final_metrics(self, reconstruction: torch.Tensor, labels: torch.Tensor, true_labels: torch.Tensor | None) -> dict:
         if self.truth is None:
             return {}

@@ -18,7 +18,7 @@ from torch import nn
 from gleak_edu.attacks._chain import gradient_fn
 from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
 from gleak_edu.attacks._lbfgs import LBFGS
-from gleak_edu.fl import SharedGradientError, check_shared
+from gleak_edu.fl import check_shared
 from gleak_edu.models import output_layer
 
 __all__ = ["dlg", "idlg", "idlg_label"]
@@ -176,28 +176,9 @@ def _run(
         rec.best_labels = labels_of(z)
         diverged = True
         message = "the very first evaluation was non-finite; returned the random start"
-    recon = rec.best.clamp(0, 1)
-    labels = rec.best_labels
-    result = AttackResult(
-        attack=attack,
-        reconstruction=recon,
-        labels=labels,
-        loss=rec.best_loss,
-        iterations=it,
-        evaluations=rec.evaluations,
-        seconds=rec.seconds,
-        history=rec.history,
-        diverged=diverged,
-        message=message + (f"; {restarts_used} restart(s)" if restarts_used else ""),
-        restarts=restarts_used,
-    )
-    result.metrics = rec.final_metrics(recon, labels, true_labels)
-    if callback is not None:
-        from gleak_edu.attacks._common import AttackState
-
-        psnr = result.metrics.get("psnr_mean") if result.metrics else None
-        callback(AttackState(attack, it, rec.evaluations, rec.seconds, rec.best_loss, recon.clone(), labels.clone(), psnr, True))
-    return result
+    if restarts_used:
+        message += f"; {restarts_used} restart(s)"
+    return rec.result(it, diverged, message, true_labels, restarts_used)
 
 
 def dlg(

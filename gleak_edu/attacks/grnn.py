@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gleak_edu.attacks._chain import gradient_fn
-from gleak_edu.attacks._common import AttackResult, AttackState, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
+from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
 from gleak_edu.attacks.dlg import _params_and_target
 
 __all__ = ["GRNNGenerator", "grnn", "total_variation"]
@@ -179,21 +179,4 @@ def grnn(
     if rec.best is None:
         rec.best = fake.detach().clone()
         rec.best_labels = soft.detach().argmax(1)
-    recon = rec.best.clamp(0, 1)
-    result = AttackResult(
-        attack="GRNN",
-        reconstruction=recon,
-        labels=rec.best_labels,
-        loss=rec.best_loss,
-        iterations=it,
-        evaluations=rec.evaluations,
-        seconds=rec.seconds,
-        history=rec.history,
-        diverged=diverged,
-        message=message,
-    )
-    result.metrics = rec.final_metrics(recon, result.labels, true_labels)
-    if callback is not None:
-        psnr = result.metrics.get("psnr_mean")
-        callback(AttackState("GRNN", it, rec.evaluations, rec.seconds, rec.best_loss, recon.clone(), result.labels.clone(), psnr, True))
-    return result
+    return rec.result(it, diverged, message, true_labels)
