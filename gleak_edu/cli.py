@@ -107,7 +107,6 @@ def _load_victim(args):
 
 
 def _run_attack(args) -> dict:
-
     from gleak_edu import fl, metrics, models
     from gleak_edu.attacks import dlg, grnn, idlg
     from gleak_edu.defenses import gaussian_noise, prune_gradients
