@@ -6,7 +6,19 @@ and returns an :class:`AttackResult` (reconstruction, labels, history, timing).
 """
 
 from gleak_edu.attacks._common import AttackResult, AttackState
+from gleak_edu.attacks.analytic import analytic_recovery, first_linear_layer
 from gleak_edu.attacks.dlg import dlg, idlg, idlg_label
 from gleak_edu.attacks.grnn import GRNNGenerator, grnn, total_variation
 
-__all__ = ["AttackResult", "AttackState", "GRNNGenerator", "dlg", "grnn", "idlg", "idlg_label", "total_variation"]
+__all__ = [
+    "AttackResult",
+    "AttackState",
+    "GRNNGenerator",
+    "analytic_recovery",
+    "dlg",
+    "first_linear_layer",
+    "grnn",
+    "idlg",
+    "idlg_label",
+    "total_variation",
+]

@@ -2,8 +2,10 @@
 
 - :func:`gaussian_noise` and :func:`prune_gradients`: the two classic baselines
   evaluated in DLG (Zhu et al., 2019).
+- :class:`VariationalBottleneck`: PRECODE's module (Scheliga et al., WACV 2022).
 """
 
 from gleak_edu.defenses.perturbation import gaussian_noise, prune_gradients
+from gleak_edu.defenses.precode import VariationalBottleneck
 
-__all__ = ["gaussian_noise", "prune_gradients"]
+__all__ = ["VariationalBottleneck", "gaussian_noise", "prune_gradients"]
