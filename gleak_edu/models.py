@@ -223,19 +223,30 @@ def build_model(
     num_classes: int = 100,
     activation: str = "sigmoid",
     seed: int | None = 0,
+    init: str = "uniform",
 ) -> nn.Module:
-    """Build a course victim by name (``"lenet-zhu"``, ``"lenet5"`` or ``"mlp"``) with DLG's init.
+    """Build a course victim by name (``"lenet-zhu"``, ``"lenet5"`` or ``"mlp"``).
 
-    Weights are uniform(-0.5, 0.5) drawn from ``seed`` (so the same seed gives the
-    same model everywhere: notebook, CLI, tests, benchmark).
+    ``init="uniform"`` (default): DLG's uniform(-0.5, 0.5) weights, drawn from
+    ``seed``. ``init="pytorch"``: PyTorch's default initialisation (scaled by
+    fan-in), drawn from ``seed``; Inverting Gradients and the PRECODE papers
+    attack such models (uniform(-0.5, 0.5) saturates a wide MLP's sigmoids).
+    The same seed gives the same model everywhere: notebook, CLI, tests, benchmark.
 
     Raises:
-        ValueError: for an unknown model name or activation.
+        ValueError: for an unknown model name, activation or init.
     """
     try:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    if init not in ("uniform", "pytorch"):
+        raise ValueError(f"init must be 'uniform' or 'pytorch', got {init!r}")
+    if init == "pytorch":
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(int(seed))
+            return cls(input_shape=input_shape, num_classes=num_classes, activation=activation)
     model = cls(input_shape=input_shape, num_classes=num_classes, activation=activation)
     return uniform_init_(model, 0.5, seed=seed)
 

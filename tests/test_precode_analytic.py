@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from gleak_edu import data, fl, models
+from gleak_edu import fl, models
 from gleak_edu.attacks import analytic_recovery
 from gleak_edu.defenses import VariationalBottleneck
 

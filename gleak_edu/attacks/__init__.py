@@ -9,6 +9,7 @@ from gleak_edu.attacks._common import AttackResult, AttackState
 from gleak_edu.attacks.analytic import analytic_recovery, first_linear_layer
 from gleak_edu.attacks.dlg import dlg, idlg, idlg_label
 from gleak_edu.attacks.grnn import GRNNGenerator, grnn, total_variation
+from gleak_edu.attacks.inverting import inverting_gradients, precode_bypass
 
 __all__ = [
     "AttackResult",
@@ -20,5 +21,7 @@ __all__ = [
     "grnn",
     "idlg",
     "idlg_label",
+    "inverting_gradients",
+    "precode_bypass",
     "total_variation",
 ]

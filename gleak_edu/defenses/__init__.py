@@ -6,6 +6,13 @@
 """
 
 from gleak_edu.defenses.perturbation import gaussian_noise, prune_gradients
-from gleak_edu.defenses.precode import VariationalBottleneck
+from gleak_edu.defenses.precode import VariationalBottleneck, add_precode, deterministic_parameters, precode_loss
 
-__all__ = ["VariationalBottleneck", "gaussian_noise", "prune_gradients"]
+__all__ = [
+    "VariationalBottleneck",
+    "add_precode",
+    "deterministic_parameters",
+    "gaussian_noise",
+    "precode_loss",
+    "prune_gradients",
+]

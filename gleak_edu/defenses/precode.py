@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VariationalBottleneck"]
+__all__ = ["VariationalBottleneck", "add_precode", "deterministic_parameters", "precode_loss"]
 
 
 class VariationalBottleneck(nn.Module):
@@ -71,3 +71,73 @@ class VariationalBottleneck(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, bottleneck={self.bottleneck}, beta={self.beta:g}"
+
+
+def add_precode(model: nn.Module, bottleneck: int = 256, beta: float = 1e-3) -> nn.Module:
+    """Insert a :class:`VariationalBottleneck` directly before the model's output layer, in place.
+
+    Works for the course's models (``model.classifier`` is the output
+    ``nn.Linear``): ``classifier`` becomes ``Sequential(bottleneck, linear)``, so
+    the parameters are named ``classifier.0.encoder.*``, ``classifier.0.decoder.*``
+    and ``classifier.1.*``. Returns the model.
+
+    Raises:
+        ValueError: if the model has no ``classifier`` linear layer, or already has a bottleneck.
+    """
+    head = getattr(model, "classifier", None)
+    if any(isinstance(m, VariationalBottleneck) for m in model.modules()):
+        raise ValueError("the model already has a PRECODE bottleneck")
+    if not isinstance(head, nn.Linear):
+        raise ValueError("add_precode needs a model whose output layer is the nn.Linear attribute `classifier`")
+    model.classifier = nn.Sequential(VariationalBottleneck(head.in_features, bottleneck, beta), head)
+    return model
+
+
+def precode_loss(model: nn.Module) -> torch.Tensor:
+    """Sum of ``beta * KL`` (bits) of every bottleneck after the last forward pass (0 without PRECODE)."""
+    terms = [m.loss() for m in model.modules() if isinstance(m, VariationalBottleneck)]
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+def deterministic_parameters(model: nn.Module, example: torch.Tensor | None = None) -> list[str]:
+    """Names of the parameters whose gradients do not depend on PRECODE's sampling.
+
+    Traces one forward pass (hooks record the order in which layers run) and
+    keeps the parameters of every layer that runs before the first
+    :class:`VariationalBottleneck`, plus that bottleneck's encoder. Its decoder
+    and every layer after it see the sampled z, so their gradients are random:
+    the PRECODE bypass (arXiv 2208.04767) matches only the names returned here.
+    Without a bottleneck, every parameter is returned.
+
+    Args:
+        model: the victim.
+        example: an input batch for the trace (default zeros of ``model.input_shape``).
+
+    Raises:
+        ValueError: if no example is given and the model has no ``input_shape``.
+    """
+    if example is None:
+        shape = getattr(model, "input_shape", None)
+        if shape is None:
+            raise ValueError("pass an example input: the model has no input_shape attribute")
+        example = torch.zeros((1, *shape))
+    order: list[nn.Module] = []
+    hooks = [
+        m.register_forward_pre_hook(lambda mod, _inp: order.append(mod))
+        for m in model.modules()
+        if any(True for _ in m.parameters(recurse=False)) or isinstance(m, VariationalBottleneck)
+    ]
+    try:
+        with torch.no_grad():
+            model(example)
+    finally:
+        for hk in hooks:
+            hk.remove()
+    names = {id(p): n for n, p in model.named_parameters()}
+    keep: list[str] = []
+    for mod in order:
+        if isinstance(mod, VariationalBottleneck):
+            keep += [names[id(p)] for p in mod.encoder.parameters()]
+            return keep
+        keep += [names[id(p)] for p in mod.parameters(recurse=False) if p.requires_grad]
+    return [n for n, p in model.named_parameters() if p.requires_grad]

@@ -1,0 +1,186 @@
+"""Inverting Gradients (Geiping, Bauermeister, Droege, Moeller, NeurIPS 2020), with layer selection.
+
+The objective compares directions, not magnitudes:
+``1 - <g, g*> / (||g|| ||g*||)`` over the selected parameters, plus a total
+variation prior. Selecting only some parameters is what the PRECODE bypass
+needs (Scheliga et al., arXiv 2208.04767): match the deterministic gradients,
+leave out the bottleneck's decoder and every layer after it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
+from gleak_edu.attacks.dlg import _params_and_target, idlg_label
+from gleak_edu.attacks.grnn import total_variation
+from gleak_edu.models import output_layer
+
+__all__ = ["inverting_gradients", "precode_bypass"]
+
+
+def _label_from_output_gradient(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> int:
+    """The single label from the output layer: the only negative entry of dL/db (softmax_c - onehot_c).
+
+    The bias form needs no sign assumption on the layer's input, so it also
+    holds behind PRECODE's decoder, whose outputs can be negative (where iDLG's
+    weight-row rule can fail). Without a bias, iDLG's rule is used.
+    """
+    name, layer = output_layer(model)
+    if layer.bias is None:
+        return idlg_label(model, shared)
+    return int(shared[f"{name}.bias"].argmin())
+
+
+def inverting_gradients(
+    model: nn.Module,
+    shared: Mapping[str, torch.Tensor],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    labels: torch.Tensor | None = None,
+    layers: Sequence[str] | None = None,
+    iterations: int = 1000,
+    lr: float = 0.1,
+    tv_weight: float = 1e-4,
+    restarts: int = 1,
+    seed: int = 0,
+    truth: torch.Tensor | None = None,
+    true_labels: torch.Tensor | None = None,
+    callback: Callback | None = None,
+    callback_every: int = 50,
+    metrics_every: int = 100,
+    progress: bool = False,
+    num_threads: int | None = 1,
+) -> AttackResult:
+    """Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching with a TV prior.
+
+    The dummy batch starts uniform in [0, 1] (from ``seed``) and is updated by
+    Adam (lr 0.1) on the *sign* of its gradient, clamped to [0, 1] after every
+    step (the box constraint), with the step size divided by 10 at 3/8, 5/8 and
+    7/8 of the run. ``restarts`` independent runs are made; the one with the
+    lowest final matching loss is returned. The model is used in whatever mode
+    it is in (PRECODE attacks use train mode, as the victim does).
+
+    Args:
+        model, shared, input_shape, num_classes: as for :func:`gleak_edu.attacks.dlg`.
+        labels: int64 ``[B]``; if None and B is 1, read from the output layer's
+            bias gradient (its only negative entry), else with iDLG's rule.
+        layers: names of the parameters whose gradients are matched (default
+            all). :func:`gleak_edu.defenses.deterministic_parameters` gives the
+            PRECODE bypass's selection.
+        iterations: Adam steps per restart.
+        tv_weight: weight of the total variation (1e-4 suits 32x32 images; the
+            paper's 0.2 is far too strong at this size).
+        restarts: independent restarts (best by matching loss).
+        Others: as for :func:`gleak_edu.attacks.dlg`.
+
+    Returns:
+        :class:`AttackResult` (``attack`` is ``"IG"``), pixels in [0, 1].
+
+    Raises:
+        ValueError: for a batch without ``labels``, unknown ``layers`` names, or
+            bad hyperparameters. SharedGradientError: if ``shared`` does not
+            match the model.
+    """
+    b, c, h, w = check_input_shape(input_shape, model)
+    check_num_classes(model, num_classes)
+    if iterations < 1 or restarts < 1 or not lr > 0 or tv_weight < 0:
+        raise ValueError("iterations and restarts must be >= 1, lr > 0 and tv_weight >= 0")
+    params, _ = _params_and_target(model, shared)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    selected = list(names) if layers is None else list(layers)
+    unknown = [n for n in selected if n not in names]
+    if unknown or not selected:
+        raise ValueError(f"layers must name parameters of the model; unknown: {unknown[:3] or 'none selected'}")
+    pick = [names.index(n) for n in selected]
+    sel_params = [params[i] for i in pick]
+    target = torch.cat([shared[n].detach().reshape(-1).float() for n in selected])
+    if labels is None:
+        if b != 1:
+            raise ValueError("give the labels for a batch (the analytic label rule reads a single label)")
+        labels = torch.tensor([_label_from_output_gradient(model, shared)], dtype=torch.int64)
+    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+    if labels.numel() != b:
+        raise ValueError(f"labels must have {b} entries, got {labels.numel()}")
+
+    gen = torch.Generator().manual_seed(int(seed))
+    rec = Recorder("IG", truth, callback, callback_every, metrics_every, progress, iterations * restarts)
+    milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
+    best_run_loss, best_x = math.inf, None
+    it_total = 0
+    with fast_attack_mode(model, num_threads):
+        rec.resume()
+        for r in range(restarts):
+            x = torch.rand((b, c, h, w), generator=gen).requires_grad_(True)
+            opt = torch.optim.Adam([x], lr=lr)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
+            value = math.inf
+            for it in range(1, iterations + 1):
+                out = model(x)
+                loss = F.cross_entropy(out, labels)
+                grads = torch.autograd.grad(loss, sel_params, create_graph=True)
+                g = torch.cat([t.reshape(-1) for t in grads])
+                cos = 1 - torch.dot(g, target) / (g.norm() * target.norm() + 1e-12)
+                objective = cos + tv_weight * total_variation(x)
+                (gx,) = torch.autograd.grad(objective, x)
+                rec.evaluations += 1
+                value = float(cos.detach())
+                with torch.no_grad():
+                    x.grad = gx.sign()
+                    opt.step()
+                    x.clamp_(0, 1)
+                sched.step()
+                it_total += 1
+                note = f"restart {r + 1}" if it == 1 and r > 0 else None
+                if rec.record(it_total, value, x, labels, note=note):
+                    break
+            if value < best_run_loss:
+                best_run_loss, best_x = value, x.detach().clone()
+        rec.close()
+    rec.best, rec.best_labels, rec.best_loss = best_x, labels.clone(), best_run_loss
+    message = f"{restarts} restart(s) of {iterations} steps; kept the lowest matching loss ({best_run_loss:.3g})"
+    return rec.result(it_total, False, message, true_labels)
+
+
+def precode_bypass(
+    model: nn.Module,
+    shared: Mapping[str, torch.Tensor],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    iterations: int = 1000,
+    tv_weight: float = 1e-3,
+    **kwargs,
+) -> AttackResult:
+    """The PRECODE bypass (Scheliga et al., arXiv 2208.04767): Inverting Gradients on the deterministic layers only.
+
+    The matched parameters come from the model's structure
+    (:func:`gleak_edu.defenses.deterministic_parameters`: every layer that runs
+    before the bottleneck, plus its encoder); the decoder and all later layers
+    are left out. The attacker computes its own gradients with the bottleneck's
+    mean (the model in eval mode, restored afterwards), while the victim's
+    shared gradient was sampled in train mode: a course choice, measured better
+    than sampling on the attacker's side too (mean SSIM 0.87 against 0.75 on
+    photos 0-2, untrained MLP, 1,000 steps). Other arguments as for
+    :func:`inverting_gradients`; ``result.attack`` is ``"bypass"``.
+    """
+    from gleak_edu.defenses.precode import deterministic_parameters
+
+    layers = kwargs.pop("layers", None) or deterministic_parameters(model)
+    was_training = model.training
+    model.eval()
+    try:
+        result = inverting_gradients(
+            model, shared, input_shape=input_shape, num_classes=num_classes, layers=layers,
+            iterations=iterations, tv_weight=tv_weight, **kwargs,
+        )
+    finally:
+        model.train(was_training)
+    result.attack = "bypass"
+    return result
