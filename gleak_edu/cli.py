@@ -1,8 +1,9 @@
 """The ``gleak`` command: run the course's attacks from a shell.
 
-    gleak attack {dlg,idlg,grnn} (--image PATH | --sample SET:INDEX[,INDEX...]) [--label N]
-          [--model lenet-zhu|lenet5|mlp] [--activation sigmoid|relu|tanh]
-          [--classes N] [--seed N] [--iterations N] [--batch N]
+    gleak attack {dlg,idlg,grnn,ig,bypass,analytic} (--image PATH | --sample SET:INDEX[,INDEX...])
+          [--label N] [--model lenet-zhu|lenet5|mlp] [--activation sigmoid|relu|tanh]
+          [--classes N] [--seed N] [--iterations N] [--batch N] [--tv W]
+          [--precode [--beta B] [--bottleneck K]]
           [--noise SIGMA] [--prune FRACTION] [--json OUT] [--png OUT]
 
 Bad input exits with status 2 and one line on stderr saying what is wrong.
@@ -58,12 +59,19 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="gleak", description="Gradient leakage attacks for teaching (gleak_edu).")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     att = sub.add_parser("attack", help="reconstruct a private image from the gradient it produces")
-    att.add_argument("attack", choices=["dlg", "idlg", "grnn"], help="DLG (joint label), iDLG (analytic label) or GRNN (generator)")
+    att.add_argument(
+        "attack", choices=["dlg", "idlg", "grnn", "ig", "bypass", "analytic"],
+        help="DLG, iDLG, GRNN, Inverting Gradients, the PRECODE bypass, or analytic recovery (first linear layer)",
+    )
     src = att.add_mutually_exclusive_group(required=True)
     src.add_argument("--image", type=Path, help="a PNG/JPEG file, resized to the model's input")
     src.add_argument("--sample", help="offline samples: SET:INDEX or SET:I,J,... with SET in photos, lfw, digits, mnist")
     att.add_argument("--label", type=int, help="the private label (default: the sample's label, 0 for a file)")
-    att.add_argument("--model", choices=["lenet-zhu", "lenet5", "mlp"], help="victim (default: lenet-zhu; lenet5 for grnn)")
+    att.add_argument("--model", choices=["lenet-zhu", "lenet5", "mlp"], help="victim (default: lenet-zhu; lenet5 for grnn; mlp for ig, bypass, analytic)")
+    att.add_argument("--precode", action="store_true", help="insert PRECODE's variational bottleneck before the output layer")
+    att.add_argument("--beta", type=_nonneg_float("--beta"), default=1e-3, help="PRECODE's KL weight (1e-3)")
+    att.add_argument("--bottleneck", type=_positive_int("--bottleneck"), default=256, help="PRECODE's bottleneck size K (256)")
+    att.add_argument("--tv", type=_nonneg_float("--tv"), help="total-variation weight for ig (1e-4) and bypass (1e-3)")
     att.add_argument("--batch", type=_positive_int("--batch"), help="batch size: this many images from the --sample index on")
     att.add_argument("--activation", default="sigmoid", choices=["sigmoid", "relu", "tanh"])
     att.add_argument("--classes", type=_positive_int("--classes"), default=100, help="output classes (100, as CIFAR-100)")
@@ -107,9 +115,13 @@ def _load_victim(args):
 
 
 def _run_attack(args) -> dict:
+    import time
+
+    import torch
+
     from gleak_edu import fl, metrics, models
-    from gleak_edu.attacks import dlg, grnn, idlg
-    from gleak_edu.defenses import gaussian_noise, prune_gradients
+    from gleak_edu.attacks import AttackResult, analytic_recovery, dlg, grnn, idlg, inverting_gradients, precode_bypass
+    from gleak_edu.defenses import add_precode, deterministic_parameters, gaussian_noise, prune_gradients
 
     if not 0 <= args.prune < 1:
         raise UsageError(f"--prune must lie in [0, 1), got {args.prune}")
@@ -122,19 +134,52 @@ def _run_attack(args) -> dict:
         raise UsageError(f"label(s) {y.tolist()} outside 0..{args.classes - 1} (set --classes or --label)")
     if args.attack == "idlg" and x.shape[0] > 1:
         raise UsageError("iDLG's label rule needs a single image; use dlg or grnn for a batch")
-    model_name = args.model or ("lenet5" if args.attack == "grnn" else "lenet-zhu")
+    inverting = args.attack in ("ig", "bypass", "analytic")
+    if inverting and x.shape[0] > 1 and args.attack == "analytic":
+        raise UsageError("analytic recovery works for a single image; give one index")
+    model_name = args.model or {"grnn": "lenet5", "ig": "mlp", "bypass": "mlp", "analytic": "mlp"}.get(args.attack, "lenet-zhu")
     try:
-        model = models.build_model(model_name, tuple(x.shape[1:]), args.classes, args.activation, seed=args.seed)
+        # Inverting Gradients and the PRECODE papers attack PyTorch-initialised models.
+        model = models.build_model(
+            model_name, tuple(x.shape[1:]), args.classes, args.activation, seed=args.seed,
+            init="pytorch" if inverting else "uniform",
+        )
+        if args.precode:
+            add_precode(model, args.bottleneck, args.beta)
+        if args.attack == "analytic":
+            from gleak_edu.attacks import first_linear_layer
+
+            first_linear_layer(model)
     except ValueError as exc:
         raise UsageError(f"--model {model_name}: {exc}") from None
+    torch.manual_seed(args.seed)  # PRECODE's sample in the victim's step
     shared = fl.client_gradient(model, x, y)
     if args.noise > 0:
         shared = gaussian_noise(shared, args.noise, seed=args.seed)
     if args.prune > 0:
         shared = prune_gradients(shared, args.prune)
     common = dict(input_shape=tuple(x.shape), num_classes=args.classes, seed=args.seed, truth=x, true_labels=y)
+    layers_matched = [n for n, p in model.named_parameters() if p.requires_grad]
+    known = None if x.shape[0] == 1 else y  # one image: the attack reads the label; a batch: labels assumed known
     if args.attack == "grnn":
         result = grnn(model, shared, iterations=args.iterations or 1500, **common)
+    elif args.attack == "ig":
+        result = inverting_gradients(model, shared, iterations=args.iterations or 1000, tv_weight=1e-4 if args.tv is None else args.tv, labels=known, **common)
+    elif args.attack == "bypass":
+        layers_matched = deterministic_parameters(model)
+        result = precode_bypass(model, shared, iterations=args.iterations or 1000, tv_weight=1e-3 if args.tv is None else args.tv, labels=known, **common)
+    elif args.attack == "analytic":
+        start = time.perf_counter()
+        raw = analytic_recovery(model, shared, input_shape=tuple(x.shape))
+        layers_matched = [n for n in layers_matched if n.startswith("features.0.")]
+        result = AttackResult("analytic", raw.clamp(0, 1), y.clone(), 0.0, 0, 1, time.perf_counter() - start)
+        result.metrics = {
+            "order": [0], "psnr": metrics.psnr(raw, x).tolist(), "ssim": metrics.ssim(raw, x).tolist(),
+            "mse": metrics.mse(raw, x).tolist(), "label_accuracy": 1.0, "max_abs_error": float((raw - x).abs().max()),
+        }
+        for key in ("psnr", "ssim", "mse"):
+            result.metrics[f"{key}_mean"] = sum(result.metrics[key]) / len(result.metrics[key])
+        result.message = "labels are not recovered by this route; the true label is reported"
     else:
         attack = {"dlg": dlg, "idlg": idlg}[args.attack]
         result = attack(model, shared, iterations=args.iterations or 300, restarts=args.restarts, **common)
@@ -170,7 +215,11 @@ def _run_attack(args) -> dict:
         "history": [
             {k: rec[k] for k in ("iteration", "evaluations", "seconds", "loss", "psnr")} for rec in result.history
         ],
+        "precode": args.precode,
+        "layers_matched": layers_matched,
     }
+    if "max_abs_error" in m:
+        out["max_abs_error"] = m["max_abs_error"]
     if image_set is not None and image_set.name == "lfw":
         ranks = metrics.reid_ranks(result.reconstruction[order], image_set.images, idx)
         out["reid_ranks"] = ranks.tolist()

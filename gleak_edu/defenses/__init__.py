@@ -6,13 +6,20 @@
 """
 
 from gleak_edu.defenses.perturbation import gaussian_noise, prune_gradients
-from gleak_edu.defenses.precode import VariationalBottleneck, add_precode, deterministic_parameters, precode_loss
+from gleak_edu.defenses.precode import (
+    VariationalBottleneck,
+    add_precode,
+    deterministic_parameters,
+    gradient_stochasticity,
+    precode_loss,
+)
 
 __all__ = [
     "VariationalBottleneck",
     "add_precode",
     "deterministic_parameters",
     "gaussian_noise",
+    "gradient_stochasticity",
     "precode_loss",
     "prune_gradients",
 ]

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["VariationalBottleneck", "add_precode", "deterministic_parameters", "precode_loss"]
+__all__ = ["VariationalBottleneck", "add_precode", "deterministic_parameters", "gradient_stochasticity", "precode_loss"]
 
 
 class VariationalBottleneck(nn.Module):
@@ -73,13 +73,14 @@ class VariationalBottleneck(nn.Module):
         return f"in_features={self.in_features}, bottleneck={self.bottleneck}, beta={self.beta:g}"
 
 
-def add_precode(model: nn.Module, bottleneck: int = 256, beta: float = 1e-3) -> nn.Module:
+def add_precode(model: nn.Module, bottleneck: int = 256, beta: float = 1e-3, seed: int | None = 0) -> nn.Module:
     """Insert a :class:`VariationalBottleneck` directly before the model's output layer, in place.
 
     Works for the course's models (``model.classifier`` is the output
     ``nn.Linear``): ``classifier`` becomes ``Sequential(bottleneck, linear)``, so
     the parameters are named ``classifier.0.encoder.*``, ``classifier.0.decoder.*``
-    and ``classifier.1.*``. Returns the model.
+    and ``classifier.1.*``. The bottleneck's weights (PyTorch's default
+    initialisation) are drawn from ``seed`` (None: the global RNG). Returns the model.
 
     Raises:
         ValueError: if the model has no ``classifier`` linear layer, or already has a bottleneck.
@@ -89,7 +90,11 @@ def add_precode(model: nn.Module, bottleneck: int = 256, beta: float = 1e-3) -> 
         raise ValueError("the model already has a PRECODE bottleneck")
     if not isinstance(head, nn.Linear):
         raise ValueError("add_precode needs a model whose output layer is the nn.Linear attribute `classifier`")
-    model.classifier = nn.Sequential(VariationalBottleneck(head.in_features, bottleneck, beta), head)
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        vb = VariationalBottleneck(head.in_features, bottleneck, beta)
+    model.classifier = nn.Sequential(vb, head)
     return model
 
 
@@ -141,3 +146,30 @@ def deterministic_parameters(model: nn.Module, example: torch.Tensor | None = No
             return keep
         keep += [names[id(p)] for p in mod.parameters(recurse=False) if p.requires_grad]
     return [n for n, p in model.named_parameters() if p.requires_grad]
+
+
+def gradient_stochasticity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, seed: int = 0) -> dict[str, float]:
+    """Per parameter, the cosine similarity between two gradient computations on the same (x, y).
+
+    Both computations run in train mode (so PRECODE samples z twice). A value
+    near 1 means the gradient is deterministic, near 0 that it is dominated by
+    the sampling. Returns ``{parameter name: cosine}`` in ``named_parameters()``
+    order; the model's mode is restored.
+    """
+    from gleak_edu.fl import client_gradient
+
+    was_training = model.training
+    model.train()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(int(seed))
+            g1 = client_gradient(model, x, y)
+            g2 = client_gradient(model, x, y)
+    finally:
+        model.train(was_training)
+    out = {}
+    for name in g1:
+        a, b = g1[name].reshape(-1), g2[name].reshape(-1)
+        denom = float(a.norm() * b.norm())
+        out[name] = float(a @ b) / denom if denom > 0 else 1.0
+    return out
