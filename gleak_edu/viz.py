@@ -13,7 +13,17 @@ from typing import Sequence
 import numpy as np
 import torch
 
-__all__ = ["STYLE", "to_numpy_image", "png_bytes", "show_images", "compare_figure", "history_figure", "threat_model_figure"]
+__all__ = [
+    "STYLE",
+    "compare_figure",
+    "history_figure",
+    "png_bytes",
+    "precode_figure",
+    "show_images",
+    "stochasticity_figure",
+    "threat_model_figure",
+    "to_numpy_image",
+]
 
 # One style for every figure of the course.
 STYLE = {"cell": 1.7, "cmap": "gray", "title_size": 9, "font_size": 9, "dpi": 100}
@@ -161,5 +171,56 @@ def threat_model_figure():
     ax.add_patch(FancyArrowPatch((6.25, 2.0), (7.35, 2.0), arrowstyle="-|>", mutation_scale=12, color="#b00"))
     ax.text(6.3, 2.2, "one gradient", fontsize=8, color="#b00")
     ax.text(5.0, 0.25, "FedSGD: only gradients leave the clients, never the data... or so it seems", ha="center", fontsize=8, style="italic")
+    fig.tight_layout()
+    return fig
+
+
+def precode_figure():
+    """PRECODE's variational bottleneck between the feature extractor and the output layer."""
+    plt = _plt()
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(8, 2.4))
+    ax.set_xlim(0, 12)
+    ax.set_ylim(0, 3)
+    ax.axis("off")
+
+    def box(x, y, w, h, text, color):
+        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.3"))
+        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
+
+    def arrow(x0, x1, y=1.5):
+        ax.add_patch(FancyArrowPatch((x0, y), (x1, y), arrowstyle="-|>", mutation_scale=11, color="0.2"))
+
+    box(0.1, 1.0, 1.5, 1.0, "image x", "#eeeeee")
+    box(2.1, 1.0, 2.0, 1.0, "feature layers\n(deterministic)", "#d8ecff")
+    box(4.6, 1.0, 1.6, 1.0, "encoder\n-> mu, sigma", "#d8ecff")
+    box(6.7, 1.0, 1.7, 1.0, "sample\nz = mu + σ·ε", "#ffe3c8")
+    box(8.9, 1.0, 1.3, 1.0, "decoder", "#ffd0d0")
+    box(10.6, 1.0, 1.3, 1.0, "output\nlayer", "#ffd0d0")
+    for x0, x1 in ((1.65, 2.05), (4.15, 4.55), (6.25, 6.65), (8.45, 8.85), (10.25, 10.55)):
+        arrow(x0, x1)
+    ax.text(3.4, 0.45, "gradients: deterministic (the bypass matches these)", ha="center", fontsize=8, color="#1f5fa8")
+    ax.text(9.9, 0.45, "gradients: random (sampling)", ha="center", fontsize=8, color="#b00")
+    ax.text(6.0, 2.55, "PRECODE: a variational bottleneck before the output layer; loss = CE + beta * KL (bits)", ha="center", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def stochasticity_figure(cosines: dict, deterministic: Sequence[str] | None = None):
+    """Bar chart of per-parameter cosine similarity between two gradient computations."""
+    plt = _plt()
+    names = list(cosines)
+    keep = set(deterministic or [])
+    fig, ax = plt.subplots(figsize=(7, 2.8))
+    colors = ["#1f5fa8" if n in keep else "#c0392b" for n in names]
+    ax.bar(range(len(names)), [cosines[n] for n in names], color=colors)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
+    ax.set_ylabel("cosine of two gradients\non the same input")
+    ax.set_ylim(-0.1, 1.05)
+    ax.axhline(0, color="0.5", lw=0.6)
+    if keep:
+        ax.set_title("blue: matched by the bypass, red: left out", fontsize=STYLE["title_size"])
     fig.tight_layout()
     return fig

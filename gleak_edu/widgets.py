@@ -18,7 +18,7 @@ from gleak_edu import fl, metrics, viz
 from gleak_edu.attacks import AttackResult, AttackState, dlg, grnn, idlg
 from gleak_edu.defenses import gaussian_noise, prune_gradients
 
-__all__ = ["LiveView", "DefensePanel", "GRNNPanel", "NOISE_LEVELS"]
+__all__ = ["LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "NOISE_LEVELS"]
 
 # The noise slider's stops (absolute std per gradient entry; see gaussian_noise).
 NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -282,6 +282,69 @@ class GRNNPanel:
 
     def display(self) -> None:
         """Show the sliders, the live view and the summary in the notebook."""
+        from IPython.display import display
+
+        display(self.widget)
+
+    def _ipython_display_(self) -> None:
+        self.display()
+
+
+class LayerPanel:
+    """Choose which parameters the attacker matches, and watch Inverting Gradients with that choice.
+
+    Args:
+        model: the victim (e.g. an MLP with PRECODE), in the mode the victim used.
+        shared: its shared gradient of ``x``; x: ``[1, C, H, W]`` in [0, 1].
+        default: the names selected at first (e.g. the bypass's deterministic ones).
+        iterations: Inverting Gradients steps per run; tv_weight: its TV weight.
+
+    The attacker uses the model in eval mode (the bottleneck's mean), as
+    :func:`gleak_edu.attacks.precode_bypass` does. ``run(names)`` is the
+    handler; it runs once with ``default`` when the panel is built.
+    Attributes: ``widget``, ``results`` ``{tuple(names): AttackResult}``, ``last``.
+    """
+
+    def __init__(self, model: nn.Module, shared, x: torch.Tensor, *, default: Sequence[str], iterations: int = 300,
+                 tv_weight: float = 1e-3, num_classes: int | None = None, seed: int = 0) -> None:
+        from gleak_edu.attacks import precode_bypass
+
+        self._attack = precode_bypass
+        names = list(shared)
+        unknown = [n for n in default if n not in names]
+        if unknown:
+            raise ValueError(f"default names {unknown[:3]} are not parameters of the model")
+        self.model, self.shared, self.x = model, shared, x
+        self.iterations, self.tv_weight, self.seed = int(iterations), float(tv_weight), int(seed)
+        self.num_classes = num_classes or getattr(model, "num_classes")
+        self.results: dict[tuple[str, ...], AttackResult] = {}
+        self.last: AttackResult | None = None
+        w = _widgets()
+        self.select = w.SelectMultiple(options=names, value=tuple(default), rows=min(len(names), 10),
+                                       description="match", layout=w.Layout(width="420px"))
+        self.view = LiveView(original=x, title="Inverting Gradients on the selected parameters")
+        self.summary = w.HTML()
+        out = w.interactive_output(lambda names: self.run(list(names)), {"names": self.select})
+        self.widget = w.VBox([self.select, self.view.widget, self.summary, out])
+
+    def run(self, names: Sequence[str]) -> AttackResult | None:
+        """Run the attack matching only ``names``; an empty choice just says so."""
+        if not names:
+            self.summary.value = "select at least one parameter"
+            return None
+        result = self._attack(
+            self.model, self.shared, input_shape=tuple(self.x.shape), num_classes=self.num_classes, layers=list(names),
+            iterations=self.iterations, tv_weight=self.tv_weight, seed=self.seed, truth=self.x,
+            callback=self.view, callback_every=25,
+        )
+        self.results[tuple(names)] = result
+        self.last = result
+        m = result.metrics
+        self.summary.value = f"{len(names)} parameter tensors matched: <b>SSIM {m['ssim_mean']:.3f}</b>, PSNR {m['psnr_mean']:.1f} dB"
+        return result
+
+    def display(self) -> None:
+        """Show the selector, the live view and the summary."""
         from IPython.display import display
 
         display(self.widget)

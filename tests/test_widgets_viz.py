@@ -188,3 +188,25 @@ def test_grnn_panel_runs_headless_and_on_release(photo_set):
     assert (3, 0.1) in panel.results and "batch 3" in panel.summary.value
     with pytest.raises(ValueError, match="max_batch"):
         widgets.GRNNPanel(lambda: None, photo_set.images, photo_set.labels, num_classes=100, max_batch=99)
+
+
+def test_layer_panel_and_precode_figures(photo_set):
+    from gleak_edu import fl, models
+    from gleak_edu.defenses import add_precode, deterministic_parameters, gradient_stochasticity
+
+    x, y = photo_set.batch(0)
+    model = add_precode(models.build_model("mlp", (3, 32, 32), 100, seed=0, init="pytorch"))
+    torch.manual_seed(0)
+    shared = fl.client_gradient(model, x, y)
+    keep = deterministic_parameters(model)
+    panel = widgets.LayerPanel(model, shared, x, default=keep, iterations=5)
+    assert panel.last is not None and tuple(keep) in panel.results  # ran once with the default choice
+    assert model.training  # the attack restored the victim's mode
+    assert panel.run([]) is None and "at least one" in panel.summary.value
+    result = panel.run(["classifier.1.weight"])
+    assert result.reconstruction.shape == x.shape and ("classifier.1.weight",) in panel.results
+    with pytest.raises(ValueError, match="not parameters"):
+        widgets.LayerPanel(model, shared, x, default=["nope"], iterations=1)
+    for fig in (viz.precode_figure(), viz.stochasticity_figure(gradient_stochasticity(model, x, y), keep)):
+        assert isinstance(fig, Figure)
+        plt.close(fig)
