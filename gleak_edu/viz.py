@@ -147,47 +147,48 @@ def history_figure(runs: dict, key: str = "psnr", x: str = "seconds", threshold:
     return fig
 
 
-def threat_model_figure():
-    """The FedSGD threat model in one picture: clients share gradients, an honest-but-curious server inverts one."""
+def _diagram(figsize: tuple[float, float], xlim: float, ylim: float):
+    """An empty axes for a box-and-arrow diagram, and a ``box(x, y, w, h, text, color)`` drawer."""
     plt = _plt()
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    from matplotlib.patches import FancyBboxPatch
 
-    fig, ax = plt.subplots(figsize=(7.5, 2.8))
-    ax.set_xlim(0, 10)
-    ax.set_ylim(0, 4)
+    fig, ax = plt.subplots(figsize=figsize)
+    ax.set_xlim(0, xlim)
+    ax.set_ylim(0, ylim)
     ax.axis("off")
 
     def box(x, y, w, h, text, color):
         ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.3"))
         ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
 
+    return fig, ax, box
+
+
+def threat_model_figure():
+    """The FedSGD threat model in one picture: clients share gradients, an honest-but-curious server inverts one."""
+    from matplotlib.patches import FancyArrowPatch
+
+    fig, ax, box = _diagram((7.5, 2.8), 10, 4)
+
     box(0.2, 2.5, 2.4, 1.2, "client A\nprivate photo x, label y", "#d8ecff")
-    box(0.2, 0.3, 2.4, 1.2, "client B\nprivate batch", "#d8ecff")
+    box(0.2, 0.55, 2.4, 1.1, "client B\nprivate batch", "#d8ecff")
     box(4.0, 1.4, 2.2, 1.2, "server\nknows model W\n(honest but curious)", "#ffe3c8")
     box(7.4, 1.4, 2.4, 1.2, "attack (DLG, iDLG)\nfind x', y' whose\ngradient matches", "#ffd0d0")
-    for y0 in (3.1, 0.9):
+    for y0 in (3.1, 1.1):
         ax.add_patch(FancyArrowPatch((2.7, y0), (3.95, 2.0), arrowstyle="-|>", mutation_scale=12, color="0.2"))
     ax.text(3.05, 2.85, r"$\nabla_W L(x, y)$", fontsize=9)
     ax.add_patch(FancyArrowPatch((6.25, 2.0), (7.35, 2.0), arrowstyle="-|>", mutation_scale=12, color="#b00"))
     ax.text(6.3, 2.2, "one gradient", fontsize=8, color="#b00")
-    ax.text(5.0, 0.25, "FedSGD: only gradients leave the clients, never the data... or so it seems", ha="center", fontsize=8, style="italic")
+    ax.text(5.0, 0.08, "FedSGD: only gradients leave the clients, never the data... or so it seems", ha="center", fontsize=8, style="italic")
     fig.tight_layout()
     return fig
 
 
 def precode_figure():
     """PRECODE's variational bottleneck between the feature extractor and the output layer."""
-    plt = _plt()
-    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+    from matplotlib.patches import FancyArrowPatch
 
-    fig, ax = plt.subplots(figsize=(8, 2.4))
-    ax.set_xlim(0, 12)
-    ax.set_ylim(0, 3)
-    ax.axis("off")
-
-    def box(x, y, w, h, text, color):
-        ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.05", fc=color, ec="0.3"))
-        ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=8.5)
+    fig, ax, box = _diagram((8, 2.4), 12, 3)
 
     def arrow(x0, x1, y=1.5):
         ax.add_patch(FancyArrowPatch((x0, y), (x1, y), arrowstyle="-|>", mutation_scale=11, color="0.2"))
