@@ -42,7 +42,21 @@ def _check_input_shape(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return c, h, w
 
 
-class LeNetZhu(nn.Module):
+class _Victim(nn.Module):
+    """What every course model records: ``input_shape`` (C, H, W), ``num_classes``, ``activation``."""
+
+    def _setup(self, input_shape: Sequence[int], num_classes: int, activation: str) -> tuple[int, int, int]:
+        c, h, w = _check_input_shape(input_shape)
+        if num_classes < 2:
+            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+        _activation(activation)  # fail early on an unknown name
+        self.input_shape = (c, h, w)
+        self.num_classes = int(num_classes)
+        self.activation = activation
+        return c, h, w
+
+
+class LeNetZhu(_Victim):
     """The LeNet variant of DLG (Zhu et al., 2019).
 
     Conv(C->12, k5, pad 2, stride 2) -> act -> Conv(12->12, k5, pad 2, stride 2)
@@ -68,12 +82,7 @@ class LeNetZhu(nn.Module):
         activation: str = "sigmoid",
     ) -> None:
         super().__init__()
-        c, h, w = _check_input_shape(input_shape)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        self.input_shape = (c, h, w)
-        self.num_classes = int(num_classes)
-        self.activation = activation
+        c, h, w = self._setup(input_shape, num_classes, activation)
         self.features = nn.Sequential(
             nn.Conv2d(c, 12, kernel_size=5, padding=2, stride=2),
             _activation(activation),
@@ -94,7 +103,7 @@ class LeNetZhu(nn.Module):
         return [*self.features, nn.Flatten(), self.classifier]
 
 
-class LeNet5(nn.Module):
+class LeNet5(_Victim):
     """LeNet-5 (LeCun et al. 1998) with sigmoid activations, GRNN's victim (Ren, Deng, Xie, 2022).
 
     Conv(C->6, k5, pad 2) -> act -> AvgPool 2 -> Conv(6->16, k5) -> act -> AvgPool 2
@@ -119,14 +128,9 @@ class LeNet5(nn.Module):
         activation: str = "sigmoid",
     ) -> None:
         super().__init__()
-        c, h, w = _check_input_shape(input_shape)
+        c, h, w = self._setup(input_shape, num_classes, activation)
         if min(h, w) < 12:
             raise ValueError(f"LeNet-5 needs images of at least 12x12 pixels, got {h}x{w}")
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        self.input_shape = (c, h, w)
-        self.num_classes = int(num_classes)
-        self.activation = activation
         self.features = nn.Sequential(
             nn.Conv2d(c, 6, kernel_size=5, padding=2),
             _activation(activation),
@@ -152,7 +156,7 @@ class LeNet5(nn.Module):
         return [*self.features, nn.Flatten(), *self.hidden, self.classifier]
 
 
-class MLP(nn.Module):
+class MLP(_Victim):
     """A fully connected classifier: flatten -> [Linear -> act] x len(hidden) -> Linear.
 
     Args:
@@ -174,12 +178,7 @@ class MLP(nn.Module):
         activation: str = "sigmoid",
     ) -> None:
         super().__init__()
-        c, h, w = _check_input_shape(input_shape)
-        if num_classes < 2:
-            raise ValueError(f"num_classes must be at least 2, got {num_classes}")
-        self.input_shape = (c, h, w)
-        self.num_classes = int(num_classes)
-        self.activation = activation
+        c, h, w = self._setup(input_shape, num_classes, activation)
         layers: list[nn.Module] = []
         width = c * h * w
         for size in hidden:

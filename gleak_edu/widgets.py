@@ -33,7 +33,22 @@ def _widgets():
         return None
 
 
-class LiveView:
+class _Panel:
+    """A box of widgets (``self.widget``) that shows itself in a notebook."""
+
+    widget = None
+
+    def display(self) -> None:
+        """Show the panel (sliders or selector, live view, summary) in the notebook."""
+        from IPython.display import display
+
+        display(self.widget if self.widget is not None else f"{type(self).__name__}: ipywidgets not installed")
+
+    def _ipython_display_(self) -> None:
+        self.display()
+
+
+class LiveView(_Panel):
     """The current reconstruction beside the original, updated while an attack runs.
 
     Use it as the attack's callback::
@@ -78,14 +93,6 @@ class LiveView:
             imgs = torch.cat(list(imgs), dim=-1)  # side by side
         return viz.png_bytes(imgs, scale=self.scale)
 
-    def display(self) -> None:
-        """Show the view in the notebook (call before starting the attack)."""
-        from IPython.display import display
-
-        display(self.widget if self.widget is not None else "LiveView: ipywidgets not installed")
-
-    def _ipython_display_(self) -> None:
-        self.display()
 
     def __call__(self, state: AttackState) -> None:
         """Attack callback: draw ``state.estimate`` and the readout."""
@@ -109,7 +116,7 @@ class LiveView:
         self.readout.value = text
 
 
-class DefensePanel:
+class DefensePanel(_Panel):
     """Sliders for the noise sigma and the pruning fraction that re-run an attack on release.
 
     The private batch's gradient is computed once; every slider release applies
@@ -196,17 +203,9 @@ class DefensePanel:
         )
         return result
 
-    def display(self) -> None:
-        """Show the sliders, the live view and the summary in the notebook."""
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _ipython_display_(self) -> None:
-        self.display()
 
 
-class GRNNPanel:
+class GRNNPanel(_Panel):
     """Sliders for the batch size and the gradient noise sigma, re-running GRNN on release.
 
     The victim (a fresh model from ``model_factory``) shares the gradient of
@@ -280,17 +279,9 @@ class GRNNPanel:
         )
         return result
 
-    def display(self) -> None:
-        """Show the sliders, the live view and the summary in the notebook."""
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _ipython_display_(self) -> None:
-        self.display()
 
 
-class LayerPanel:
+class LayerPanel(_Panel):
     """Choose which parameters the attacker matches, and watch Inverting Gradients with that choice.
 
     Args:
@@ -343,11 +334,3 @@ class LayerPanel:
         self.summary.value = f"{len(names)} parameter tensors matched: <b>SSIM {m['ssim_mean']:.3f}</b>, PSNR {m['psnr_mean']:.1f} dB"
         return result
 
-    def display(self) -> None:
-        """Show the selector, the live view and the summary."""
-        from IPython.display import display
-
-        display(self.widget)
-
-    def _ipython_display_(self) -> None:
-        self.display()

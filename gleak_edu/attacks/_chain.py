@@ -81,7 +81,12 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
                 ho = (hh + 2 * pd[0] - k[0]) // st[0] + 1
                 wo = (ww + 2 * pd[1] - k[1]) // st[1] + 1
                 col = F.unfold(h, k, padding=pd, stride=st)  # [B, C*k*k, L]
-                a = w2 @ col if bias is None else torch.baddbmm(bias.expand(bsz, -1, -1), w2.expand(bsz, -1, -1), col) if bsz > 1 else torch.addmm(bias, w2, col[0])[None]
+                if bias is None:
+                    a = w2 @ col
+                elif bsz == 1:  # one fused op on the hot path of single-image attacks
+                    a = torch.addmm(bias, w2, col[0])[None]
+                else:
+                    a = torch.baddbmm(bias.expand(bsz, -1, -1), w2.expand(bsz, -1, -1), col)
                 return a.reshape(bsz, o, ho, wo), (col, (hh, ww))
 
             def bwd(d, saved, out, k=k, st=st, pd=pd, o=o, w2t=w2t, iw=iw, ib=ib, wshape=wshape, first=first):

@@ -14,8 +14,9 @@ compact representation of Byrd, Nocedal and Schnabel (1994):
     M = [[R^-T (D + gamma Y^T Y) R^-1, -R^-T], [-R^-1, 0]]
 
 with S, Y the stored steps and gradient changes, R the upper triangle of S^T Y
-and D its diagonal. S^T Y and Y^T Y are updated incrementally, so an
-evaluation costs three matrix-vector products and one small triangular solve.
+and D its diagonal. The Gram matrices are updated incrementally (in float64:
+the compact form cancels large terms), so an evaluation costs two
+matrix-vector products with the history and two small triangular solves.
 """
 
 from __future__ import annotations
