@@ -4,7 +4,10 @@
           [--label N] [--model lenet-zhu|lenet5|mlp] [--activation sigmoid|relu|tanh]
           [--classes N] [--seed N] [--iterations N] [--batch N] [--tv W]
           [--precode [--beta B] [--bottleneck K]]
-          [--noise SIGMA] [--prune FRACTION] [--json OUT] [--png OUT]
+          [--noise SIGMA] [--prune FRACTION] [--defense none|noise|ppp [--sigma S] [--clip C]]
+          [--json OUT] [--png OUT]
+    gleak sweep ppp [--noise-levels S,S,...] [--seeds N,N,...] [--images N] [--iterations N]
+          [--epochs N] [--clip C] [--cache DIR | --no-cache] --json OUT [--png OUT]
 
 Bad input exits with status 2 and one line on stderr saying what is wrong.
 """
@@ -81,9 +84,56 @@ def _build_parser() -> argparse.ArgumentParser:
     att.add_argument("--noise", type=_nonneg_float("--noise"), default=0.0, help="Gaussian noise std on the shared gradient")
     att.add_argument("--prune", type=_nonneg_float("--prune"), default=0.0, help="fraction of gradient entries zeroed per layer, in [0, 1)")
     att.add_argument("--size", type=_positive_int("--size"), default=32, help="side of an --image after resizing (32)")
+    att.add_argument(
+        "--defense", choices=["none", "noise", "ppp"], default="none",
+        help="per-example clipping + Gaussian noise on every gradient (noise = full perturbation) or, with PRECODE, "
+        "only on the deterministic ones (ppp; implies --precode)",
+    )
+    att.add_argument("--sigma", type=_nonneg_float("--sigma"), default=1.0, help="noise multiplier of --defense, relative to --clip (1.0)")
+    att.add_argument("--clip", type=_nonneg_float("--clip"), default=1.0, help="clipping bound C of --defense (1.0)")
     att.add_argument("--json", type=Path, help="write the results as JSON here")
     att.add_argument("--png", type=Path, help="write original | reconstruction as a PNG here")
+
+    sw = sub.add_parser("sweep", help="privacy-accuracy trade-off sweeps (cached)")
+    sw.add_argument("sweep", choices=["ppp"], help="ppp: no defense, full perturbation, PRECODE, PPP over a noise grid")
+    sw.add_argument("--noise-levels", type=_float_list("--noise-levels"), help="noise multipliers, e.g. 0.1,1,3 (default 0.01,0.03,0.1,0.3,1,3)")
+    sw.add_argument("--seeds", type=_int_list("--seeds"), help="training seeds, e.g. 0,1,2 (default)")
+    sw.add_argument("--images", type=_positive_int("--images"), help="test images attacked per model (3)")
+    sw.add_argument("--iterations", type=_positive_int("--iterations"), help="attack steps per image (500)")
+    sw.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs (2)")
+    sw.add_argument("--clip", type=_nonneg_float("--clip"), help="clipping bound C (1.0)")
+    sw.add_argument("--train-images", type=_positive_int("--train-images"), help="use only this many training images (all 4,000)")
+    cache = sw.add_mutually_exclusive_group()
+    cache.add_argument("--cache", type=Path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
+    cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
+    sw.add_argument("--json", type=Path, required=True, help="write the trade-off table as JSON here")
+    sw.add_argument("--png", type=Path, help="write the trade-off curves as a PNG here")
     return parser
+
+
+def _float_list(name: str):
+    one = _nonneg_float(name)
+
+    def parse(text: str) -> tuple[float, ...]:
+        parts = [p for p in text.split(",") if p.strip()]
+        if not parts:
+            raise argparse.ArgumentTypeError(f"{name} needs at least one number")
+        return tuple(one(p) for p in parts)
+
+    return parse
+
+
+def _int_list(name: str):
+    def parse(text: str) -> tuple[int, ...]:
+        try:
+            values = tuple(int(p) for p in text.split(",") if p.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be whole numbers separated by commas, got {text!r}") from None
+        if not values:
+            raise argparse.ArgumentTypeError(f"{name} needs at least one number")
+        return values
+
+    return parse
 
 
 def _load_victim(args):
@@ -121,7 +171,7 @@ def _run_attack(args) -> dict:
 
     from gleak_edu import fl, metrics, models
     from gleak_edu.attacks import AttackResult, analytic_recovery, dlg, grnn, idlg, inverting_gradients, precode_bypass
-    from gleak_edu.defenses import add_precode, deterministic_parameters, gaussian_noise, prune_gradients
+    from gleak_edu.defenses import add_precode, deterministic_parameters, gaussian_noise, perturbed_gradient, prune_gradients
 
     if not 0 <= args.prune < 1:
         raise UsageError(f"--prune must lie in [0, 1), got {args.prune}")
@@ -129,6 +179,12 @@ def _run_attack(args) -> dict:
         raise UsageError(f"--restarts must be >= 0, got {args.restarts}")
     if args.classes < 2:
         raise UsageError(f"--classes must be at least 2, got {args.classes}")
+    if args.defense != "none" and args.clip <= 0:
+        raise UsageError(f"--clip must be > 0, got {args.clip}")
+    if args.defense != "none" and args.noise > 0:
+        raise UsageError("--noise adds absolute-std noise; with --defense use --sigma (relative to --clip), not both")
+    if args.defense == "ppp":
+        args.precode = True  # PPP is PRECODE with partial perturbation
     x, y, source, image_set, idx = _load_victim(args)
     if int(y.min()) < 0 or int(y.max()) >= args.classes:
         raise UsageError(f"label(s) {y.tolist()} outside 0..{args.classes - 1} (set --classes or --label)")
@@ -153,7 +209,11 @@ def _run_attack(args) -> dict:
     except ValueError as exc:
         raise UsageError(f"--model {model_name}: {exc}") from None
     torch.manual_seed(args.seed)  # PRECODE's sample in the victim's step
-    shared = fl.client_gradient(model, x, y)
+    if args.defense == "none":
+        shared = fl.client_gradient(model, x, y)
+    else:
+        scope = "full" if args.defense == "noise" else "ppp"
+        shared = perturbed_gradient(model, x, y, sigma=args.sigma, clip=args.clip, scope=scope, seed=args.seed)
     if args.noise > 0:
         shared = gaussian_noise(shared, args.noise, seed=args.seed)
     if args.prune > 0:
@@ -216,6 +276,9 @@ def _run_attack(args) -> dict:
             {k: rec[k] for k in ("iteration", "evaluations", "seconds", "loss", "psnr")} for rec in result.history
         ],
         "precode": args.precode,
+        "defense": args.defense,
+        "sigma": args.sigma if args.defense != "none" else None,
+        "clip": args.clip if args.defense != "none" else None,
         "layers_matched": layers_matched,
     }
     if "max_abs_error" in m:
@@ -232,6 +295,45 @@ def _run_attack(args) -> dict:
         fig.savefig(args.png, dpi=120)
         import matplotlib.pyplot as plt
 
+        plt.close(fig)
+    return out
+
+
+def _run_sweep(args) -> dict:
+    from gleak_edu import sweeps
+
+    overrides = {
+        name: value
+        for name, value in (
+            ("noise_levels", args.noise_levels), ("seeds", args.seeds), ("images", args.images),
+            ("iterations", args.iterations), ("epochs", args.epochs), ("clip", args.clip),
+            ("train_images", args.train_images),
+        )
+        if value is not None
+    }
+    if overrides.get("clip", 1.0) <= 0:
+        raise UsageError(f"--clip must be > 0, got {overrides['clip']}")
+    result = sweeps.ppp_sweep(cache_dir=args.cache, use_cache=not args.no_cache, progress=sys.stderr.isatty(), **overrides)
+    print(result.table())
+    claims = sweeps.claim_check(result)
+    for c in claims:
+        print(
+            f"sigma {c['sigma']:g}: PPP bypass SSIM {c['ppp_bypass_ssim']:.3f}, accuracy lost: full "
+            f"{100 * c['full_loss']:.1f} pts vs PPP {100 * c['ppp_loss']:.1f} pts (x{c['loss_ratio']:.2f}) -> "
+            + ("claim holds" if c["holds"] else "claim does not hold")
+        )
+    print(f"{result.computed} cells computed, {result.cached} from the cache")
+    out = result.to_json()
+    out["claim"] = sweeps._finite(claims)
+    out["cells_computed"], out["cells_cached"] = result.computed, result.cached
+    if args.png is not None:
+        import matplotlib.pyplot as plt
+
+        from gleak_edu import viz
+
+        fig = viz.tradeoff_figure(result)
+        args.png.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(args.png, dpi=120)
         plt.close(fig)
     return out
 
@@ -264,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
             if args.json is not None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(_finite(out), indent=1))
+        elif args.command == "sweep":
+            out = _run_sweep(args)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(_finite(out), indent=1))
         return 0
     except (UsageError, FileNotFoundError, ValueError, IndexError, ImportError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__

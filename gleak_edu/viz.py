@@ -18,10 +18,12 @@ __all__ = [
     "compare_figure",
     "history_figure",
     "png_bytes",
+    "ppp_figure",
     "precode_figure",
     "show_images",
     "stochasticity_figure",
     "threat_model_figure",
+    "tradeoff_figure",
     "to_numpy_image",
 ]
 
@@ -184,23 +186,24 @@ def threat_model_figure():
     return fig
 
 
-def precode_figure():
-    """PRECODE's variational bottleneck between the feature extractor and the output layer."""
+def _precode_chain(ax, box, y: float, features_label: str = "feature layers") -> None:
+    """The six boxes of a PRECODE model (image -> features -> encoder -> sample -> decoder -> output) at height y."""
     from matplotlib.patches import FancyArrowPatch
 
-    fig, ax, box = _diagram((8, 2.4), 12, 3)
-
-    def arrow(x0, x1, y=1.5):
-        ax.add_patch(FancyArrowPatch((x0, y), (x1, y), arrowstyle="-|>", mutation_scale=11, color="0.2"))
-
-    box(0.1, 1.0, 1.5, 1.0, "image x", "#eeeeee")
-    box(2.1, 1.0, 2.0, 1.0, "feature layers\n(deterministic)", "#d8ecff")
-    box(4.6, 1.0, 1.6, 1.0, "encoder\n-> mu, sigma", "#d8ecff")
-    box(6.7, 1.0, 1.7, 1.0, "sample\nz = mu + σ·ε", "#ffe3c8")
-    box(8.9, 1.0, 1.3, 1.0, "decoder", "#ffd0d0")
-    box(10.6, 1.0, 1.3, 1.0, "output\nlayer", "#ffd0d0")
+    for x, w, text, colour in (
+        (0.1, 1.5, "image x", "#eeeeee"), (2.1, 2.0, features_label, "#d8ecff"),
+        (4.6, 1.6, "encoder\n-> mu, sigma", "#d8ecff"), (6.7, 1.7, "sample\nz = mu + σ·ε", "#ffe3c8"),
+        (8.9, 1.3, "decoder", "#ffd0d0"), (10.6, 1.3, "output\nlayer", "#ffd0d0"),
+    ):
+        box(x, y, w, 1.0, text, colour)
     for x0, x1 in ((1.65, 2.05), (4.15, 4.55), (6.25, 6.65), (8.45, 8.85), (10.25, 10.55)):
-        arrow(x0, x1)
+        ax.add_patch(FancyArrowPatch((x0, y + 0.5), (x1, y + 0.5), arrowstyle="-|>", mutation_scale=11, color="0.2"))
+
+
+def precode_figure():
+    """PRECODE's variational bottleneck between the feature extractor and the output layer."""
+    fig, ax, box = _diagram((8, 2.4), 12, 3)
+    _precode_chain(ax, box, 1.0, "feature layers\n(deterministic)")
     ax.text(3.4, 0.45, "gradients: deterministic (the bypass matches these)", ha="center", fontsize=8, color="#1f5fa8")
     ax.text(9.9, 0.45, "gradients: random (sampling)", ha="center", fontsize=8, color="#b00")
     ax.text(6.0, 2.55, "PRECODE: a variational bottleneck before the output layer; loss = CE + beta * KL (bits)", ha="center", fontsize=8.5)
@@ -223,5 +226,59 @@ def stochasticity_figure(cosines: dict, deterministic: Sequence[str] | None = No
     ax.axhline(0, color="0.5", lw=0.6)
     if keep:
         ax.set_title("blue: matched by the bypass, red: left out", fontsize=STYLE["title_size"])
+    fig.tight_layout()
+    return fig
+
+
+def ppp_figure():
+    """PPP in one picture: PRECODE's layers, with clipping + noise on the deterministic gradients only."""
+    from matplotlib.patches import FancyArrowPatch
+
+    fig, ax, box = _diagram((8, 3.0), 12, 3.8)
+    _precode_chain(ax, box, 1.5)
+    ax.add_patch(FancyArrowPatch((2.1, 1.2), (6.2, 1.2), arrowstyle="-", lw=3, color="#1e8449"))
+    ax.text(4.15, 0.75, "their gradients: clip each example to norm C,\nadd N(0, (σC)²): what the bypass sees is noise",
+            ha="center", va="center", fontsize=8, color="#1e8449")
+    ax.text(9.9, 0.85, "their gradients: left as they are\n(PRECODE's sampling already hides them)",
+            ha="center", va="center", fontsize=8, color="#b00")
+    ax.text(6.0, 3.35, "PPP = PRECODE + Partial Perturbation: noise only where the bypass looks",
+            ha="center", fontsize=8.5)
+    fig.tight_layout()
+    return fig
+
+
+def tradeoff_figure(result, attack: str = "bypass", ax=None):
+    """Test accuracy against an attack's mean SSIM, one line per defense, each point a noise level.
+
+    Args:
+        result: a :class:`gleak_edu.sweeps.SweepResult`.
+        attack: ``"bypass"`` or ``"ig"`` (Inverting Gradients on all layers).
+            On the models without a bottleneck (no defense, full perturbation)
+            the bypass matches every layer, so both name the same attack there.
+        ax: draw into these axes (default: a new figure).
+
+    Returns:
+        The matplotlib Figure. A dotted line marks SSIM 0.3.
+    """
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    else:
+        fig = ax.figure
+    colours = {"none": "0.3", "precode": "tab:purple", "full": "tab:red", "ppp": "tab:green"}
+    names = {"none": "no defense", "precode": "PRECODE alone", "full": "full perturbation", "ppp": "PPP"}
+    for defense in ("none", "precode", "full", "ppp"):
+        rows = result.select(defense, attack)
+        xs, ys = [r["ssim"] for r in rows], [100 * r["accuracy"] for r in rows]
+        ax.plot(xs, ys, "o-" if len(rows) > 1 else "s", color=colours[defense], label=names[defense], ms=6)
+        if len(rows) > 1:
+            for r in rows:
+                ax.annotate(f"σ={r['sigma']:g}", (r["ssim"], 100 * r["accuracy"]), fontsize=7,
+                            xytext=(4, 3), textcoords="offset points", color=colours[defense])
+    ax.axvline(0.3, color="0.6", ls=":", lw=1)
+    ax.set_xlabel("attack success: mean SSIM of " + ("the bypass" if attack == "bypass" else "IG on all layers"))
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("privacy-accuracy trade-off", fontsize=STYLE["title_size"])
+    ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig

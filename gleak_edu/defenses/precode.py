@@ -112,7 +112,8 @@ def deterministic_parameters(model: nn.Module, example: torch.Tensor | None = No
     :class:`VariationalBottleneck`, plus that bottleneck's encoder. Its decoder
     and every layer after it see the sampled z, so their gradients are random:
     the PRECODE bypass (arXiv 2208.04767) matches only the names returned here.
-    Without a bottleneck, every parameter is returned.
+    Without a bottleneck, every parameter is returned. The global random
+    state is left as it was.
 
     Args:
         model: the victim.
@@ -133,7 +134,8 @@ def deterministic_parameters(model: nn.Module, example: torch.Tensor | None = No
         if any(True for _ in m.parameters(recurse=False)) or isinstance(m, VariationalBottleneck)
     ]
     try:
-        with torch.no_grad():
+        # the trace samples PRECODE's z: keep it off the caller's random stream
+        with torch.no_grad(), torch.random.fork_rng(devices=[]):
             model(example)
     finally:
         for hk in hooks:

@@ -1,0 +1,392 @@
+"""The privacy-accuracy trade-off of notebook 04: no defense, full perturbation, PRECODE alone, PPP.
+
+For every noise level of a grid, each defense trains a small classifier
+briefly on the offline MNIST subset (:func:`gleak_edu.defenses.train_perturbed`)
+and the trained model is then attacked on single private test images, with the
+PRECODE bypass and with Inverting Gradients on all layers, on the shared
+gradient that defense lets out (:func:`gleak_edu.defenses.perturbed_gradient`).
+
+The paper (Scheliga et al., arXiv 2208.04767) did not publish its noise
+settings. Every number in :class:`PPPSweepSettings` is this course's choice,
+stated there, and the notebook says so.
+
+Results are cached on disk, one JSON file per (defense, noise level, seed)
+cell, named by a SHA-256 of every setting that cell depends on plus the
+versions of gleak_edu, torch and opacus. A file that cannot be read, whose key
+or fields do not match, is recomputed and overwritten (never trusted); writes
+are atomic (a temporary file, then a rename).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import torch
+
+__all__ = [
+    "DEFENSES",
+    "PPPSweepSettings",
+    "SweepResult",
+    "claim_check",
+    "default_cache_dir",
+    "ppp_sweep",
+    "sweep_cell",
+    "victim",
+]
+
+DEFENSES = ("none", "full", "precode", "ppp")
+_CELL_FIELDS = ("accuracy", "epsilon", "diverged", "train_seconds", "steps", "attacks")
+_ATTACKS = ("bypass", "ig")
+
+
+@dataclass(frozen=True)
+class PPPSweepSettings:
+    """Settings of the trade-off sweep (all of them the course's choices; the paper's were not available).
+
+    Attributes:
+        noise_levels: noise multipliers sigma (relative to ``clip``) for full
+            perturbation and PPP; none and PRECODE alone are noise-free.
+        clip: clipping bound C on each example's gradient norm (over the
+            perturbed parameters).
+        seeds: training seeds; accuracies are averaged over them, and each
+            seed's model is attacked.
+        images: how many test images are attacked (the first ones of the test split).
+        epochs, batch_size, lr: the short SGD schedule (no momentum).
+        hidden, activation: the victim MLP (784-128-128-10, tanh: bounded
+            activations keep noisy training stable, the "tempered sigmoid"
+            choice of Papernot et al. 2021).
+        bottleneck, beta: PRECODE's K and KL weight (the paper's 256 and 1e-3).
+        iterations: Inverting Gradients / bypass steps per image.
+        success_ssim: an attack succeeds on an image when SSIM >= this.
+        delta: delta of the reported epsilon.
+        test_fraction: share of the 5,000 MNIST images held out for testing.
+        train_images: train on only the first this-many training images (None: all 4,000).
+    """
+
+    noise_levels: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
+    clip: float = 1.0
+    seeds: tuple[int, ...] = (0, 1, 2)
+    images: int = 3
+    epochs: int = 2
+    batch_size: int = 64
+    lr: float = 0.2
+    hidden: tuple[int, ...] = (128, 128)
+    activation: str = "tanh"
+    bottleneck: int = 256
+    beta: float = 1e-3
+    iterations: int = 500
+    success_ssim: float = 0.6
+    delta: float = 1e-5
+    test_fraction: float = 0.2
+    train_images: int | None = None
+
+    def __post_init__(self) -> None:
+        levels = tuple(float(v) for v in self.noise_levels)
+        if not levels or any(not math.isfinite(v) or v < 0 for v in levels):
+            raise ValueError(f"noise_levels must be finite numbers >= 0, got {self.noise_levels}")
+        object.__setattr__(self, "noise_levels", levels)
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
+        if not self.seeds:
+            raise ValueError("seeds must name at least one training seed")
+        if not self.clip > 0 or self.images < 1 or self.epochs < 1 or self.iterations < 1:
+            raise ValueError("clip must be > 0 and images, epochs, iterations at least 1")
+        if self.train_images is not None and self.train_images < 1:
+            raise ValueError(f"train_images must be at least 1 (or None for all), got {self.train_images}")
+        if not 0 < self.success_ssim <= 1:
+            raise ValueError(f"success_ssim must lie in (0, 1], got {self.success_ssim}")
+
+
+def default_cache_dir() -> Path:
+    """``$GLEAK_CACHE`` if set, else ``~/.cache/gleak_edu``."""
+    env = os.environ.get("GLEAK_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "gleak_edu"
+
+
+def _versions() -> dict:
+    import opacus
+
+    import gleak_edu
+
+    return {"gleak_edu": gleak_edu.__version__, "torch": torch.__version__.split("+")[0], "opacus": opacus.__version__}
+
+
+def _cell_key(settings: PPPSweepSettings, defense: str, sigma: float, seed: int) -> tuple[str, dict]:
+    spec = dataclasses.asdict(settings)
+    for name in ("noise_levels", "seeds"):
+        spec.pop(name)
+    spec.update(kind="ppp-sweep-cell", defense=defense, sigma=float(sigma), seed=int(seed), versions=_versions())
+    text = json.dumps(spec, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest(), spec
+
+
+def _read_cell(path: Path, key: str) -> dict | None:
+    """The cached cell, or None when the file is missing, unreadable or not this cell's."""
+    if not path.exists():
+        return None
+    try:
+        content = json.loads(path.read_text())
+        if content.get("key") != key:
+            raise ValueError("key mismatch")
+        result = content["result"]
+        missing = [f for f in _CELL_FIELDS if f not in result]
+        if missing or set(result["attacks"]) != set(_ATTACKS):
+            raise ValueError(f"missing fields {missing}")
+        return result
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
+        warnings.warn(f"cache file {path} is unreadable or stale ({exc}); recomputing it", stacklevel=3)
+        return None
+
+
+def _write_cell(path: Path, key: str, spec: dict, result: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps({"key": key, "settings": spec, "result": _finite(result)}))
+    os.replace(tmp, path)
+
+
+def _finite(obj):
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+def _number(v) -> float:
+    if v is None:
+        return math.nan
+    return float(v)  # float("inf") parses the "inf" strings written by _finite
+
+
+def victim(settings: PPPSweepSettings, defense: str, seed: int = 0):
+    """The sweep's untrained victim for ``defense``: the MLP of ``settings`` (PyTorch init from ``seed``), with PRECODE for "precode" and "ppp"."""
+    from gleak_edu.defenses import add_precode
+    from gleak_edu.models import MLP
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        model = MLP((1, 28, 28), 10, settings.hidden, settings.activation)
+    if defense in ("precode", "ppp"):
+        add_precode(model, settings.bottleneck, settings.beta, seed=seed)
+    return model
+
+
+_SCOPE = {"none": "none", "full": "full", "precode": "none", "ppp": "ppp"}
+
+
+def sweep_cell(settings: PPPSweepSettings, defense: str, sigma: float, seed: int, data=None) -> dict:
+    """Train one defense at one noise level and seed, attack it, return the cell's results (no cache).
+
+    Returns a dict: ``accuracy`` (test, in [0, 1]), ``epsilon`` (Opacus RDP at
+    ``settings.delta``; inf without noise, nan with nothing perturbed),
+    ``diverged``, ``train_seconds``, ``steps``, and ``attacks``:
+    ``{"bypass"|"ig": {"ssim": [...], "psnr": [...] (dB), "reconstructions":
+    nested lists [images][1][28][28] in [0, 1]}}``. For a model without a
+    bottleneck the bypass matches every layer, i.e. it *is* Inverting
+    Gradients, so "bypass" repeats "ig" there (one attack run, not two).
+
+    Raises:
+        ValueError: for an unknown defense.
+    """
+    from gleak_edu import data as gdata
+    from gleak_edu import metrics
+    from gleak_edu.attacks import inverting_gradients, precode_bypass
+    from gleak_edu.defenses import perturbed_gradient, train_perturbed
+    from gleak_edu.training import split
+
+    if defense not in DEFENSES:
+        raise ValueError(f"defense must be one of {DEFENSES}, got {defense!r}")
+    train, test = data or split(gdata.mnist_subset(), settings.test_fraction, seed=0)
+    if settings.train_images is not None:
+        train = (train[0][: settings.train_images], train[1][: settings.train_images])
+    model = victim(settings, defense, seed)
+    scope = _SCOPE[defense]
+    trained = train_perturbed(
+        model, train, test, sigma=sigma, clip=settings.clip, scope=scope, epochs=settings.epochs,
+        batch_size=settings.batch_size, lr=settings.lr, delta=settings.delta, seed=seed,
+    )
+    model.train()  # the victim shares a training step's gradient (PRECODE samples)
+    attacks = {name: {"ssim": [], "psnr": [], "reconstructions": []} for name in _ATTACKS}
+    has_bottleneck = defense in ("precode", "ppp")
+    for i in range(settings.images):
+        x, y = test[0][i : i + 1], test[1][i : i + 1]
+        common = dict(input_shape=tuple(x.shape), num_classes=10, iterations=settings.iterations, seed=i, truth=x, true_labels=y)
+        # seeded: PRECODE's samples in the victim's step and in IG's train-mode forward passes
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1000 * seed + i)
+            shared = perturbed_gradient(model, x, y, sigma=sigma, clip=settings.clip, scope=scope, seed=1000 * seed + i)
+            runs = {"ig": inverting_gradients(model, shared, **common)}
+            runs["bypass"] = precode_bypass(model, shared, **common) if has_bottleneck else runs["ig"]
+        for name, res in runs.items():
+            attacks[name]["ssim"].append(float(metrics.ssim(res.reconstruction, x)[0]))
+            attacks[name]["psnr"].append(float(metrics.psnr(res.reconstruction, x)[0]))
+            attacks[name]["reconstructions"].append(res.reconstruction[0].tolist())
+    return {
+        "accuracy": trained.test_accuracy, "epsilon": trained.epsilon, "diverged": trained.diverged,
+        "train_seconds": trained.seconds, "steps": trained.steps, "attacks": attacks,
+    }
+
+
+@dataclass
+class SweepResult:
+    """Output of :func:`ppp_sweep`.
+
+    Attributes:
+        settings: the :class:`PPPSweepSettings` used.
+        cells: ``{(defense, sigma, seed): cell dict}`` (see :func:`sweep_cell`).
+        rows: the tidy table, one row per (defense, noise level, attack):
+            defense, sigma (noise multiplier; 0 for none/PRECODE), attack
+            ("bypass" or "ig"), accuracy (mean test accuracy over seeds, in
+            [0, 1]), accuracy_loss (points of accuracy below "none", in [0, 1]),
+            epsilon (at ``settings.delta``; inf without noise), ssim and psnr
+            (means over seeds and images; dB), success_rate (share of attacked
+            images with SSIM >= ``settings.success_ssim``), diverged (any seed).
+        cached, computed: how many cells came from the cache / were computed.
+        test_images: the attacked images ``[images, 1, 28, 28]``.
+    """
+
+    settings: PPPSweepSettings
+    cells: dict = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)
+    cached: int = 0
+    computed: int = 0
+    test_images: torch.Tensor | None = None
+
+    def select(self, defense: str, attack: str = "bypass") -> list[dict]:
+        """Rows of one defense and attack, by increasing sigma."""
+        return sorted((r for r in self.rows if r["defense"] == defense and r["attack"] == attack), key=lambda r: r["sigma"])
+
+    def reconstructions(self, defense: str, sigma: float, attack: str = "bypass", seed: int | None = None) -> torch.Tensor:
+        """The attack's reconstructions ``[images, 1, 28, 28]`` for one cell (default: the first seed)."""
+        seed = self.settings.seeds[0] if seed is None else seed
+        cell = self.cells[(defense, 0.0 if defense in ("none", "precode") else float(sigma), seed)]
+        return torch.tensor(cell["attacks"][attack]["reconstructions"], dtype=torch.float32)
+
+    def table(self) -> str:
+        """The tidy table as aligned text."""
+        head = f"{'defense':8} {'sigma':>6} {'attack':6} {'accuracy':>8} {'loss':>6} {'epsilon':>8} {'SSIM':>6} {'PSNR':>6} {'success':>7}"
+        lines = [head, "-" * len(head)]
+        for r in self.rows:
+            eps = "inf" if math.isinf(r["epsilon"]) else ("-" if math.isnan(r["epsilon"]) else f"{r['epsilon']:.3g}")
+            lines.append(
+                f"{r['defense']:8} {r['sigma']:6g} {r['attack']:6} {r['accuracy']:8.3f} {r['accuracy_loss']:6.3f} "
+                f"{eps:>8} {r['ssim']:6.3f} {r['psnr']:6.1f} {r['success_rate']:7.0%}" + ("  diverged" if r["diverged"] else "")
+            )
+        return "\n".join(lines)
+
+    def to_json(self) -> dict:
+        """Settings, versions and rows, JSON-ready (inf written as the string "inf", nan as null)."""
+        return _finite({"settings": dataclasses.asdict(self.settings), "versions": _versions(), "rows": self.rows})
+
+
+def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
+    def mean(v: Iterable[float]) -> float:
+        v = list(v)
+        return sum(v) / len(v) if v else math.nan
+
+    groups = [("none", 0.0), ("precode", 0.0)] + [(d, s) for s in settings.noise_levels for d in ("full", "ppp")]
+    base = mean(_number(cells[("none", 0.0, seed)]["accuracy"]) for seed in settings.seeds)
+    rows = []
+    for defense, sigma in groups:
+        group = [cells[(defense, sigma, seed)] for seed in settings.seeds]
+        acc = mean(_number(c["accuracy"]) for c in group)
+        for attack in _ATTACKS:
+            ssims = [v for c in group for v in c["attacks"][attack]["ssim"]]
+            psnrs = [v for c in group for v in c["attacks"][attack]["psnr"]]
+            rows.append({
+                "defense": defense, "sigma": sigma, "attack": attack, "accuracy": acc,
+                "accuracy_loss": base - acc, "epsilon": _number(group[0]["epsilon"]),
+                "ssim": mean(ssims), "psnr": mean(psnrs),
+                "success_rate": mean(float(v >= settings.success_ssim) for v in ssims),
+                "diverged": any(bool(c["diverged"]) for c in group),
+                "accuracy_per_seed": [_number(c["accuracy"]) for c in group],
+            })
+    return rows
+
+
+def ppp_sweep(
+    settings: PPPSweepSettings | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    use_cache: bool = True,
+    progress: bool = False,
+    **overrides,
+) -> SweepResult:
+    """Run (or load from the cache) the trade-off sweep of notebook 04.
+
+    Args:
+        settings: the grid and recipe (default :class:`PPPSweepSettings`);
+            ``overrides`` replace single fields, e.g. ``noise_levels=(0.1, 1.0)``.
+        cache_dir: where cells are cached (default :func:`default_cache_dir`).
+        use_cache: False computes every cell (and still writes the cache).
+        progress: a tqdm bar over cells.
+
+    Returns:
+        :class:`SweepResult` (cells, tidy rows, cache counts).
+
+    Raises:
+        ValueError: for invalid settings (see :class:`PPPSweepSettings`).
+    """
+    from tqdm.auto import tqdm
+
+    from gleak_edu import data as gdata
+    from gleak_edu.training import split
+
+    settings = dataclasses.replace(settings or PPPSweepSettings(), **overrides)
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    todo = [(d, 0.0, s) for d in ("none", "precode") for s in settings.seeds]
+    todo += [(d, sigma, s) for sigma in settings.noise_levels for d in ("full", "ppp") for s in settings.seeds]
+    result = SweepResult(settings)
+    loaded = None
+    for defense, sigma, seed in tqdm(todo, desc="sweep", disable=not progress, leave=False):
+        key, spec = _cell_key(settings, defense, sigma, seed)
+        path = root / f"ppp-{key[:24]}.json"
+        cell = _read_cell(path, key) if use_cache else None
+        if cell is None:
+            if loaded is None:
+                loaded = split(gdata.mnist_subset(), settings.test_fraction, seed=0)
+            cell = sweep_cell(settings, defense, sigma, seed, data=loaded)
+            _write_cell(path, key, spec, cell)
+            result.computed += 1
+        else:
+            result.cached += 1
+        result.cells[(defense, sigma, seed)] = cell
+    result.rows = _rows(settings, result.cells)
+    _, (x_test, _) = loaded or split(gdata.mnist_subset(), settings.test_fraction, seed=0)
+    result.test_images = x_test[: settings.images]
+    return result
+
+
+def claim_check(result: SweepResult, *, ssim_max: float = 0.3, ratio: float = 2.0) -> list[dict]:
+    """Test PPP's claim at every noise level of a sweep.
+
+    The claim (arXiv 2208.04767, as issue 5 states it): at some noise level PPP
+    keeps the bypass's mean SSIM <= ``ssim_max`` while full perturbation at the
+    same level loses at least ``ratio`` times as much test accuracy (against
+    no defense) as PPP.
+
+    Returns one dict per noise level: sigma, ppp_bypass_ssim, full_ig_ssim,
+    ppp_loss, full_loss (accuracy points in [0, 1]), loss_ratio (full / PPP;
+    inf when PPP loses nothing), holds (bool).
+    """
+    out = []
+    for ppp_row, full_row in zip(result.select("ppp", "bypass"), result.select("full", "ig")):
+        ppp_loss, full_loss = ppp_row["accuracy_loss"], full_row["accuracy_loss"]
+        r = full_loss / ppp_loss if ppp_loss > 0 else (math.inf if full_loss > 0 else math.nan)
+        out.append({
+            "sigma": ppp_row["sigma"], "ppp_bypass_ssim": ppp_row["ssim"], "full_ig_ssim": full_row["ssim"],
+            "ppp_loss": ppp_loss, "full_loss": full_loss, "loss_ratio": r,
+            "holds": bool(ppp_row["ssim"] <= ssim_max and full_loss > 0 and r >= ratio),
+        })
+    return out
