@@ -6,6 +6,10 @@
           [--precode [--beta B] [--bottleneck K]]
           [--noise SIGMA] [--prune FRACTION] [--defense none|noise|ppp [--sigma S] [--clip C]]
           [--json OUT] [--png OUT]
+    gleak train --dp none|fixed|linear|staircase|exponential|cyclic [--clip C | --clip dynamic]
+          [--clipping flat|per_layer] [--sigma-start S --sigma-end E] [--noise-updates K] [--epochs N] [--delta D]
+          [--accountant rdp|prv] [--attack-steps N,N,...] [--images N] [--iterations N] [--seed N] --json OUT
+    gleak epsilon --history "SIGMA:Q:STEPS,..." [--delta D] [--accountant rdp|prv|gdp]
     gleak sweep ppp [--noise-levels S,S,...] [--seeds N,N,...] [--images N] [--iterations N]
           [--epochs N] [--clip C] [--cache DIR | --no-cache] --json OUT [--png OUT]
 
@@ -93,6 +97,29 @@ def _build_parser() -> argparse.ArgumentParser:
     att.add_argument("--clip", type=_nonneg_float("--clip"), default=1.0, help="clipping bound C of --defense (1.0)")
     att.add_argument("--json", type=Path, help="write the results as JSON here")
     att.add_argument("--png", type=Path, help="write original | reconstruction as a PNG here")
+
+    tr = sub.add_parser("train", help="DP-SGD training on the MNIST subset, attacked along the way")
+    tr.add_argument("--dp", required=True, choices=["none", "fixed", "linear", "staircase", "exponential", "cyclic"],
+                    help="no DP, fixed noise, or a noise schedule from --sigma-start to --sigma-end")
+    tr.add_argument("--clip", default="1.0", help="clipping bound C (1.0), or 'dynamic' (per example: its largest per-layer norm, clamped to [0.1, 32])")
+    tr.add_argument("--clipping", choices=["flat", "per_layer"], default="flat", help="one norm per example (flat) or per parameter tensor")
+    tr.add_argument("--sigma-start", type=_nonneg_float("--sigma-start"), default=3.0, help="noise multiplier at the first step (3.0; the fixed value for --dp fixed)")
+    tr.add_argument("--sigma-end", type=_nonneg_float("--sigma-end"), default=0.5, help="noise multiplier at the last step of a schedule (0.5)")
+    tr.add_argument("--noise-updates", type=_positive_int("--noise-updates"), help="change sigma only this many times over training (default: every step)")
+    tr.add_argument("--epochs", type=_positive_int("--epochs"), default=2, help="training epochs (2)")
+    tr.add_argument("--delta", type=_nonneg_float("--delta"), default=1e-5, help="delta of the reported epsilon (1e-5)")
+    tr.add_argument("--accountant", choices=["rdp", "prv"], default="rdp", help="Opacus accountant (rdp)")
+    tr.add_argument("--attack-steps", type=_int_list("--attack-steps"), help="steps at which shared gradients are attacked (default: first, middle, last)")
+    tr.add_argument("--images", type=_positive_int("--images"), default=2, help="test images attacked at each of those steps (2)")
+    tr.add_argument("--iterations", type=_positive_int("--iterations"), default=300, help="attack iterations (300)")
+    tr.add_argument("--lr", type=_nonneg_float("--lr"), default=0.2, help="SGD learning rate (0.2)")
+    tr.add_argument("--seed", type=int, default=0, help="seed of the model, the batches, the noise and the attacks")
+    tr.add_argument("--json", type=Path, required=True, help="write accuracy, epsilon, the noise history and the attacks here")
+
+    ep = sub.add_parser("epsilon", help="epsilon of a DP-SGD noise history (Opacus accountant)")
+    ep.add_argument("--history", required=True, help='segments SIGMA:SAMPLE_RATE:STEPS separated by commas, e.g. "2.0:0.05:20,1.5:0.05:20"')
+    ep.add_argument("--delta", type=_nonneg_float("--delta"), default=1e-5, help="target delta (1e-5)")
+    ep.add_argument("--accountant", choices=["rdp", "prv", "gdp"], default="rdp", help="Opacus accountant (rdp; gdp only for one constant sigma)")
 
     sw = sub.add_parser("sweep", help="privacy-accuracy trade-off sweeps (cached)")
     sw.add_argument("sweep", choices=["ppp"], help="ppp: no defense, full perturbation, PRECODE, PPP over a noise grid")
@@ -338,6 +365,86 @@ def _run_sweep(args) -> dict:
     return out
 
 
+def _parse_history(text: str) -> list[tuple[float, float, int]]:
+    segments = []
+    for part in [p.strip() for p in text.split(",") if p.strip()]:
+        fields = part.split(":")
+        try:
+            if len(fields) != 3:
+                raise ValueError
+            segments.append((float(fields[0]), float(fields[1]), int(fields[2])))
+        except ValueError:
+            raise UsageError(f"--history: segment {part!r} is not SIGMA:SAMPLE_RATE:STEPS (e.g. 2.0:0.05:20)") from None
+    if not segments:
+        raise UsageError("--history needs at least one segment SIGMA:SAMPLE_RATE:STEPS")
+    return segments
+
+
+def _run_epsilon(args) -> float:
+    from gleak_edu.defenses import epsilon
+
+    if not 0 < args.delta < 1:
+        raise UsageError(f"--delta must lie strictly between 0 and 1, got {args.delta}")
+    return epsilon(_parse_history(args.history), args.delta, args.accountant)
+
+
+def _run_train(args) -> dict:
+    import torch
+
+    from gleak_edu import data, models, training
+    from gleak_edu.defenses import history_from_sigmas, steps_per_epoch, train_dp
+
+    if args.clip == "dynamic":
+        clip: float | str = "dynamic"
+    else:
+        try:
+            clip = float(args.clip)
+        except ValueError:
+            raise UsageError(f"--clip must be a number > 0 or 'dynamic', got {args.clip!r}") from None
+        if not math.isfinite(clip) or clip <= 0:
+            raise UsageError(f"--clip must be a number > 0 or 'dynamic', got {args.clip}")
+    if args.dp != "none" and args.sigma_start <= 0:
+        raise UsageError("--sigma-start must be > 0 with DP")
+    if args.dp not in ("none", "fixed") and args.sigma_end <= 0:
+        raise UsageError("--sigma-end must be > 0 for a schedule")
+    if not 0 < args.delta < 1:
+        raise UsageError(f"--delta must lie strictly between 0 and 1, got {args.delta}")
+    train, test = training.split(data.mnist_subset(), 0.2, seed=0)
+    total = args.epochs * steps_per_epoch(len(train[0]), 64)
+    steps = args.attack_steps if args.attack_steps is not None else (0, total // 2, total - 1)
+    torch.manual_seed(args.seed)
+    model = models.MLP((1, 28, 28), 10, (128, 128), "tanh")
+    run = train_dp(
+        model, train, test, method=args.dp, sigma_start=args.sigma_start, sigma_end=args.sigma_end,
+        noise_updates=args.noise_updates, clip=clip,
+        clipping=args.clipping, epochs=args.epochs, lr=args.lr, delta=args.delta, accountant=args.accountant,
+        attack_steps=steps, attack_images=(test[0][: args.images], test[1][: args.images]),
+        attack_iterations=args.iterations, seed=args.seed, progress=sys.stderr.isatty(),
+    )
+    summary = run.summary()
+    print(
+        f"{args.dp}: test accuracy {run.test_accuracy:.1%}, epsilon {run.epsilon:.3g} at delta {args.delta:g} ({args.accountant}), "
+        f"attack success {summary['attack_success_rate']:.0%} (best of iDLG and IG, SSIM >= {run.success_ssim}), "
+        f"mean SSIM {summary['ssim']:.3f}, {run.steps} steps, {run.seconds:.1f} s"
+    )
+    checkpoints = [
+        {"step": cp["step"], "sigma": cp["sigma"],
+         **{a: {k: v for k, v in cp[a].items() if k != "reconstructions"} for a in ("idlg", "ig") if a in cp}}
+        for cp in run.checkpoints
+    ]
+    return {
+        "dp": args.dp, "clip": run.clip, "clipping": args.clipping, "sigma_start": run.sigma_start,
+        "sigma_end": run.sigma_end, "epochs": args.epochs, "steps": run.steps, "sample_rate": run.sample_rate,
+        "model": "mlp 784-128-128-10 tanh", "data": "mnist subset (4000 train / 1000 test)", "seed": args.seed,
+        "accuracy": run.test_accuracy, "epsilon": run.epsilon, "delta": args.delta, "accountant": args.accountant,
+        "noise_history": run.noise_history, "clip_history": run.clip_history,
+        "history": [list(seg) for seg in history_from_sigmas(run.noise_history, run.sample_rate)],
+        "attack_success_rate": summary["attack_success_rate"], "ssim": summary["ssim"], "psnr": summary["psnr"],
+        "success_rule": f"best of iDLG and IG reaches SSIM >= {run.success_ssim}",
+        "checkpoints": checkpoints, "diverged": run.diverged, "seconds": run.seconds,
+    }
+
+
 def _finite(obj):
     """JSON has no inf/NaN: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -366,6 +473,12 @@ def main(argv: list[str] | None = None) -> int:
             if args.json is not None:
                 args.json.parent.mkdir(parents=True, exist_ok=True)
                 args.json.write_text(json.dumps(_finite(out), indent=1))
+        elif args.command == "epsilon":
+            print(repr(_run_epsilon(args)))
+        elif args.command == "train":
+            out = _run_train(args)
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(_finite(out), indent=1))
         elif args.command == "sweep":
             out = _run_sweep(args)
             args.json.parent.mkdir(parents=True, exist_ok=True)

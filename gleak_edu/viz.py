@@ -16,14 +16,18 @@ import torch
 __all__ = [
     "STYLE",
     "compare_figure",
+    "fig_png_bytes",
     "history_figure",
     "png_bytes",
     "ppp_figure",
+    "metric_bars",
     "precode_figure",
+    "schedules_figure",
     "show_images",
     "stochasticity_figure",
     "threat_model_figure",
     "tradeoff_figure",
+    "training_curves_figure",
     "to_numpy_image",
 ]
 
@@ -74,6 +78,13 @@ def png_bytes(image: torch.Tensor, scale: int = 4) -> bytes:
     arr = np.kron(arr, np.ones((scale, scale) + ((1,) if arr.ndim == 3 else ()), dtype=arr.dtype))
     buf = io.BytesIO()
     mpimg.imsave(buf, arr, cmap=STYLE["cmap"] if arr.ndim == 2 else None, vmin=0, vmax=1, format="png")
+    return buf.getvalue()
+
+
+def fig_png_bytes(fig, dpi: int = 90) -> bytes:
+    """PNG bytes of a matplotlib figure (for widgets' image views)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
     return buf.getvalue()
 
 
@@ -280,5 +291,75 @@ def tradeoff_figure(result, attack: str = "bypass", ax=None):
     ax.set_ylabel("test accuracy (%)")
     ax.set_title("privacy-accuracy trade-off", fontsize=STYLE["title_size"])
     ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier over training"):
+    """Noise multiplier against training step, one line per schedule.
+
+    Args:
+        schedules: ``{label: list of sigma per step}``.
+    Returns:
+        The matplotlib Figure.
+    """
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+    else:
+        fig = ax.figure
+    for label, values in schedules.items():
+        ax.plot(range(len(values)), values, label=label, lw=1.6)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("noise multiplier σ")
+    ax.set_title(title, fontsize=STYLE["title_size"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def training_curves_figure(curves: dict, ax=None, smooth: int = 5):
+    """Training loss against step, one line per run (a running mean over ``smooth`` steps)."""
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.2))
+    else:
+        fig = ax.figure
+    for label, losses in curves.items():
+        if not losses:
+            continue
+        k = max(1, min(smooth, len(losses)))
+        running = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
+        ax.plot(range(len(running)), running, label=label, lw=1.4)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("training loss")
+    ax.set_title("training (running mean)", fontsize=STYLE["title_size"])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def metric_bars(values: dict, ylabel: str, ax=None, fmt: str = "{:.2f}", title: str | None = None):
+    """A bar chart of one metric per method, each bar labelled with its value (inf shown as "∞")."""
+    import math
+
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(4.2, 2.8))
+    else:
+        fig = ax.figure
+    names = list(values)
+    finite = [v for v in values.values() if math.isfinite(v)]
+    top = max(finite) if finite else 1.0
+    heights = [v if math.isfinite(v) else top * 1.1 for v in values.values()]
+    bars = ax.bar(range(len(names)), heights, color=["0.6" if not math.isfinite(v) else "tab:blue" for v in values.values()])
+    for b, v in zip(bars, values.values()):
+        ax.text(b.get_x() + b.get_width() / 2, b.get_height(), "∞" if not math.isfinite(v) else fmt.format(v),
+                ha="center", va="bottom", fontsize=7)
+    ax.set_xticks(range(len(names)))
+    ax.set_xticklabels(names, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title, fontsize=STYLE["title_size"])
     fig.tight_layout()
     return fig

@@ -18,7 +18,10 @@ from gleak_edu import fl, metrics, viz
 from gleak_edu.attacks import AttackResult, AttackState, dlg, grnn, idlg
 from gleak_edu.defenses import gaussian_noise, prune_gradients
 
-__all__ = ["LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "NOISE_LEVELS", "PPP_NOISE_LEVELS"]
+__all__ = [
+    "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
+    "NOISE_LEVELS", "PPP_NOISE_LEVELS",
+]
 
 # The noise slider's stops (absolute std per gradient entry; see gaussian_noise).
 NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
@@ -428,3 +431,129 @@ class PPPPanel(_Panel):
             f"PPP <b>SSIM {r_ppp.metrics['ssim_mean']:.3f}</b> (0 = nothing recovered, 1 = the image)"
         )
         return r_full, r_ppp
+
+
+class TrainingCurves(_Panel):
+    """Live training-loss curves: pass :meth:`step_callback` as ``after_step`` of a training run.
+
+    Args:
+        every: redraw every this many steps (and at the end of each run, via :meth:`finish`).
+
+    Attributes: ``curves`` ``{run label: [loss per step]}``; ``widget``.
+    """
+
+    def __init__(self, every: int = 20) -> None:
+        self.curves: dict[str, list[float]] = {}
+        self.every = int(every)
+        self._label = None
+        w = _widgets()
+        self.image = w.Image(format="png") if w is not None else None
+        self.widget = w.VBox([self.image]) if w is not None else None
+
+    def step_callback(self, label: str):
+        """The ``after_step(step, sigma, loss)`` callback for the run called ``label``."""
+        self.curves[label] = []
+        self._label = label
+
+        def after_step(step: int, sigma: float, loss: float) -> None:
+            self.curves[label].append(loss)
+            if (step + 1) % self.every == 0:
+                self.draw()
+
+        return after_step
+
+    def draw(self) -> None:
+        """Redraw the curves now."""
+        import matplotlib.pyplot as plt
+
+        fig = viz.training_curves_figure(self.curves)
+        if self.image is not None:
+            self.image.value = viz.fig_png_bytes(fig)
+        plt.close(fig)
+
+    finish = draw
+
+
+class DPSchedulePanel(_Panel):
+    """Sliders for the noise schedule: the noise curve and epsilon update on release, then training and the attack re-run.
+
+    On every release of a control: the schedule's curve is redrawn and its
+    epsilon (RDP and PRV at ``delta``) shown at once; then the model is trained
+    with DP-SGD along that schedule (:func:`gleak_edu.defenses.train_dp`) and
+    the shared gradient of one private image is attacked with Inverting
+    Gradients at the first, middle and last step, with the reconstructions
+    and the test accuracy shown.
+
+    Args:
+        model_factory: ``() -> model`` (a fresh, identically initialised model each run).
+        train, test: the data (see train_dp); x, y: the attacked image ``[1, C, H, W]`` and label.
+        epochs, batch_size, lr, clip, noise_updates: the training (see train_dp; sigma changes
+            ``noise_updates`` times, which keeps the epsilon readout under a second).
+        delta: of the epsilon readout. iterations: Inverting Gradients steps per checkpoint.
+        start, end, schedule: the controls' initial values.
+
+    Attributes: ``widget``, ``runs`` ``{(schedule, start, end): DPRun}``, ``last``, ``epsilons``
+    (the latest readout: ``{"rdp": eps, "prv": eps}``). The handler runs once when built.
+    """
+
+    def __init__(self, model_factory, train, test, x, y, *, epochs: int = 2, batch_size: int = 64, lr: float = 0.2,
+                 clip: float = 1.0, delta: float = 1e-5, iterations: int = 200, start: float = 3.0, end: float = 0.5,
+                 schedule: str = "linear", noise_updates: int | None = 21) -> None:
+        from gleak_edu.defenses import SCHEDULES, steps_per_epoch
+
+        self.model_factory, self.train, self.test, self.x, self.y = model_factory, train, test, x, y
+        self.epochs, self.batch_size, self.lr, self.clip = int(epochs), int(batch_size), float(lr), clip
+        self.delta, self.iterations, self.noise_updates = float(delta), int(iterations), noise_updates
+        self.steps = self.epochs * steps_per_epoch(len(train[0]), self.batch_size)
+        self.sample_rate = min(1.0, self.batch_size / len(train[0]))
+        self.runs: dict = {}
+        self.last = None
+        self.epsilons: dict[str, float] = {}
+        w = _widgets()
+        self.kind = w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
+        opts = dict(min=0.1, max=8.0, step=0.1, continuous_update=False, readout_format=".1f", layout=w.Layout(width="360px"))
+        self.start = w.FloatSlider(value=start, description="σ start", **opts)
+        self.end = w.FloatSlider(value=end, description="σ end", **opts)
+        self.curve = w.Image(format="png")
+        self.readout = w.HTML()
+        self.result = w.HTML()
+        self.recon = w.Image(format="png")
+        out = w.interactive_output(self.run, {"kind": self.kind, "start": self.start, "end": self.end})
+        self.widget = w.VBox([w.HBox([self.kind, self.start, self.end]), w.HBox([self.curve, w.VBox([self.readout, self.result, self.recon])]), out])
+
+    def schedule(self, kind: str, start: float, end: float) -> list[float]:
+        """The noise multipliers of the run's steps (a cyclic end above its start is capped at the start)."""
+        from gleak_edu.defenses import noise_schedule
+
+        return noise_schedule(kind, self.steps, start, min(end, start) if kind == "cyclic" else end, updates=self.noise_updates)
+
+    def run(self, kind: str, start: float, end: float):
+        """Show the curve and epsilon at once, then train and attack; returns the :class:`DPRun`."""
+        import matplotlib.pyplot as plt
+
+        from gleak_edu.defenses import epsilon, history_from_sigmas, train_dp
+
+        sigmas = self.schedule(kind, start, end)
+        hist = history_from_sigmas(sigmas, self.sample_rate)
+        self.epsilons = {acc: epsilon(hist, self.delta, acc) for acc in ("rdp", "prv")}
+        fig = viz.schedules_figure({kind: sigmas})
+        self.curve.value = viz.fig_png_bytes(fig)
+        plt.close(fig)
+        self.readout.value = (
+            f"{kind}, σ {sigmas[0]:.2f} → {sigmas[-1]:.2f} over {self.steps} steps at q = {self.sample_rate:.3f}: "
+            f"<b>ε = {self.epsilons['rdp']:.2f}</b> (RDP), {self.epsilons['prv']:.2f} (PRV) at δ = {self.delta:g}"
+        )
+        self.result.value = "training and attacking ..."
+        steps = (0, self.steps // 2, self.steps - 1)
+        dp = train_dp(
+            self.model_factory(), self.train, self.test, method=kind, sigma_start=sigmas[0], sigma_end=sigmas[-1],
+            noise_updates=self.noise_updates, clip=self.clip, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, delta=self.delta,
+            attack_steps=steps, attack_images=(self.x, self.y), attacks=("ig",), attack_iterations=self.iterations,
+        )
+        self.runs[(kind, float(start), float(end))] = dp
+        self.last = dp
+        recons = torch.cat([torch.tensor(cp["ig"]["reconstructions"]) for cp in dp.checkpoints])
+        self.recon.value = viz.png_bytes(torch.cat(list(torch.cat([self.x, recons])), dim=-1), scale=3)
+        ssims = ", ".join(f"step {cp['step']} (σ {cp['sigma']:.2f}): SSIM {cp['ig']['ssim'][0]:.2f}" for cp in dp.checkpoints)
+        self.result.value = f"test accuracy <b>{dp.test_accuracy:.1%}</b> · IG on the shared gradient: {ssims}<br>original, then the three reconstructions:"
+        return dp

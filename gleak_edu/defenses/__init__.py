@@ -6,8 +6,21 @@
 - PPP (PRECODE with partial perturbation) and full perturbation, on one shared
   gradient (:func:`perturbed_gradient`) and in training (:func:`train_perturbed`),
   with Opacus (Scheliga et al., arXiv 2208.04767).
+- DP-SGD with fixed or scheduled noise and fixed or dynamic clipping
+  (:func:`train_dp`, :func:`noise_schedule`; Wei & Liu), accounted by Opacus
+  (:func:`epsilon` over a noise history).
 """
 
+from gleak_edu.defenses.accounting import epsilon, history_from_sigmas
+from gleak_edu.defenses.dpsgd import (
+    SCHEDULES,
+    DPRun,
+    dp_shared_gradient,
+    match_fixed_sigma,
+    noise_schedule,
+    schedule_epsilon,
+    train_dp,
+)
 from gleak_edu.defenses.perturbation import gaussian_noise, prune_gradients
 from gleak_edu.defenses.precode import (
     VariationalBottleneck,
@@ -19,6 +32,7 @@ from gleak_edu.defenses.precode import (
 from gleak_edu.defenses.ppp import (
     PerturbedTrainResult,
     epsilon_spent,
+    steps_per_epoch,
     full_perturbation_gradient,
     perturbation_scope,
     perturbed_gradient,
@@ -27,18 +41,28 @@ from gleak_edu.defenses.ppp import (
 )
 
 __all__ = [
+    "SCHEDULES",
+    "DPRun",
     "PerturbedTrainResult",
     "VariationalBottleneck",
     "add_precode",
     "deterministic_parameters",
+    "dp_shared_gradient",
+    "epsilon",
     "epsilon_spent",
     "full_perturbation_gradient",
     "gaussian_noise",
     "gradient_stochasticity",
+    "history_from_sigmas",
+    "match_fixed_sigma",
+    "noise_schedule",
     "perturbation_scope",
     "perturbed_gradient",
     "ppp_gradient",
     "precode_loss",
     "prune_gradients",
+    "schedule_epsilon",
+    "steps_per_epoch",
+    "train_dp",
     "train_perturbed",
 ]

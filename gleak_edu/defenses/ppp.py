@@ -34,12 +34,13 @@ paper's exact noise settings were not available; the course's choices are in
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -48,6 +49,8 @@ from torch import nn
 from gleak_edu.defenses.precode import VariationalBottleneck, deterministic_parameters, precode_loss
 
 __all__ = [
+    "CLIPPINGS",
+    "DYNAMIC_CLIP_RANGE",
     "SCOPES",
     "PerturbedTrainResult",
     "epsilon_spent",
@@ -55,6 +58,7 @@ __all__ = [
     "perturbation_scope",
     "perturbed_gradient",
     "ppp_gradient",
+    "steps_per_epoch",
     "train_perturbed",
 ]
 
@@ -100,13 +104,79 @@ def perturbation_scope(model: nn.Module, scope: str | Sequence[str]) -> list[str
     return [n for n in names if n in set(chosen)]
 
 
-def _check_noise(sigma: float, clip: float) -> tuple[float, float]:
-    sigma, clip = float(sigma), float(clip)
+def _check_noise(sigma: float, clip) -> tuple[float, float | str]:
+    sigma = float(sigma)
     if not math.isfinite(sigma) or sigma < 0:
         raise ValueError(f"the noise multiplier sigma must be a finite number >= 0, got {sigma}")
+    if isinstance(clip, str):
+        if clip != "dynamic":
+            raise ValueError(f"the clipping bound C must be a number > 0 or 'dynamic', got {clip!r}")
+        return sigma, clip
+    clip = float(clip)
     if not math.isfinite(clip) or clip <= 0:
-        raise ValueError(f"the clipping bound C must be a finite number > 0, got {clip}")
+        raise ValueError(f"the clipping bound C must be a finite number > 0 (or 'dynamic'), got {clip}")
     return sigma, clip
+
+
+def _check_clipping(clipping: str) -> str:
+    if clipping not in CLIPPINGS:
+        raise ValueError(f"clipping must be one of {CLIPPINGS}, got {clipping!r}")
+    return clipping
+
+
+# The dynamic clipping rule of Wei & Liu: each example's bound is its largest per-layer norm, clamped.
+DYNAMIC_CLIP_RANGE = (0.1, 32.0)
+CLIPPINGS = ("flat", "per_layer")
+
+
+def _clip_rule_optimizer():
+    """Opacus's DPOptimizer with per-layer clipping and the dynamic bound (built lazily: Opacus imports slowly)."""
+    from opacus.optimizers import DPOptimizer
+    from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
+
+    class ClipRuleDPOptimizer(DPOptimizer):
+        """DPOptimizer whose clipping is flat or per layer, with a fixed or a per-example dynamic bound.
+
+        Opacus clips every example to one bound per step; Wei & Liu's dynamic
+        rule gives each example its own (its largest per-layer norm, clamped
+        to :data:`DYNAMIC_CLIP_RANGE`), so this step replaces Opacus's
+        ``clip_and_accumulate``; the noise (``add_noise``, std sigma times
+        ``max_grad_norm``), scaling and the optimizer step stay Opacus's. With
+        a dynamic bound, ``max_grad_norm`` is set each step to the batch mean
+        of the examples' bounds, as the paper's noise uses it.
+
+        Per-layer clipping follows Opacus's convention, not the paper's: each of
+        the P parameter tensors is clipped to C / sqrt(P), so a whole example's
+        gradient stays within C and sigma remains the noise multiplier the
+        accountant needs (clipping every layer to C, as the paper does, has
+        sensitivity C sqrt(P)).
+        """
+
+        def __init__(self, optimizer, *, clip, clipping, **kwargs):
+            self.clip_rule, self.clipping = clip, clipping
+            super().__init__(optimizer, max_grad_norm=1.0 if clip == "dynamic" else clip, **kwargs)
+
+        def clip_and_accumulate(self):
+            samples = self.grad_samples
+            if len(samples[0]) == 0:
+                return super().clip_and_accumulate()
+            norms = torch.stack([g.reshape(len(g), -1).norm(2, dim=-1) for g in samples], dim=1)  # [B, P]
+            if self.clip_rule == "dynamic":
+                bound = norms.max(dim=1).values.clamp(*DYNAMIC_CLIP_RANGE)
+                self.max_grad_norm = float(bound.mean())
+            else:
+                bound = torch.full((norms.shape[0],), float(self.clip_rule))
+            if self.clipping == "flat":
+                factors = (bound / (norms.norm(2, dim=1) + 1e-6)).clamp(max=1.0)[:, None].expand_as(norms)
+            else:
+                factors = (bound[:, None] / math.sqrt(norms.shape[1]) / (norms + 1e-6)).clamp(max=1.0)
+            for j, p in enumerate(self.params):
+                _check_processed_flag(p.grad_sample)
+                grad = torch.einsum("i,i...", factors[:, j].to(p.dtype), self._get_flat_grad_sample(p).to(p.dtype))
+                p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+                _mark_as_processed(p.grad_sample)
+
+    return ClipRuleDPOptimizer
 
 
 def _backward(loss: torch.Tensor) -> None:
@@ -124,7 +194,7 @@ class _Private:
     ordinary mean gradient. Call :meth:`close` to give the model back unwrapped.
     """
 
-    def __init__(self, model, perturbed, sigma, clip, batch_size, seed, optimizer=None, lr=0.0):
+    def __init__(self, model, perturbed, sigma, clip, batch_size, seed, optimizer=None, lr=0.0, clipping="flat"):
         from opacus import GradSampleModule
         from opacus.optimizers import DPOptimizer
         from opacus.validators import ModuleValidator
@@ -144,11 +214,14 @@ class _Private:
         self.gsm = GradSampleModule(model, batch_first=True, loss_reduction="mean")
         self.dp_opt = None
         if self.dp_params:
-            self.dp_opt = DPOptimizer(
-                make(self.dp_params), noise_multiplier=sigma, max_grad_norm=clip,
-                expected_batch_size=batch_size, loss_reduction="mean",
+            common = dict(
+                noise_multiplier=sigma, expected_batch_size=batch_size, loss_reduction="mean",
                 generator=torch.Generator().manual_seed(int(seed)),
             )
+            if clipping == "flat" and clip != "dynamic":
+                self.dp_opt = DPOptimizer(make(self.dp_params), max_grad_norm=clip, **common)
+            else:
+                self.dp_opt = _clip_rule_optimizer()(make(self.dp_params), clip=clip, clipping=clipping, **common)
         self.plain_opt = make(self.plain_params) if self.plain_params else None
 
     def zero_grad(self):
@@ -178,8 +251,9 @@ def perturbed_gradient(
     y: torch.Tensor,
     *,
     sigma: float,
-    clip: float,
+    clip: float | str,
     scope: str | Sequence[str] = "ppp",
+    clipping: str = "flat",
     seed: int = 0,
 ) -> "OrderedDict[str, torch.Tensor]":
     """The gradient a FedSGD client shares on (x, y), clipped per example and noised on ``scope``.
@@ -196,8 +270,13 @@ def perturbed_gradient(
         model: the victim.
         x: private images float32 ``[B, C, H, W]`` in [0, 1]; y: labels int64 ``[B]``.
         sigma: noise multiplier (>= 0; 0 = clipping only).
-        clip: clipping bound C on each example's gradient norm (> 0).
+        clip: clipping bound C on each example's gradient norm (> 0), or
+            ``"dynamic"``: each example's bound is its largest per-tensor norm,
+            clamped to :data:`DYNAMIC_CLIP_RANGE`, and the noise uses the
+            batch mean of those bounds (Wei & Liu's rule).
         scope: ``"ppp"``, ``"full"``, ``"none"`` or parameter names (:func:`perturbation_scope`).
+        clipping: ``"flat"`` (one norm over the scope) or ``"per_layer"``
+            (each tensor to C / sqrt(P), P tensors in scope, Opacus's convention).
         seed: seed of the noise (a private generator; the global RNG only drives PRECODE's sampling).
 
     Returns:
@@ -210,10 +289,11 @@ def perturbed_gradient(
 
     check_batch(model, x, y)
     sigma, clip = _check_noise(sigma, clip)
+    _check_clipping(clipping)
     perturbed = perturbation_scope(model, scope)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     saved = {n: p.grad for n, p in model.named_parameters()}
-    private = _Private(model, perturbed, sigma, clip, int(x.shape[0]), seed)
+    private = _Private(model, perturbed, sigma, clip, int(x.shape[0]), seed, clipping=clipping)
     try:
         private.zero_grad()
         _backward(F.cross_entropy(private.gsm(x), y))
@@ -245,22 +325,13 @@ def epsilon_spent(sigma: float, sample_rate: float, steps: int, delta: float = 1
     Raises:
         ValueError: for sigma < 0, q outside (0, 1], negative steps, or delta outside (0, 1).
     """
-    from opacus.accountants import RDPAccountant
+    from gleak_edu.defenses.accounting import epsilon
 
     if not sigma >= 0 or not 0 < sample_rate <= 1 or steps < 0 or not 0 < delta < 1:
         raise ValueError(
             f"need sigma >= 0, 0 < sample_rate <= 1, steps >= 0, 0 < delta < 1; got {sigma}, {sample_rate}, {steps}, {delta}"
         )
-    if steps == 0:
-        return 0.0
-    if sigma == 0:
-        return math.inf
-    acc = RDPAccountant()
-    acc.history = [(float(sigma), float(sample_rate), int(steps))]
-    with warnings.catch_warnings():
-        # at the ends of the sigma range the best RDP order is an end of Opacus's grid; the bound is still valid
-        warnings.filterwarnings("ignore", message="Optimal order is the")
-        return float(acc.get_epsilon(delta))
+    return epsilon([(sigma, sample_rate, steps)] if steps else [], delta, "rdp")
 
 
 @dataclass
@@ -273,13 +344,18 @@ class PerturbedTrainResult:
         seconds: wall time of the training loop.
         steps: optimizer steps taken.
         sample_rate: batch size / training-set size (q).
-        epsilon: Opacus RDP epsilon at ``delta`` for the perturbed gradients
-            (``inf`` without noise, ``nan`` when nothing is perturbed). For PPP
-            this is not a guarantee for the model (module docstring).
-        delta: the delta of ``epsilon``.
+        epsilon: epsilon at ``delta`` for the perturbed gradients from the
+            noise history (Opacus, ``accountant``); ``inf`` without noise,
+            ``nan`` when nothing is perturbed. For PPP this is not a guarantee
+            for the model (module docstring); with a dynamic clipping bound it
+            is not a formal guarantee either (the bound depends on the data).
+        delta: the delta of ``epsilon``; accountant: ``"rdp"`` or ``"prv"``.
         perturbed: names of the clipped and noised parameters.
         diverged: the loss became non-finite; training stopped there and the
             model holds the weights of that epoch's start (the accuracy is theirs).
+        noise_history: the noise multiplier of every step taken.
+        clip_history: the clipping bound of every step (for a dynamic bound, the batch mean).
+        step_loss: the training loss of every step.
     """
 
     test_accuracy: float
@@ -291,6 +367,22 @@ class PerturbedTrainResult:
     delta: float = 1e-5
     perturbed: list[str] = field(default_factory=list)
     diverged: bool = False
+    noise_history: list[float] = field(default_factory=list)
+    clip_history: list[float] = field(default_factory=list)
+    step_loss: list[float] = field(default_factory=list)
+    accountant: str = "rdp"
+
+    @property
+    def history(self) -> list[tuple[float, float, int]]:
+        """The noise history as Opacus accountant segments ``(sigma, q, steps)``."""
+        from gleak_edu.defenses.accounting import history_from_sigmas
+
+        return history_from_sigmas(self.noise_history, self.sample_rate)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimizer steps in one epoch of ``n`` examples in batches of ``batch_size`` (the last one smaller)."""
+    return math.ceil(n / batch_size)
 
 
 def train_perturbed(
@@ -298,18 +390,22 @@ def train_perturbed(
     train: tuple[torch.Tensor, torch.Tensor],
     test: tuple[torch.Tensor, torch.Tensor],
     *,
-    sigma: float,
-    clip: float,
+    sigma: float | Sequence[float],
+    clip: float | str,
     scope: str | Sequence[str] = "ppp",
+    clipping: str = "flat",
     epochs: int = 2,
     batch_size: int = 64,
     lr: float = 0.2,
     momentum: float = 0.0,
     delta: float = 1e-5,
+    accountant: str = "rdp",
     seed: int = 0,
+    on_step: Callable[[int, float, nn.Module], None] | None = None,
+    after_step: Callable[[int, float, float], None] | None = None,
     progress: bool = False,
 ) -> PerturbedTrainResult:
-    """Train with Adam where the gradients in ``scope`` are DP-SGD-perturbed (PPP, full perturbation, or none).
+    """Train with SGD where the gradients in ``scope`` are DP-SGD-perturbed (PPP, full perturbation, DP-SGD, or none).
 
     Each step draws a shuffled batch (fixed size, the last one smaller), computes
     per-example gradients (Opacus), clips and noises the ones in ``scope`` as
@@ -319,39 +415,66 @@ def train_perturbed(
     rescales noise-dominated coordinates to full-size steps). The loss adds
     PRECODE's KL term when the model has a bottleneck. A non-finite loss stops
     training (reported in ``diverged``) instead of raising. With
-    ``scope="none"`` it is ordinary training with the same batches, so the
-    four defenses of notebook 04 differ only in their perturbation. The
+    ``scope="none"`` it is ordinary training with the same batches. The
     accountant assumes Poisson sampling at rate q = batch_size / N; shuffled
     batches are the usual approximation of it (Opacus allows the same).
 
     Args:
         model: trained in place, in train mode.
         train, test: (images float32 ``[N, C, H, W]`` in [0, 1], labels int64 ``[N]``).
-        sigma: noise multiplier (>= 0); clip: clipping bound C (> 0).
-        scope: see :func:`perturbation_scope`.
+        sigma: noise multiplier (>= 0), or one per step (a schedule, e.g. from
+            :func:`gleak_edu.defenses.noise_schedule`; its length must be
+            ``epochs * steps_per_epoch(N, batch_size)``).
+        clip: clipping bound C (> 0) or ``"dynamic"`` (see :func:`perturbed_gradient`).
+        scope: see :func:`perturbation_scope`; clipping: ``"flat"`` or ``"per_layer"``.
         epochs, batch_size, lr, momentum: the schedule (SGD).
-        delta: delta of the reported epsilon.
+        delta, accountant: of the reported epsilon (``"rdp"`` or ``"prv"``).
         seed: seed of the batch order, PRECODE's sampling and the noise.
+        on_step: called as ``on_step(step, sigma_t, snapshot)`` before every
+            step (0-based) with a copy of the model as it is then (train
+            mode), e.g. to attack what it would share; the random state is
+            restored afterwards, so training is the same with or without it.
+        after_step: called as ``after_step(step, sigma_t, loss)`` after every
+            step (live training curves).
         progress: tqdm bar over epochs.
 
     Returns:
         :class:`PerturbedTrainResult`.
 
     Raises:
-        ValueError: bad schedule, sigma, C, scope, or a layer Opacus cannot handle.
+        ValueError: bad schedule, sigma, C, scope, clipping, accountant, or a
+            layer Opacus cannot handle.
     """
     from tqdm.auto import tqdm
 
+    from gleak_edu.defenses.accounting import ACCOUNTANTS, epsilon
     from gleak_edu.training import accuracy
 
-    sigma, clip = _check_noise(sigma, clip)
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
     x, y = train
+    total = epochs * steps_per_epoch(len(x), batch_size)
+    if isinstance(sigma, (int, float)):
+        sigmas = [float(sigma)] * total
+    else:
+        sigmas = [float(v) for v in sigma]
+        if len(sigmas) != total:
+            raise ValueError(f"the noise schedule has {len(sigmas)} values but training takes {total} steps")
+    for v in set(sigmas):
+        _check_noise(v, clip)
+    _, clip = _check_noise(sigmas[0] if sigmas else 0.0, clip)
+    _check_clipping(clipping)
+    if accountant not in ACCOUNTANTS[:2]:
+        raise ValueError(f"accountant must be 'rdp' or 'prv' (a schedule changes sigma), got {accountant!r}")
     perturbed = perturbation_scope(model, scope)
     gen = torch.Generator().manual_seed(int(seed))
-    private = _Private(model, perturbed, sigma, clip, batch_size, seed + 1, optimizer=lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum))
-    losses, steps, diverged = [], 0, False
+    # on_step sees an unwrapped copy: Opacus's hooks on the model must not see its forward passes
+    shadow = copy.deepcopy(model) if on_step is not None else None
+    private = _Private(
+        model, perturbed, sigmas[0], clip, batch_size, seed + 1,
+        optimizer=lambda ps: torch.optim.SGD(ps, lr=lr, momentum=momentum), clipping=clipping,
+    )
+    result = PerturbedTrainResult(math.nan, delta=delta, perturbed=perturbed, accountant=accountant)
     start = time.perf_counter()
     model.train()
     try:
@@ -360,27 +483,40 @@ def train_perturbed(
             for _ in tqdm(range(epochs), desc="training", disable=not progress, leave=False):
                 snapshot = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 perm = torch.randperm(len(x), generator=gen)
-                total = 0.0
+                running = 0.0
                 for i in range(0, len(x), batch_size):
+                    step = result.steps
+                    if on_step is not None:
+                        shadow.load_state_dict(model.state_dict())
+                        shadow.train()
+                        with torch.random.fork_rng(devices=[]):
+                            on_step(step, sigmas[step], shadow)
                     idx = perm[i : i + batch_size]
                     private.zero_grad()
                     loss = F.cross_entropy(private.gsm(x[idx]), y[idx]) + precode_loss(model)
                     if not torch.isfinite(loss):
-                        diverged = True
+                        result.diverged = True
                         break
                     _backward(loss)
+                    if private.dp_opt is not None:
+                        private.dp_opt.noise_multiplier = sigmas[step]
                     private.step()
-                    total += float(loss.detach()) * len(idx)
-                    steps += 1
-                if diverged:
+                    result.noise_history.append(sigmas[step])
+                    result.clip_history.append(private.dp_opt.max_grad_norm if private.dp_opt is not None else math.nan)
+                    result.step_loss.append(float(loss.detach()))
+                    running += float(loss.detach()) * len(idx)
+                    result.steps += 1
+                    if after_step is not None:
+                        after_step(step, sigmas[step], result.step_loss[-1])
+                if result.diverged:
                     # keep the weights of the epoch's start rather than NaN ones
                     model.load_state_dict(snapshot)
                     break
-                losses.append(total / len(x))
+                result.train_loss.append(running / len(x))
     finally:
         private.close()
-    q = min(1.0, batch_size / len(x))
-    eps = epsilon_spent(sigma, q, steps, delta) if perturbed else math.nan
-    return PerturbedTrainResult(
-        accuracy(model, *test), losses, time.perf_counter() - start, steps, q, eps, delta, perturbed, diverged
-    )
+    result.seconds = time.perf_counter() - start
+    result.sample_rate = min(1.0, batch_size / len(x))
+    result.epsilon = epsilon(result.history, delta, accountant) if perturbed else math.nan
+    result.test_accuracy = accuracy(model, *test)
+    return result
