@@ -81,6 +81,13 @@ def png_bytes(image: torch.Tensor, scale: int = 4) -> bytes:
     return buf.getvalue()
 
 
+def _axes(ax, figsize: tuple[float, float]):
+    """(figure, axes): new ones of ``figsize``, or the given axes and their figure."""
+    if ax is None:
+        return _plt().subplots(figsize=figsize)
+    return ax.figure, ax
+
+
 def fig_png_bytes(fig, dpi: int = 90) -> bytes:
     """PNG bytes of a matplotlib figure (for widgets' image views)."""
     buf = io.BytesIO()
@@ -271,11 +278,7 @@ def tradeoff_figure(result, attack: str = "bypass", ax=None):
     Returns:
         The matplotlib Figure. A dotted line marks SSIM 0.3.
     """
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, (6.4, 4.0))
     colours = {"none": "0.3", "precode": "tab:purple", "full": "tab:red", "ppp": "tab:green"}
     names = {"none": "no defense", "precode": "PRECODE alone", "full": "full perturbation", "ppp": "PPP"}
     for defense in ("none", "precode", "full", "ppp"):
@@ -303,11 +306,7 @@ def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier ov
     Returns:
         The matplotlib Figure.
     """
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, (6, 3.2))
     for label, values in schedules.items():
         ax.plot(range(len(values)), values, label=label, lw=1.6)
     ax.set_xlabel("training step")
@@ -320,11 +319,7 @@ def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier ov
 
 def training_curves_figure(curves: dict, ax=None, smooth: int = 5):
     """Training loss against step, one line per run (a running mean over ``smooth`` steps)."""
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.2))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, (6, 3.2))
     for label, losses in curves.items():
         if not losses:
             continue
@@ -343,11 +338,7 @@ def metric_bars(values: dict, ylabel: str, ax=None, fmt: str = "{:.2f}", title: 
     """A bar chart of one metric per method, each bar labelled with its value (inf shown as "∞")."""
     import math
 
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(4.2, 2.8))
-    else:
-        fig = ax.figure
+    fig, ax = _axes(ax, (4.2, 2.8))
     names = list(values)
     finite = [v for v in values.values() if math.isfinite(v)]
     top = max(finite) if finite else 1.0
