@@ -1,5 +1,6 @@
 """The ``gleak`` command: run the course's attacks from a shell.
 
+    gleak attack transformer --sentence TEXT [--noise SIGMA] [--clip C] [--seed N] [--json OUT]
     gleak attack {dlg,idlg,grnn,ig,bypass,analytic} (--image PATH | --sample SET:INDEX[,INDEX...])
           [--label N] [--model lenet-zhu|lenet5|mlp] [--activation sigmoid|relu|tanh]
           [--classes N] [--seed N] [--iterations N] [--batch N] [--tv W]
@@ -67,12 +68,14 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     att = sub.add_parser("attack", help="reconstruct a private image from the gradient it produces")
     att.add_argument(
-        "attack", choices=["dlg", "idlg", "grnn", "ig", "bypass", "analytic"],
-        help="DLG, iDLG, GRNN, Inverting Gradients, the PRECODE bypass, or analytic recovery (first linear layer)",
+        "attack", choices=["dlg", "idlg", "grnn", "ig", "bypass", "analytic", "transformer"],
+        help="DLG, iDLG, GRNN, Inverting Gradients, the PRECODE bypass, analytic recovery (first linear layer), "
+        "or text recovery from a tiny transformer's gradient",
     )
-    src = att.add_mutually_exclusive_group(required=True)
+    src = att.add_mutually_exclusive_group()
     src.add_argument("--image", type=Path, help="a PNG/JPEG file, resized to the model's input")
     src.add_argument("--sample", help="offline samples: SET:INDEX or SET:I,J,... with SET in photos, lfw, digits, mnist")
+    src.add_argument("--sentence", help="transformer: the private sentence (words of the Zen of Python, at most 16)")
     att.add_argument("--label", type=int, help="the private label (default: the sample's label, 0 for a file)")
     att.add_argument("--model", choices=["lenet-zhu", "lenet5", "mlp"], help="victim (default: lenet-zhu; lenet5 for grnn; mlp for ig, bypass, analytic)")
     att.add_argument("--precode", action="store_true", help="insert PRECODE's variational bottleneck before the output layer")
@@ -191,6 +194,47 @@ def _load_victim(args):
     return x, y, args.sample, image_set, idx
 
 
+def _run_text_attack(args) -> dict:
+    import torch
+
+    from gleak_edu import fl, models, text
+    from gleak_edu.attacks import text_recovery
+    from gleak_edu.defenses import clip_and_noise, gaussian_epsilon
+
+    if args.sentence is None:
+        raise UsageError("the transformer attack needs --sentence TEXT")
+    if args.noise > 0 and args.clip <= 0:
+        raise UsageError(f"--clip must be > 0, got {args.clip}")
+    vocab = text.zen_vocabulary()
+    tokens = vocab.encode(args.sentence)  # ValueError names the words outside the vocabulary
+    classes = 19 if args.classes == 100 else args.classes  # default: which of the 19 aphorisms
+    label = 0 if args.label is None else args.label
+    if not 0 <= label < classes:
+        raise UsageError(f"--label must lie in 0..{classes - 1}")
+    torch.manual_seed(args.seed)
+    model = models.TinyTransformer(len(vocab), classes)
+    shared = fl.client_text_gradient(model, tokens, torch.tensor([label]))
+    if args.noise > 0:
+        shared = clip_and_noise(shared, args.noise, args.clip, seed=args.seed)
+    result = text_recovery(model, shared, vocab, iterations=args.iterations or 200, seed=args.seed,
+                           truth=tokens, true_label=label)
+    m = result.metrics
+    delta = 1e-5
+    return {
+        "attack": "transformer", "model": f"TinyTransformer (vocabulary {len(vocab)} words, {classes} classes)",
+        "seed": args.seed, "sentence_true": vocab.decode(tokens), "sentence_recovered": result.sentence,
+        "words_recovered": result.words, "token_set_recovered": [vocab.words[t] for t in result.token_set],
+        "length_recovered": result.length, "set_recall": m["set_recall"], "set_precision": m["set_precision"],
+        "order_accuracy": m["order_accuracy"], "label_true": label, "label_pred": result.label,
+        "label_correct": m["label_correct"], "noise": args.noise, "clip": args.clip if args.noise > 0 else None,
+        "epsilon": gaussian_epsilon(args.noise, delta) if args.noise > 0 else None,
+        "delta": delta if args.noise > 0 else None,
+        "epsilon_note": "one release of the Gaussian mechanism, sqrt(2 ln(1.25/delta)) / sigma (Dwork & Roth; valid below 1)"
+        if args.noise > 0 else None,
+        "matching_loss": result.loss, "iterations": result.iterations, "seconds": result.seconds,
+    }
+
+
 def _run_attack(args) -> dict:
     import time
 
@@ -200,6 +244,10 @@ def _run_attack(args) -> dict:
     from gleak_edu.attacks import AttackResult, analytic_recovery, dlg, grnn, idlg, inverting_gradients, precode_bypass
     from gleak_edu.defenses import add_precode, deterministic_parameters, gaussian_noise, perturbed_gradient, prune_gradients
 
+    if args.sentence is not None:
+        raise UsageError("--sentence is for the transformer attack; image attacks take --image or --sample")
+    if args.image is None and args.sample is None:
+        raise UsageError("give the private image: --image PATH or --sample SET:INDEX")
     if not 0 <= args.prune < 1:
         raise UsageError(f"--prune must lie in [0, 1), got {args.prune}")
     if args.restarts < 0:
@@ -461,7 +509,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
     try:
         args = parser.parse_args(argv)
-        if args.command == "attack":
+        if args.command == "attack" and args.attack == "transformer":
+            out = _run_text_attack(args)
+            print(
+                f"transformer: recovered \"{out['sentence_recovered']}\" (true \"{out['sentence_true']}\"): "
+                f"word set recall {out['set_recall']:.0%}, precision {out['set_precision']:.0%}, "
+                f"in order {out['order_accuracy']:.0%}" + (f", epsilon {out['epsilon']:.3g} per release" if out["epsilon"] else "")
+            )
+            if args.json is not None:
+                args.json.parent.mkdir(parents=True, exist_ok=True)
+                args.json.write_text(json.dumps(_finite(out), indent=1))
+        elif args.command == "attack":
             out = _run_attack(args)
             summary = (
                 f"{out['attack']}: PSNR {out['psnr']:.1f} dB, SSIM {out['ssim']:.3f}, "

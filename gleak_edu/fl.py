@@ -15,7 +15,7 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["SharedGradient", "SharedGradientError", "client_gradient", "check_shared", "check_batch"]
+__all__ = ["SharedGradient", "SharedGradientError", "client_gradient", "client_text_gradient", "check_shared", "check_batch"]
 
 SharedGradient = "OrderedDict[str, torch.Tensor]"
 
@@ -82,6 +82,28 @@ def client_gradient(
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     loss = loss_fn(model(x), y)
     grads = torch.autograd.grad(loss, params)
+    return OrderedDict((n, g.detach().clone()) for n, g in zip(names, grads))
+
+
+def client_text_gradient(model: nn.Module, tokens: torch.Tensor, label: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":
+    """The gradient a client shares after one step on one sentence (a :class:`~gleak_edu.models.TinyTransformer`).
+
+    Args:
+        tokens: int64 ``[L]`` or ``[1, L]`` token ids; label: int64 ``[1]`` (or an int) class.
+
+    Returns:
+        OrderedDict name -> float32 tensor (mean cross-entropy), in ``named_parameters()`` order.
+
+    Raises:
+        ValueError: for an empty sentence, one longer than the model's context, ids outside the vocabulary.
+    """
+    tokens = torch.as_tensor(tokens, dtype=torch.int64)
+    tokens = tokens[None] if tokens.ndim == 1 else tokens
+    if tokens.ndim != 2 or tokens.shape[0] != 1 or tokens.shape[1] == 0:
+        raise ValueError(f"give one non-empty sentence of token ids [L]; got shape {tuple(tokens.shape)}")
+    label = torch.as_tensor(label, dtype=torch.int64).reshape(1)
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    grads = torch.autograd.grad(F.cross_entropy(model(tokens), label), params)
     return OrderedDict((n, g.detach().clone()) for n, g in zip(names, grads))
 
 

@@ -14,12 +14,13 @@ keyed by them.
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["ACTIVATIONS", "LeNetZhu", "LeNet5", "MLP", "uniform_init_", "build_model", "output_layer"]
+__all__ = ["ACTIVATIONS", "LeNetZhu", "LeNet5", "MLP", "TinyTransformer", "uniform_init_", "build_model", "output_layer"]
 
 ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
 
@@ -265,3 +266,76 @@ def output_layer(model: nn.Module) -> tuple[str, nn.Linear]:
             "the model has no nn.Linear layer, so there is no output layer to read labels from"
         )
     return found
+
+
+class TinyTransformer(nn.Module):
+    """A tiny transformer classifier over word tokens: embeddings -> attention blocks -> mean pool -> head.
+
+    ``h = E[x] + P[:L]`` (token embedding E ``[V, dim]``, learned position
+    embedding P ``[max_len, dim]``), then ``blocks`` pre-norm blocks, each
+    ``h = h + Attn(LN(h))`` (``heads``-head self-attention written out with
+    ``Linear`` query, key, value and output projections) and
+    ``h = h + MLP(LN(h))`` (dim -> 2 dim -> dim, tanh), then a final LayerNorm,
+    the mean over positions and a linear head. Small enough to train and attack
+    on a laptop (about 12,000 parameters at the defaults with the 80 Zen words).
+
+    Args:
+        vocab_size: V; num_classes: outputs of the head.
+        max_len: longest sentence (positions); dim, heads, blocks: the sizes.
+
+    Input: int64 tokens ``[B, L]`` with L <= max_len, or float32 ``embeddings``
+    ``[B, L, dim]`` that replace ``E[x]`` (what an attacker optimises).
+    Output: logits ``[B, num_classes]``. Parameters are named
+    ``token_embedding.weight``, ``position_embedding.weight``, ``blocks.0.q.weight``, ...,
+    ``head.weight``, ``head.bias``.
+
+    Raises:
+        ValueError: bad sizes, or an input longer than ``max_len`` or out of the vocabulary.
+    """
+
+    def __init__(self, vocab_size: int, num_classes: int, max_len: int = 16, dim: int = 32, heads: int = 2, blocks: int = 1) -> None:
+        super().__init__()
+        if min(vocab_size, num_classes, max_len, dim, heads, blocks) < 1 or dim % heads:
+            raise ValueError("sizes must be positive and dim divisible by heads")
+        self.vocab_size, self.num_classes, self.max_len, self.dim, self.heads = vocab_size, num_classes, max_len, dim, heads
+        self.token_embedding = nn.Embedding(vocab_size, dim)
+        self.position_embedding = nn.Embedding(max_len, dim)
+        self.blocks = nn.ModuleList(_Block(dim, heads) for _ in range(blocks))
+        self.norm = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, tokens: torch.Tensor | None = None, *, embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        if embeddings is None:
+            if tokens is None or tokens.ndim != 2 or tokens.dtype != torch.int64:
+                raise ValueError("tokens must be an int64 tensor [B, L] (or pass embeddings [B, L, dim])")
+            if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.vocab_size):
+                raise ValueError(f"token ids must lie in 0..{self.vocab_size - 1}")
+            embeddings = self.token_embedding(tokens)
+        length = embeddings.shape[1]
+        if not 1 <= length <= self.max_len:
+            raise ValueError(f"sentences must have 1 to {self.max_len} tokens (the model's context), got {length}")
+        h = embeddings + self.position_embedding.weight[:length]
+        for block in self.blocks:
+            h = block(h)
+        return self.head(self.norm(h).mean(dim=1))
+
+
+class _Block(nn.Module):
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.q, self.k, self.v, self.out = (nn.Linear(dim, dim) for _ in range(4))
+        self.mlp = nn.Sequential(nn.Linear(dim, 2 * dim), nn.Tanh(), nn.Linear(2 * dim, dim))
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        b, n, d = h.shape
+        x = self.norm1(h)
+
+        def split(t):
+            return t.reshape(b, n, self.heads, d // self.heads).transpose(1, 2)
+
+        q, k, v = split(self.q(x)), split(self.k(x)), split(self.v(x))
+        att = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(d // self.heads), dim=-1)
+        h = h + self.out((att @ v).transpose(1, 2).reshape(b, n, d))
+        return h + self.mlp(self.norm2(h))

@@ -11,7 +11,7 @@ from torch import nn
 from gleak_edu.data import ImageSet
 from gleak_edu.defenses.precode import precode_loss
 
-__all__ = ["TrainResult", "split", "train_classifier", "accuracy"]
+__all__ = ["TrainResult", "split", "train_classifier", "accuracy", "noisy_sgd"]
 
 
 @dataclass
@@ -116,3 +116,62 @@ def _epochs(model, opt, x, y, gen, epochs, batch_size, progress) -> list[float]:
             count += len(idx)
         losses.append(total / count)
     return losses
+
+
+def noisy_sgd(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    sigma: float,
+    clip: float = 1.0,
+    steps: int = 300,
+    lr: float = 0.1,
+    batch_size: int = 16,
+    seed: int = 0,
+    eval_every: int = 10,
+) -> list[tuple[int, float]]:
+    """SGD whose every step uses a clipped, Gaussian-noised minibatch gradient; returns the training-loss curve.
+
+    Each step: the mean cross-entropy gradient of a random minibatch, clipped
+    to L2 norm C over all parameters, plus N(0, (sigma C / B)^2) per
+    coordinate (the noise DP-SGD puts on a batch mean), then ``w -= lr * g``.
+    The noise is unbiased with variance V = d (sigma C / B)^2 for d
+    parameters: the setting of the standard bound for L-smooth losses,
+    (1/T) sum E||grad f||^2 <= 2 (f0 - f*) / (lr T) + lr L V.
+
+    Args:
+        model: trained in place; inputs: anything the model takes (e.g. tokens
+            ``[N, L]``); labels: int64 ``[N]``.
+        sigma: noise multiplier (>= 0); clip: C (> 0).
+        steps, lr, batch_size: the schedule; seed: of the batches and the noise.
+        eval_every: the full training loss is recorded every this many steps.
+
+    Returns:
+        ``[(step, mean training loss over all inputs)]``, from step 0.
+
+    Raises:
+        ValueError: for sigma < 0, C <= 0, or non-positive steps, lr, batch size.
+    """
+    if not sigma >= 0 or not clip > 0 or steps < 1 or not lr > 0 or batch_size < 1:
+        raise ValueError("need sigma >= 0, clip > 0, steps >= 1, lr > 0 and batch_size >= 1")
+    gen = torch.Generator().manual_seed(int(seed))
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def full_loss() -> float:
+        return float(F.cross_entropy(model(inputs), labels))
+
+    curve = [(0, full_loss())]
+    for step in range(1, steps + 1):
+        idx = torch.randint(len(labels), (min(batch_size, len(labels)),), generator=gen)
+        grads = torch.autograd.grad(F.cross_entropy(model(inputs[idx]), labels[idx]), params)
+        norm = float(torch.sqrt(sum(g.pow(2).sum() for g in grads)))
+        factor = min(1.0, clip / (norm + 1e-12))
+        with torch.no_grad():
+            for p, g in zip(params, grads):
+                noise = torch.randn(g.shape, generator=gen) * (sigma * clip / len(idx))
+                p -= lr * (g * factor + noise)
+        if step % eval_every == 0 or step == steps:
+            curve.append((step, full_loss()))
+    return curve

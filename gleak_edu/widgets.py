@@ -20,11 +20,15 @@ from gleak_edu.defenses import gaussian_noise, prune_gradients
 
 __all__ = [
     "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
+    "TextLiveView", "TextNoisePanel", "TEXT_NOISE_LEVELS",
     "NOISE_LEVELS", "PPP_NOISE_LEVELS",
 ]
 
 # The noise slider's stops (absolute std per gradient entry; see gaussian_noise).
 NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
+
+# The transformer notebook's slider: noise multipliers of the Gaussian mechanism (clip C = 1).
+TEXT_NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)
 
 # PPP's slider: noise multipliers (relative to the clipping bound; see perturbed_gradient).
 PPP_NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 0.3, 1.0)
@@ -557,3 +561,100 @@ class DPSchedulePanel(_Panel):
         ssims = ", ".join(f"step {cp['step']} (σ {cp['sigma']:.2f}): SSIM {cp['ig']['ssim'][0]:.2f}" for cp in dp.checkpoints)
         self.result.value = f"test accuracy <b>{dp.test_accuracy:.1%}</b> · IG on the shared gradient: {ssims}<br>original, then the three reconstructions:"
         return dp
+
+
+def _words_html(words: Sequence[str], truth: Sequence[str] | None) -> str:
+    """The recovered words, green where they match the true word at that position, red otherwise."""
+    out = []
+    for j, w in enumerate(words):
+        ok = truth is not None and j < len(truth) and truth[j] == w
+        colour = "#1e8449" if ok else ("#b03a2e" if truth is not None else "#222")
+        out.append(f"<span style='color:{colour}'>{html.escape(w)}</span>")
+    return " ".join(out)
+
+
+class TextLiveView(_Panel):
+    """The sentence an attack currently decodes, updated while :func:`gleak_edu.attacks.text_recovery` runs.
+
+    Use it as the callback: ``text_recovery(..., callback=view)``. Words at the
+    right position are green when ``truth`` (the true words) is given.
+    Attributes: ``updates``, ``last_words``.
+    """
+
+    def __init__(self, truth: Sequence[str] | None = None, title: str = "") -> None:
+        self.truth = list(truth) if truth is not None else None
+        self.updates = 0
+        self.last_words: list[str] = []
+        w = _widgets()
+        self.html = w.HTML(f"<b>{html.escape(title)}</b><br>waiting ..." if title else "waiting ...") if w else None
+        self.title = title
+        self.widget = w.VBox([self.html]) if w else None
+
+    def __call__(self, state) -> None:
+        self.updates += 1
+        self.last_words = list(state.words)
+        text = (
+            (f"<b>{html.escape(self.title)}</b><br>" if self.title else "")
+            + f"<span style='font-size:120%'>{_words_html(state.words, self.truth)}</span><br>"
+            + f"<small>step {state.iteration} · matching loss {state.loss:.3g}{' · done' if state.done else ''}</small>"
+        )
+        if self.html is None:
+            print(" ".join(state.words))
+        else:
+            self.html.value = text
+
+
+class TextNoisePanel(_Panel):
+    """A noise slider for the transformer: the recovered words, token accuracy and epsilon for each noise level.
+
+    The sentence's gradient is computed once; each release clips it to C,
+    adds N(0, (sigma C)^2) (:func:`gleak_edu.defenses.clip_and_noise`), runs
+    :func:`gleak_edu.attacks.text_recovery` with a live view, and shows
+    token-set recall and precision, in-order accuracy, and epsilon: per
+    release (Gaussian mechanism, closed form) and over ``steps`` training steps
+    at sample rate ``sample_rate`` (Opacus RDP).
+
+    Attributes: ``widget``, ``results`` ``{sigma: TextAttackResult}``, ``last``.
+    The handler runs once with the first stop when built.
+    """
+
+    def __init__(self, model: nn.Module, vocab, sentence: str, label: int = 0, *, clip: float = 1.0,
+                 noise_levels: Sequence[float] = TEXT_NOISE_LEVELS, iterations: int = 200, delta: float = 1e-5,
+                 steps: int = 300, sample_rate: float = 0.2, seed: int = 0) -> None:
+        self.model, self.vocab = model, vocab
+        self.tokens = vocab.encode(sentence)
+        self.truth_words = [vocab.words[int(t)] for t in self.tokens]
+        self.shared = fl.client_text_gradient(model, self.tokens, torch.tensor([int(label)]))
+        self.clip, self.iterations, self.delta = float(clip), int(iterations), float(delta)
+        self.steps, self.sample_rate, self.seed = int(steps), float(sample_rate), int(seed)
+        self.results: dict = {}
+        self.last = None
+        w = _widgets()
+        self.noise = w.SelectionSlider(options=[(f"{v:g}", v) for v in noise_levels], value=noise_levels[0],
+                                       description="noise σ", continuous_update=False, layout=w.Layout(width="460px"))
+        self.view = TextLiveView(self.truth_words, title="recovered sentence (green: right word in the right place)")
+        self.summary = w.HTML()
+        out = w.interactive_output(self.run, {"sigma": self.noise})
+        self.widget = w.VBox([self.noise, self.view.widget, self.summary, out])
+
+    def run(self, sigma: float):
+        """Noise the gradient at ``sigma``, attack it live, summarise; returns the TextAttackResult."""
+        from gleak_edu.attacks import text_recovery
+        from gleak_edu.defenses import clip_and_noise, epsilon, gaussian_epsilon
+
+        shared = clip_and_noise(self.shared, sigma, self.clip, seed=self.seed) if sigma > 0 else self.shared
+        result = text_recovery(self.model, shared, self.vocab, iterations=self.iterations, seed=self.seed,
+                               truth=self.tokens, callback=self.view, callback_every=20)
+        self.results[float(sigma)] = result
+        self.last = result
+        m = result.metrics
+        eps = ""
+        if sigma > 0:
+            composed = epsilon([(sigma, self.sample_rate, self.steps)], self.delta)
+            eps = (f" · <b>ε = {gaussian_epsilon(sigma, self.delta):.3g}</b> per release, {composed:.3g} over "
+                   f"{self.steps} steps at q = {self.sample_rate:g} (δ = {self.delta:g})")
+        self.summary.value = (
+            f"σ = {sigma:g}: word set recall {m['set_recall']:.0%}, precision {m['set_precision']:.0%}, "
+            f"<b>in order {m['order_accuracy']:.0%}</b>" + eps
+        )
+        return result

@@ -3,6 +3,8 @@
     result = attack(model, shared, input_shape=(B, C, H, W), num_classes=K, ..., callback=None)
 
 and returns an :class:`AttackResult` (reconstruction, labels, history, timing).
+Text: :func:`text_recovery` reads a sentence off a transformer's gradient and
+returns a :class:`TextAttackResult`.
 """
 
 from gleak_edu.attacks._common import AttackResult, AttackState
@@ -10,11 +12,14 @@ from gleak_edu.attacks.analytic import analytic_recovery, first_linear_layer
 from gleak_edu.attacks.dlg import dlg, idlg, idlg_label
 from gleak_edu.attacks.grnn import GRNNGenerator, grnn, total_variation
 from gleak_edu.attacks.inverting import inverting_gradients, precode_bypass
+from gleak_edu.attacks.text import TextAttackResult, TextState, recovered_token_set, text_metrics, text_recovery
 
 __all__ = [
     "AttackResult",
     "AttackState",
     "GRNNGenerator",
+    "TextAttackResult",
+    "TextState",
     "analytic_recovery",
     "dlg",
     "first_linear_layer",
@@ -23,5 +28,8 @@ __all__ = [
     "idlg_label",
     "inverting_gradients",
     "precode_bypass",
+    "recovered_token_set",
+    "text_metrics",
+    "text_recovery",
     "total_variation",
 ]

@@ -11,7 +11,7 @@
   (:func:`epsilon` over a noise history).
 """
 
-from gleak_edu.defenses.accounting import epsilon, history_from_sigmas
+from gleak_edu.defenses.accounting import epsilon, gaussian_epsilon, history_from_sigmas
 from gleak_edu.defenses.dpsgd import (
     SCHEDULES,
     DPRun,
@@ -21,7 +21,7 @@ from gleak_edu.defenses.dpsgd import (
     schedule_epsilon,
     train_dp,
 )
-from gleak_edu.defenses.perturbation import gaussian_noise, prune_gradients
+from gleak_edu.defenses.perturbation import clip_and_noise, gaussian_noise, prune_gradients
 from gleak_edu.defenses.precode import (
     VariationalBottleneck,
     add_precode,
@@ -46,11 +46,13 @@ __all__ = [
     "PerturbedTrainResult",
     "VariationalBottleneck",
     "add_precode",
+    "clip_and_noise",
     "deterministic_parameters",
     "dp_shared_gradient",
     "epsilon",
     "epsilon_spent",
     "full_perturbation_gradient",
+    "gaussian_epsilon",
     "gaussian_noise",
     "gradient_stochasticity",
     "history_from_sigmas",

@@ -14,7 +14,7 @@ import math
 import warnings
 from typing import Sequence
 
-__all__ = ["ACCOUNTANTS", "epsilon", "history_from_sigmas"]
+__all__ = ["ACCOUNTANTS", "epsilon", "gaussian_epsilon", "history_from_sigmas"]
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 
@@ -88,3 +88,20 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float = 1e-5, ac
         # at the ends of the sigma range the best RDP order is an end of Opacus's grid; the bound is still valid
         warnings.filterwarnings("ignore", message="Optimal order is the")
         return float(acc.get_epsilon(delta))
+
+
+def gaussian_epsilon(sigma: float, delta: float = 1e-5) -> float:
+    """Epsilon of one release of the Gaussian mechanism with noise multiplier sigma (noise std sigma * sensitivity).
+
+    The classical bound (Dwork & Roth, 2014, Theorem A.1): noise std
+    ``sigma * Delta`` with ``sigma >= sqrt(2 ln(1.25 / delta)) / epsilon`` gives
+    (epsilon, delta)-DP for epsilon < 1, so ``epsilon = sqrt(2 ln(1.25/delta)) / sigma``.
+    For sigma small enough that this exceeds 1 the theorem does not apply and
+    the value is only indicative (use :func:`epsilon`, an accountant, there).
+
+    Raises:
+        ValueError: for sigma < 0 or delta outside (0, 1).
+    """
+    if not sigma >= 0 or not 0 < delta < 1:
+        raise ValueError(f"need sigma >= 0 and 0 < delta < 1, got {sigma} and {delta}")
+    return math.inf if sigma == 0 else math.sqrt(2 * math.log(1.25 / delta)) / sigma

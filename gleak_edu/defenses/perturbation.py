@@ -8,7 +8,7 @@ from typing import Mapping
 
 import torch
 
-__all__ = ["gaussian_noise", "prune_gradients"]
+__all__ = ["clip_and_noise", "gaussian_noise", "prune_gradients"]
 
 
 def _check_tensors(shared: Mapping[str, torch.Tensor]) -> None:
@@ -89,4 +89,43 @@ def prune_gradients(
         pruned = flat.clone()
         pruned[idx] = 0
         out[name] = pruned.view_as(g)
+    return out
+
+
+def clip_and_noise(
+    shared: Mapping[str, torch.Tensor], sigma: float, clip: float = 1.0, *, seed: int | None = 0
+) -> "OrderedDict[str, torch.Tensor]":
+    """The Gaussian mechanism on one shared gradient: clip its L2 norm (over all tensors) to C, add N(0, (sigma C)^2).
+
+    One release of this is (epsilon, delta)-DP with respect to the example
+    (or the sentence) it was computed on, with epsilon from
+    :func:`gleak_edu.defenses.gaussian_epsilon`: adding or removing the
+    example moves the clipped gradient by at most C (its sensitivity, the
+    add/remove convention Opacus also uses).
+
+    Args:
+        shared: name -> gradient tensor (one example's or one sentence's).
+        sigma: noise multiplier (>= 0; relative to C).
+        clip: the clipping bound C (> 0).
+        seed: seed of the noise (None: the global RNG).
+
+    Returns:
+        A new OrderedDict with the same names and shapes.
+
+    Raises:
+        ValueError: for sigma < 0, C <= 0 or non-finite values.
+    """
+    _check_tensors(shared)
+    sigma, clip = float(sigma), float(clip)
+    if not math.isfinite(sigma) or sigma < 0:
+        raise ValueError(f"the noise multiplier sigma must be a finite number >= 0, got {sigma}")
+    if not math.isfinite(clip) or clip <= 0:
+        raise ValueError(f"the clipping bound C must be a finite number > 0, got {clip}")
+    norm = float(torch.sqrt(sum(g.detach().double().pow(2).sum() for g in shared.values())))
+    factor = min(1.0, clip / (norm + 1e-12))
+    gen = torch.Generator().manual_seed(int(seed)) if seed is not None else None
+    out = OrderedDict()
+    for name, g in shared.items():
+        g = g.detach() * factor
+        out[name] = g + sigma * clip * torch.randn(g.shape, generator=gen, dtype=g.dtype) if sigma > 0 else g.clone()
     return out
