@@ -30,6 +30,10 @@ output layer's gradients are released without noise, and PRECODE's sampling is
 not a differential-privacy mechanism, so PPP as a whole has no epsilon. The
 paper's exact noise settings were not available; the course's choices are in
 :mod:`gleak_edu.sweeps`.
+
+The same machinery serves DP-SGD (:mod:`gleak_edu.defenses.dpsgd`):
+:func:`train_perturbed` takes a per-step noise schedule, per-layer clipping
+and Wei & Liu's dynamic clipping bound.
 """
 
 from __future__ import annotations
