@@ -69,3 +69,22 @@ def test_the_pins_are_pins():
 def test_binder_post_build_installs_the_package_and_fails_on_error():
     post = (ROOT / "binder" / "postBuild").read_text()
     assert "set -euo pipefail" in post and "pip install" in post and "import gleak_edu" in post
+
+
+def test_readme_and_notebooks_carry_badges_from_the_one_repository_url(tmp_path):
+    import shutil
+
+    from gleak_edu import badges
+
+    assert badges.sync(ROOT, check=True) == [], "run `python -m gleak_edu.badges`"
+    url = badges.repository_url(ROOT)
+    # another repository URL in pyproject.toml makes every badge stale, and sync rewrites them
+    copy = tmp_path / "repo"
+    shutil.copytree(ROOT, copy, ignore=shutil.ignore_patterns(".venv", ".git", "*.egg-info", "__pycache__", ".pytest_cache"))
+    pyproject = copy / "pyproject.toml"
+    pyproject.write_text(pyproject.read_text().replace(url, "https://github.com/someone/fork"))
+    stale = badges.sync(copy, check=True)
+    assert "README.md" in stale and len(stale) == 1 + len(list((ROOT / "notebooks").glob("*.ipynb")))
+    badges.sync(copy)
+    assert badges.sync(copy, check=True) == []
+    assert "gh/someone/fork/main" in (copy / "README.md").read_text()
