@@ -7,21 +7,33 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: lab test test-unit test-notebooks bench clean
+.PHONY: lab app test test-unit test-notebooks bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
 	# the CPU build of torch first: a later ">=" requirement is then already met
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[lab,test]"
+	$(PY) -m pip install --quiet -e ".[lab,app,test]"
 	@$(PY) -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed'; print('torch', torch.__version__, 'CPU build')"
 	touch $(STAMP)
 
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-test: $(STAMP)
+# The workshop's attack playground as a web app (Voila) on http://localhost:8866
+app: $(STAMP)
+	$(VENV)/bin/voila app/playground.ipynb --port=8866 --no-browser --Voila.ip=127.0.0.1
+
+# Debian's Chromium for the real-browser test (tests/test_browser.py), installed when we are root with
+# apt-get; anywhere else the test is skipped with a message saying why. Never fails the build.
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
+	  echo "Chromium not installed (needs root and apt-get): the browser test will be skipped"
+
+test: $(STAMP) browser
 	$(PY) -m pytest tests
 	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
 

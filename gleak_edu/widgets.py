@@ -20,7 +20,7 @@ from gleak_edu.defenses import gaussian_noise, prune_gradients
 
 __all__ = [
     "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
-    "TextLiveView", "TextNoisePanel", "TEXT_NOISE_LEVELS",
+    "TextLiveView", "TextNoisePanel", "Playground", "TEXT_NOISE_LEVELS",
     "NOISE_LEVELS", "PPP_NOISE_LEVELS",
 ]
 
@@ -657,4 +657,109 @@ class TextNoisePanel(_Panel):
             f"σ = {sigma:g}: word set recall {m['set_recall']:.0%}, precision {m['set_precision']:.0%}, "
             f"<b>in order {m['order_accuracy']:.0%}</b>" + eps
         )
+        return result
+
+
+class Playground(_Panel):
+    """The workshop's attack playground: pick or upload an image, an attack and a defense, move the sliders, run.
+
+    Served as a web app by ``make app`` (Voila, ``app/playground.ipynb``) and
+    usable in any notebook. The victim is the course's model for the attack
+    (LeNet-Zhu with DLG's uniform init for DLG and iDLG, an MLP with PyTorch's
+    init for Inverting Gradients, 100 classes); the shared gradient is the
+    client's on the chosen image, then the defense (Gaussian noise of absolute
+    std sigma, or pruning) is applied, and the attack runs with a live view.
+
+    Attributes: ``widget``, ``x`` (the current image ``[1, 3, 32, 32]``),
+    ``last`` (the latest :class:`AttackResult`), ``runs`` (how many).
+    """
+
+    ATTACKS = (("iDLG", "idlg"), ("DLG", "dlg"), ("Inverting Gradients", "ig"))
+
+    def __init__(self, seed: int = 1) -> None:
+        from gleak_edu import data
+
+        self.photos = data.photos()
+        self.seed = int(seed)
+        self.x = self.photos.images[:1]
+        self.last: AttackResult | None = None
+        self.runs = 0
+        w = _widgets()
+        self.image = w.Dropdown(options=[(n, i) for i, n in enumerate(self.photos.item_names)], value=0, description="image")
+        self.upload = w.FileUpload(accept="image/*", multiple=False, description="or upload")
+        self.attack = w.Dropdown(options=list(self.ATTACKS), value="idlg", description="attack")
+        self.defense = w.ToggleButtons(options=[("none", "none"), ("noise", "noise"), ("pruning", "prune")], value="none",
+                                       description="defense")
+        self.noise = w.SelectionSlider(options=[(f"{v:g}", v) for v in NOISE_LEVELS], value=1e-2, description="noise σ",
+                                       continuous_update=False)
+        self.prune = w.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.1, description="prune", readout_format=".0%",
+                                   continuous_update=False)
+        self.iterations = w.IntSlider(value=100, min=20, max=300, step=20, description="iterations", continuous_update=False)
+        self.button = w.Button(description="run the attack", button_style="danger", icon="play")
+        self.status = w.HTML("pick an image, an attack and a defense, then run")
+        self.view_box = w.VBox()
+        self.button.on_click(lambda _b: self.run())
+        self.upload.observe(self._uploaded, names="value")
+        self.image.observe(lambda change: self._pick(change["new"]), names="value")
+        controls = w.VBox([w.HBox([self.image, self.upload]), w.HBox([self.attack, self.iterations]), self.defense,
+                           w.HBox([self.noise, self.prune]), self.button, self.status])
+        self.widget = w.VBox([controls, self.view_box])
+
+    def _pick(self, index: int) -> None:
+        self.x = self.photos.images[int(index) : int(index) + 1]
+
+    def _uploaded(self, change) -> None:
+        files = change["new"]
+        if files:
+            item = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
+            self.load_bytes(bytes(item["content"]), item.get("name", "upload"))
+
+    def load_bytes(self, content: bytes, name: str = "upload") -> None:
+        """Use an uploaded image (PNG/JPEG bytes), resized to 32x32; a bad file is reported in the status line."""
+        import tempfile
+        from pathlib import Path
+
+        from gleak_edu import data
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / (Path(name).name or "upload")
+            path.write_bytes(content)
+            try:
+                self.x = data.load_image(path, size=32, channels=3)
+            except (ValueError, FileNotFoundError):
+                self.status.value = (f"<span style='color:#b03a2e'>could not use {html.escape(name)}: "
+                                     "not a readable image file (upload a PNG or JPEG)</span>")
+                return
+        self.status.value = f"using the uploaded image {html.escape(name)}"
+
+    def run(self) -> AttackResult:
+        """Share the gradient of the current image, apply the defense, run the attack live; returns its result."""
+        from gleak_edu import models
+        from gleak_edu.attacks import inverting_gradients
+
+        kind = self.attack.value
+        label = torch.tensor([0])
+        if kind == "ig":
+            model = models.build_model("mlp", (3, 32, 32), 100, seed=self.seed, init="pytorch")
+        else:
+            model = models.build_model("lenet-zhu", (3, 32, 32), 100, seed=self.seed)
+        shared = fl.client_gradient(model, self.x, label)
+        if self.defense.value == "noise" and self.noise.value > 0:
+            shared = gaussian_noise(shared, self.noise.value, seed=self.seed)
+        elif self.defense.value == "prune" and self.prune.value > 0:
+            shared = prune_gradients(shared, self.prune.value)
+        view = LiveView(original=self.x, title=f"{dict((v, k) for k, v in self.ATTACKS)[kind]} against the shared gradient")
+        if view.widget is not None:
+            self.view_box.children = (view.widget,)
+        self.status.value = "running ..."
+        common = dict(input_shape=tuple(self.x.shape), num_classes=100, iterations=self.iterations.value,
+                      seed=self.seed, truth=self.x, true_labels=label, callback=view)
+        if kind == "ig":
+            result = inverting_gradients(model, shared, callback_every=25, **common)
+        else:
+            result = {"dlg": dlg, "idlg": idlg}[kind](model, shared, callback_every=5, **common)
+        self.last, self.runs = result, self.runs + 1
+        m = result.metrics
+        self.status.value = (f"<b>PSNR {m['psnr_mean']:.1f} dB</b>, SSIM {m['ssim_mean']:.3f}, "
+                             f"label {'recovered' if m['label_accuracy'] == 1 else 'wrong'} ({result.seconds:.1f} s)")
         return result

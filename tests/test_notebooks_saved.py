@@ -39,3 +39,12 @@ def test_first_code_cell_installs_package_when_missing(path):
 def test_notebook_checks_its_science(path):
     nb = nbformat.read(path, as_version=4)
     assert any("assert " in c.source for c in nb.cells if c.cell_type == "code"), f"{path.name} has no assert cell"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_first_cell_keeps_colabs_torch(path):
+    """The install line must not pin or reinstall torch (Colab ships its own CUDA build)."""
+    nb = nbformat.read(path, as_version=4)
+    first = next(c for c in nb.cells if c.cell_type == "code")
+    install = [line for line in first.source.splitlines() if "%pip install" in line]
+    assert install and all("torch" not in line and "--force-reinstall" not in line and "-U" not in line.split() for line in install)
