@@ -21,9 +21,11 @@ $(STAMP): pyproject.toml
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/ $$([ "$$(id -u)" = 0 ] && echo --allow-root)
 
-# The workshop's attack playground as a web app (Voila) on http://localhost:8866
+# The workshop's attack playground as a web app (Voila) on http://localhost:8866;
+# `make app APP_IP=0.0.0.0` serves it to the room (anyone on the network can then run code on it).
+APP_IP ?= 127.0.0.1
 app: $(STAMP)
-	$(VENV)/bin/voila app/playground.ipynb --port=8866 --no-browser --Voila.ip=127.0.0.1
+	$(VENV)/bin/voila app/playground.ipynb --port=8866 --no-browser --Voila.ip=$(APP_IP)
 
 # Debian's Chromium for the real-browser test (tests/test_browser.py), installed when we are root with
 # apt-get; anywhere else the test is skipped with a message saying why. Never fails the build.
