@@ -365,12 +365,7 @@ def _run_attack(args) -> dict:
     if args.png is not None:
         from gleak_edu import viz
 
-        fig = viz.compare_figure(x, result.reconstruction[order], title=f"{result.attack} on {source}")
-        args.png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.png, dpi=120)
-        import matplotlib.pyplot as plt
-
-        plt.close(fig)
+        _save_figure(viz.compare_figure(x, result.reconstruction[order], title=f"{result.attack} on {source}"), args.png)
     return out
 
 
@@ -402,14 +397,9 @@ def _run_sweep(args) -> dict:
     out["claim"] = sweeps._finite(claims)
     out["cells_computed"], out["cells_cached"] = result.computed, result.cached
     if args.png is not None:
-        import matplotlib.pyplot as plt
-
         from gleak_edu import viz
 
-        fig = viz.tradeoff_figure(result)
-        args.png.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(args.png, dpi=120)
-        plt.close(fig)
+        _save_figure(viz.tradeoff_figure(result), args.png)
     return out
 
 
@@ -493,6 +483,19 @@ def _run_train(args) -> dict:
     }
 
 
+def _write_json(path: Path, out: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_finite(out), indent=1))
+
+
+def _save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def _finite(obj):
     """JSON has no inf/NaN: write them as null."""
     if isinstance(obj, float) and not math.isfinite(obj):
@@ -517,8 +520,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"in order {out['order_accuracy']:.0%}" + (f", epsilon {out['epsilon']:.3g} per release" if out["epsilon"] else "")
             )
             if args.json is not None:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(_finite(out), indent=1))
+                _write_json(args.json, out)
         elif args.command == "attack":
             out = _run_attack(args)
             summary = (
@@ -529,18 +531,15 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(summary)
             if args.json is not None:
-                args.json.parent.mkdir(parents=True, exist_ok=True)
-                args.json.write_text(json.dumps(_finite(out), indent=1))
+                _write_json(args.json, out)
         elif args.command == "epsilon":
             print(repr(_run_epsilon(args)))
         elif args.command == "train":
             out = _run_train(args)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(_finite(out), indent=1))
+            _write_json(args.json, out)
         elif args.command == "sweep":
             out = _run_sweep(args)
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(_finite(out), indent=1))
+            _write_json(args.json, out)
         return 0
     except (UsageError, FileNotFoundError, ValueError, IndexError, ImportError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__

@@ -43,6 +43,14 @@ def _widgets():
         return None
 
 
+def _noise_slider(w, levels: Sequence[float], value: float | None = None, width: str = "420px"):
+    """The course's noise slider: one stop per level, labelled with ``:g``, sending its value on release."""
+    return w.SelectionSlider(
+        options=[(f"{v:g}", v) for v in levels], value=levels[0] if value is None else value,
+        description="noise σ", continuous_update=False, layout=w.Layout(width=width),
+    )
+
+
 class _Panel:
     """A box of widgets (``self.widget``) that shows itself in a notebook."""
 
@@ -177,10 +185,7 @@ class DefensePanel(_Panel):
         self.results: dict[tuple[float, float], AttackResult] = {}
         self.last: AttackResult | None = None
         w = _widgets()
-        self.noise = w.SelectionSlider(
-            options=[(f"{v:g}", v) for v in noise_levels], value=noise_levels[0],
-            description="noise σ", continuous_update=False, layout=w.Layout(width="420px"),
-        )
+        self.noise = _noise_slider(w, noise_levels)
         self.prune = w.FloatSlider(
             value=0.0, min=0.0, max=0.9, step=prune_step, description="prune", readout_format=".0%",
             continuous_update=False, layout=w.Layout(width="420px"),
@@ -258,10 +263,7 @@ class GRNNPanel(_Panel):
         self.last: AttackResult | None = None
         w = _widgets()
         self.batch = w.IntSlider(value=1, min=1, max=max_batch, description="batch", continuous_update=False)
-        self.noise = w.SelectionSlider(
-            options=[(f"{v:g}", v) for v in noise_levels], value=noise_levels[0],
-            description="noise σ", continuous_update=False, layout=w.Layout(width="420px"),
-        )
+        self.noise = _noise_slider(w, noise_levels)
         self.view_box = w.VBox()
         self.summary = w.HTML()
         out = w.interactive_output(self.run, {"batch": self.batch, "sigma": self.noise})
@@ -398,10 +400,7 @@ class PPPPanel(_Panel):
         self.results: dict[float, tuple[AttackResult, AttackResult]] = {}
         self.last: tuple[AttackResult, AttackResult] | None = None
         w = _widgets()
-        self.noise = w.SelectionSlider(
-            options=[(f"{v:g}", v) for v in noise_levels], value=noise_levels[0],
-            description="noise σ", continuous_update=False, layout=w.Layout(width="460px"),
-        )
+        self.noise = _noise_slider(w, noise_levels, width="460px")
         self.full_view = LiveView(original=x, scale=4, title="full perturbation · IG on all layers")
         self.ppp_view = LiveView(original=x, scale=4, title="PPP · the PRECODE bypass")
         self.summary = w.HTML()
@@ -630,8 +629,7 @@ class TextNoisePanel(_Panel):
         self.results: dict = {}
         self.last = None
         w = _widgets()
-        self.noise = w.SelectionSlider(options=[(f"{v:g}", v) for v in noise_levels], value=noise_levels[0],
-                                       description="noise σ", continuous_update=False, layout=w.Layout(width="460px"))
+        self.noise = _noise_slider(w, noise_levels, width="460px")
         self.view = TextLiveView(self.truth_words, title="recovered sentence (green: right word in the right place)")
         self.summary = w.HTML()
         out = w.interactive_output(self.run, {"sigma": self.noise})
@@ -690,8 +688,7 @@ class Playground(_Panel):
         self.attack = w.Dropdown(options=list(self.ATTACKS), value="idlg", description="attack")
         self.defense = w.ToggleButtons(options=[("none", "none"), ("noise", "noise"), ("pruning", "prune")], value="none",
                                        description="defense")
-        self.noise = w.SelectionSlider(options=[(f"{v:g}", v) for v in NOISE_LEVELS], value=1e-2, description="noise σ",
-                                       continuous_update=False)
+        self.noise = _noise_slider(w, NOISE_LEVELS, value=1e-2)
         self.prune = w.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.1, description="prune", readout_format=".0%",
                                    continuous_update=False)
         self.iterations = w.IntSlider(value=100, min=20, max=300, step=20, description="iterations", continuous_update=False)

@@ -299,6 +299,7 @@ def train_dp(
     from gleak_edu import metrics
     from gleak_edu.attacks import dlg, idlg, inverting_gradients
     from gleak_edu.defenses.ppp import steps_per_epoch, train_perturbed
+    from gleak_edu.fl import client_gradient
 
     if method not in ("none", *SCHEDULES):
         raise ValueError(f"method must be 'none' or one of {SCHEDULES}, got {method!r}")
@@ -318,11 +319,9 @@ def train_dp(
         scope, start, end = "full", sigmas[0], sigmas[-1]
     num_classes = getattr(model, "num_classes", None)
     checkpoints: list[dict] = []
-    wanted = sorted({int(s) for s in attack_steps})
+    wanted = {int(s) for s in attack_steps}
 
     def on_step(step: int, sigma_t: float, net: nn.Module) -> None:
-        if step not in wanted:
-            return
         xs, ys = attack_images
         cp = {"step": step, "sigma": sigma_t}
         for a in attacks:
@@ -331,8 +330,6 @@ def train_dp(
             x, y = xs[i : i + 1], ys[i : i + 1]
             torch.manual_seed(seed * 1000 + step * 10 + i)
             if method == "none":
-                from gleak_edu.fl import client_gradient
-
                 shared = client_gradient(net, x, y)
             else:
                 shared = dp_shared_gradient(net, x, y, sigma=sigma_t, clip=clip, clipping=clipping, seed=seed * 1000 + step * 10 + i)
@@ -357,7 +354,7 @@ def train_dp(
     result = train_perturbed(
         model, train, test, sigma=sigmas, clip=clip if method != "none" else 1.0, scope=scope, clipping=clipping,
         epochs=epochs, batch_size=batch_size, lr=lr, delta=delta, accountant=accountant, seed=seed,
-        on_step=on_step if wanted else None, after_step=after_step, progress=progress,
+        on_step=on_step if wanted else None, on_steps=wanted, after_step=after_step, progress=progress,
     )
     eps = result.epsilon if method != "none" else math.inf
     return DPRun(

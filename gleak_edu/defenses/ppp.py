@@ -44,7 +44,7 @@ import time
 import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Collection, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -406,6 +406,7 @@ def train_perturbed(
     accountant: str = "rdp",
     seed: int = 0,
     on_step: Callable[[int, float, nn.Module], None] | None = None,
+    on_steps: Collection[int] | None = None,
     after_step: Callable[[int, float, float], None] | None = None,
     progress: bool = False,
 ) -> PerturbedTrainResult:
@@ -438,6 +439,8 @@ def train_perturbed(
             step (0-based) with a copy of the model as it is then (train
             mode), e.g. to attack what it would share; the random state is
             restored afterwards, so training is the same with or without it.
+        on_steps: the steps at which ``on_step`` is called (None: every step);
+            the snapshot is only copied at those.
         after_step: called as ``after_step(step, sigma_t, loss)`` after every
             step (live training curves).
         progress: tqdm bar over epochs.
@@ -464,9 +467,9 @@ def train_perturbed(
         sigmas = [float(v) for v in sigma]
         if len(sigmas) != total:
             raise ValueError(f"the noise schedule has {len(sigmas)} values but training takes {total} steps")
+    clip = _check_noise(0.0, clip)[1]
     for v in set(sigmas):
         _check_noise(v, clip)
-    _, clip = _check_noise(sigmas[0] if sigmas else 0.0, clip)
     _check_clipping(clipping)
     if accountant not in ACCOUNTANTS[:2]:
         raise ValueError(f"accountant must be 'rdp' or 'prv' (a schedule changes sigma), got {accountant!r}")
@@ -490,7 +493,7 @@ def train_perturbed(
                 running = 0.0
                 for i in range(0, len(x), batch_size):
                     step = result.steps
-                    if on_step is not None:
+                    if on_step is not None and (on_steps is None or step in on_steps):
                         shadow.load_state_dict(model.state_dict())
                         shadow.train()
                         with torch.random.fork_rng(devices=[]):
