@@ -87,7 +87,15 @@ def _build_parser() -> argparse.ArgumentParser:
     att.add_argument("--classes", type=_positive_int("--classes"), default=100, help="output classes (100, as CIFAR-100)")
     att.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummy start")
     att.add_argument("--iterations", type=_positive_int("--iterations"), help="L-BFGS iterations for dlg/idlg (300), generator updates for grnn (1500)")
-    att.add_argument("--restarts", type=int, default=10, help="restarts of a failed run within the budget (0: plain recipe)")
+    att.add_argument(
+        "--restarts", type=_positive_int("--restarts"), default=1,
+        help="independent restarts run at once, vectorised (dlg, idlg, ig, bypass); the best by matching loss is kept (1)",
+    )
+    att.add_argument(
+        "--no-halving", action="store_true",
+        help="run every restart to the end (default: successive halving keeps the better half at 1/8, 1/4, 1/2 of the budget)",
+    )
+    att.add_argument("--retries", type=int, default=10, help="dlg/idlg: fresh starts after a failed run, within the budget (0: plain recipe)")
     att.add_argument("--noise", type=_nonneg_float("--noise"), default=0.0, help="Gaussian noise std on the shared gradient")
     att.add_argument("--prune", type=_nonneg_float("--prune"), default=0.0, help="fraction of gradient entries zeroed per layer, in [0, 1)")
     att.add_argument("--size", type=_positive_int("--size"), default=32, help="side of an --image after resizing (32)")
@@ -250,8 +258,10 @@ def _run_attack(args) -> dict:
         raise UsageError("give the private image: --image PATH or --sample SET:INDEX")
     if not 0 <= args.prune < 1:
         raise UsageError(f"--prune must lie in [0, 1), got {args.prune}")
-    if args.restarts < 0:
-        raise UsageError(f"--restarts must be >= 0, got {args.restarts}")
+    if args.retries < 0:
+        raise UsageError(f"--retries must be >= 0, got {args.retries}")
+    if args.restarts > 1 and args.attack in ("grnn", "analytic"):
+        raise UsageError(f"--restarts is for dlg, idlg, ig and bypass; {args.attack} runs once")
     if args.classes < 2:
         raise UsageError(f"--classes must be at least 2, got {args.classes}")
     if args.defense != "none" and args.clip <= 0:
@@ -294,15 +304,22 @@ def _run_attack(args) -> dict:
     if args.prune > 0:
         shared = prune_gradients(shared, args.prune)
     common = dict(input_shape=tuple(x.shape), num_classes=args.classes, seed=args.seed, truth=x, true_labels=y)
+    restart_opts = dict(restarts=args.restarts, successive_halving=not args.no_halving)
     layers_matched = [n for n, p in model.named_parameters() if p.requires_grad]
     known = None if x.shape[0] == 1 else y  # one image: the attack reads the label; a batch: labels assumed known
     if args.attack == "grnn":
         result = grnn(model, shared, iterations=args.iterations or 1500, **common)
     elif args.attack == "ig":
-        result = inverting_gradients(model, shared, iterations=args.iterations or 1000, tv_weight=1e-4 if args.tv is None else args.tv, labels=known, **common)
+        result = inverting_gradients(
+            model, shared, iterations=args.iterations or 1000, tv_weight=1e-4 if args.tv is None else args.tv, labels=known,
+            **restart_opts, **common,
+        )
     elif args.attack == "bypass":
         layers_matched = deterministic_parameters(model)
-        result = precode_bypass(model, shared, iterations=args.iterations or 1000, tv_weight=1e-3 if args.tv is None else args.tv, labels=known, **common)
+        result = precode_bypass(
+            model, shared, iterations=args.iterations or 1000, tv_weight=1e-3 if args.tv is None else args.tv, labels=known,
+            **restart_opts, **common,
+        )
     elif args.attack == "analytic":
         start = time.perf_counter()
         raw = analytic_recovery(model, shared, input_shape=tuple(x.shape))
@@ -317,7 +334,7 @@ def _run_attack(args) -> dict:
         result.message = "labels are not recovered by this route; the true label is reported"
     else:
         attack = {"dlg": dlg, "idlg": idlg}[args.attack]
-        result = attack(model, shared, iterations=args.iterations or 300, restarts=args.restarts, **common)
+        result = attack(model, shared, iterations=args.iterations or 300, retries=args.retries, **restart_opts, **common)
     m = result.metrics
     order = m["order"]
     labels_pred = result.labels[order] if x.shape[0] > 1 else result.labels
@@ -344,6 +361,9 @@ def _run_attack(args) -> dict:
         "evaluations": result.evaluations,
         "iterations": result.iterations,
         "restarts": result.restarts,
+        "successive_halving": not args.no_halving if result.restarts > 1 else None,
+        "per_restart": result.per_restart,
+        "retries": result.retries,
         "seconds_to_30db": result.seconds_to(30.0),
         "diverged": result.diverged,
         "message": result.message,
@@ -528,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"label {out['label_pred']} ({'right' if out['label_correct'] else 'wrong'}, true {out['label_true']}), "
                 f"{out['iterations']} iterations, {out['evaluations']} evaluations, {out['seconds']:.1f} s"
                 + (f", re-identified (rank 1) {out['reid_top1']:.0%}" if "reid_top1" in out else "")
+                + (f", best of {out['restarts']} restarts" if out["restarts"] > 1 else "")
             )
             print(summary)
             if args.json is not None:

@@ -247,12 +247,13 @@ def test_input_shape_not_fitting_the_model_is_value_error(attack, input_shape, m
     "kwargs",
     [
         {"iterations": 0},
-        {"restarts": -1},
+        {"restarts": 0},
+        {"retries": -1},
         {"callback_every": 0, "callback": lambda s: None},
         {"metrics_every": 0},
         {"truth": torch.zeros(2, 3, 32, 32)},
     ],
-    ids=["iterations-0", "restarts-negative", "callback_every-0", "metrics_every-0", "truth-shape"],
+    ids=["iterations-0", "restarts-0", "retries-negative", "callback_every-0", "metrics_every-0", "truth-shape"],
 )
 def test_other_bad_attack_arguments_are_value_errors(kwargs, model_and_shared):
     model, x, _, shared = model_and_shared
@@ -270,15 +271,15 @@ def test_idlg_num_classes_too_small_is_value_error(model_and_shared):
 # --------------------------------------------------------------------------- divergence and callbacks
 
 
-@pytest.mark.parametrize("restarts", [0, 10])
-def test_overflowing_gradient_distance_does_not_raise(restarts, model_and_shared):
+@pytest.mark.parametrize("retries", [0, 10])
+def test_overflowing_gradient_distance_does_not_raise(retries, model_and_shared):
     """A shared gradient of 1e30 makes ||grad - shared||^2 overflow to inf in float32."""
     model, x, y, shared = model_and_shared
     huge = type(shared)((n, torch.full_like(g, 1e30)) for n, g in shared.items())
     fl.check_shared(model, huge)  # finite, so it is accepted ...
     result = attacks.dlg(
         model, huge, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=20, truth=x, true_labels=y,
-        restarts=restarts,
+        retries=retries,
     )
     # ... and the attack reports the failure instead of raising or returning NaN.
     _check_result(result, x)
@@ -286,7 +287,7 @@ def test_overflowing_gradient_distance_does_not_raise(restarts, model_and_shared
     assert "non-finite" in result.message
     assert result.iterations <= 20
     assert math.isfinite(result.metrics["psnr_mean"])
-    assert result.restarts == min(restarts, 19)
+    assert result.retries == min(retries, 19)
 
 
 class _Exp(torch.nn.Module):
@@ -307,7 +308,7 @@ def test_loss_blowing_up_after_a_finite_start_keeps_the_best_estimate():
     model, x, y, shared = _exp_model_case()
     result = attacks.dlg(
         model, shared, input_shape=(1, 1, 4, 4), num_classes=4, iterations=30, truth=x, true_labels=y, lr=10,
-        restarts=0,
+        retries=0,
     )
     _check_result(result, x)
     assert result.diverged
@@ -321,7 +322,7 @@ def test_loss_blowing_up_after_a_finite_start_keeps_the_best_estimate():
 def test_history_has_one_record_per_iteration_when_a_run_fails():
     model, x, y, shared = _exp_model_case()
     result = attacks.dlg(
-        model, shared, input_shape=(1, 1, 4, 4), num_classes=4, iterations=30, truth=x, lr=10, restarts=0,
+        model, shared, input_shape=(1, 1, 4, 4), num_classes=4, iterations=30, truth=x, lr=10, retries=0,
     )
     assert result.diverged
     assert len(result.history) == result.iterations

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["chain_gradient_fn", "autograd_gradient_fn", "gradient_fn"]
+__all__ = ["chain_gradient_fn", "autograd_gradient_fn", "gradient_fn", "batched_gradient_fn", "vmap_gradient_fn", "matching_fn"]
 
 _ACTS = (nn.Sigmoid, nn.Tanh, nn.ReLU)
 
@@ -38,6 +38,18 @@ def _supported(layer: nn.Module) -> bool:
         k, s = layer.kernel_size, layer.stride
         return k == s and isinstance(k, int) and layer.padding == 0 and not layer.ceil_mode
     return type(layer) in (nn.Linear, nn.Flatten, nn.Sigmoid, nn.Tanh, nn.ReLU)
+
+
+class _Outer:
+    """A linear layer's per-group weight gradient ``d^T h`` kept as its factors: d ``[G, B, O]``, h ``[G, B, I]``."""
+
+    __slots__ = ("d", "h")
+
+    def __init__(self, d: torch.Tensor, h: torch.Tensor) -> None:
+        self.d, self.h = d, h
+
+    def dense(self) -> torch.Tensor:
+        return torch.bmm(self.d.transpose(1, 2), self.h)
 
 
 def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]] | None:
@@ -89,15 +101,22 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
                     a = torch.baddbmm(bias.expand(bsz, -1, -1), w2.expand(bsz, -1, -1), col)
                 return a.reshape(bsz, o, ho, wo), (col, (hh, ww))
 
-            def bwd(d, saved, out, k=k, st=st, pd=pd, o=o, w2t=w2t, iw=iw, ib=ib, wshape=wshape, first=first):
+            def bwd(d, saved, out, groups, fuse=False, k=k, st=st, pd=pd, o=o, w2t=w2t, iw=iw, ib=ib, wshape=wshape, first=first):
                 col, size = saved
                 bsz = d.shape[0]
-                da = d.reshape(bsz, o, -1)  # [B, O, L]
-                if bsz == 1:
+                da = d.reshape(bsz, o, -1)  # [N, O, L]
+                if groups:  # N = groups * B: one gradient per group (restart)
+                    per = torch.bmm(da, col.transpose(1, 2))  # [N, O, CKK]
+                    if bsz != groups:
+                        per = per.reshape(groups, bsz // groups, *per.shape[1:]).sum(1)
+                    out[iw] = per.reshape(groups, *wshape)
+                    if ib is not None:
+                        out[ib] = da.reshape(groups, bsz // groups, o, -1).sum((1, 3))
+                elif bsz == 1:
                     out[iw] = (da[0] @ col[0].t()).reshape(wshape)
                 else:
                     out[iw] = (da @ col.transpose(1, 2)).sum(0).reshape(wshape)
-                if ib is not None:
+                if ib is not None and not groups:
                     out[ib] = da.sum((0, 2))
                 if first:
                     return None
@@ -111,10 +130,20 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
             def fwd(h, wt=wt, bias=bias):
                 return F.linear(h, wt, bias), h
 
-            def bwd(d, hin, out, wt=wt, iw=iw, ib=ib, first=first):
-                out[iw] = d.t() @ hin
-                if ib is not None:
-                    out[ib] = d.sum(0)
+            def bwd(d, hin, out, groups, fuse=False, wt=wt, iw=iw, ib=ib, first=first):
+                if groups:
+                    dg = d.reshape(groups, -1, d.shape[-1])  # [G, B, O]
+                    hg = hin.reshape(groups, -1, hin.shape[-1])  # [G, B, I]
+                    if fuse and dg.shape[1] < min(dg.shape[2], hg.shape[2]):
+                        out[iw] = _Outer(dg, hg)  # the [G, O, I] product is never formed
+                    else:
+                        out[iw] = torch.bmm(dg.transpose(1, 2), hg)
+                    if ib is not None:
+                        out[ib] = dg.sum(1)
+                else:
+                    out[iw] = d.t() @ hin
+                    if ib is not None:
+                        out[ib] = d.sum(0)
                 return None if first else d @ wt
 
         elif isinstance(layer, nn.AvgPool2d):
@@ -123,7 +152,7 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
             def fwd(h, kk=kk):
                 return F.avg_pool2d(h, kk), h.shape
 
-            def bwd(d, shape, out, kk=kk):
+            def bwd(d, shape, out, groups, fuse=False, kk=kk):
                 up = d.repeat_interleave(kk, dim=-2).repeat_interleave(kk, dim=-1) / (kk * kk)
                 if tuple(up.shape) != tuple(shape):  # the pooling floored odd sizes
                     up = F.pad(up, (0, shape[-1] - up.shape[-1], 0, shape[-2] - up.shape[-2]))
@@ -134,7 +163,7 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
             def fwd(h):
                 return h.flatten(1), h.shape
 
-            def bwd(d, shape, out):
+            def bwd(d, shape, out, groups, fuse=False):
                 return d.reshape(shape)
 
         elif isinstance(layer, nn.Sigmoid):
@@ -143,7 +172,7 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
                 s = torch.sigmoid(h)
                 return s, s
 
-            def bwd(d, s, out):
+            def bwd(d, s, out, groups, fuse=False):
                 return d * (s - s * s)
 
         elif isinstance(layer, nn.Tanh):
@@ -152,7 +181,7 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
                 t = torch.tanh(h)
                 return t, t
 
-            def bwd(d, t, out):
+            def bwd(d, t, out, groups, fuse=False):
                 return d * (1 - t * t)
 
         else:  # ReLU
@@ -160,23 +189,29 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
             def fwd(h):
                 return torch.relu(h), h > 0
 
-            def bwd(d, mask, out):
+            def bwd(d, mask, out, groups, fuse=False):
                 return d * mask
 
         forward_steps.append(fwd)
         backward_steps.append(bwd)
     backward_steps.reverse()
 
-    def grads(x: torch.Tensor, soft: torch.Tensor) -> list[torch.Tensor]:
+    def grads(x: torch.Tensor, soft: torch.Tensor, fuse: bool = False) -> list:
+        groups = 0
+        if x.ndim == 5:  # [R, B, C, H, W]: R independent batches (restarts), one gradient each
+            groups, per = x.shape[0], x.shape[1]
+            x, soft = x.reshape(-1, *x.shape[2:]), soft.reshape(-1, soft.shape[-1])
+        else:
+            per = x.shape[0]
         h = x
         saved = []
         for fwd in forward_steps:
             h, keep = fwd(h)
             saved.append(keep)
         out: list = [None] * n_params
-        d = (torch.softmax(h, dim=-1) * soft.sum(-1, keepdim=True) - soft) / x.shape[0]  # dL/dlogits
+        d = (torch.softmax(h, dim=-1) * soft.sum(-1, keepdim=True) - soft) / per  # dL/dlogits
         for bwd, keep in zip(backward_steps, reversed(saved)):
-            d = bwd(d, keep, out)
+            d = bwd(d, keep, out, groups, fuse)
         return out
 
     return grads
@@ -197,3 +232,129 @@ def autograd_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tens
 def gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
     """The chain fast path when the model supports it, autograd otherwise."""
     return chain_gradient_fn(model) or autograd_gradient_fn(model)
+
+
+def vmap_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+    """R independent parameter gradients at once, for any model: ``torch.func.vmap`` over ``torch.func.grad``.
+
+    ``f(x [R, B, C, H, W], soft [R, B, K]) -> [grad of each parameter, shape [R, *param.shape]]``,
+    each the soft-label cross-entropy gradient of one group (restart), averaged
+    over its B images, differentiable with respect to x and soft (the outer
+    autograd sees through torch.func). Random layers (PRECODE's sampling in
+    train mode) draw different noise per group. Weights are read detached,
+    sharing storage with the model.
+    """
+    from torch.func import functional_call, grad, vmap
+
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    params = {n: p.detach() for n, p in model.named_parameters() if p.requires_grad}
+    frozen = {n: p.detach() for n, p in model.named_parameters() if not p.requires_grad}
+    buffers = dict(model.named_buffers())
+
+    def loss(pr: dict, x: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        out = functional_call(model, ({**pr, **frozen}, buffers), (x,))
+        return torch.sum(-soft * F.log_softmax(out, dim=-1)) / x.shape[0]
+
+    per_group = vmap(grad(loss), in_dims=(None, 0, 0), randomness="different")
+
+    def grads(x: torch.Tensor, soft: torch.Tensor) -> list[torch.Tensor]:
+        if x.ndim != 5:
+            raise ValueError(f"expected x of shape [R, B, C, H, W], got {tuple(x.shape)}")
+        # a layer that keeps a tensor of its last forward pass (PRECODE's KL) would keep
+        # a torch.func-wrapped one: put the plain attributes back afterwards
+        kept = [(m, k, v) for m in model.modules() for k, v in vars(m).items() if isinstance(v, torch.Tensor)]
+        try:
+            out = per_group(params, x, soft)
+        finally:
+            for m, k, v in kept:
+                m.__dict__[k] = v
+        return [out[n] for n in names]
+
+    return grads
+
+
+def batched_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]]:
+    """``f(x [R, B, C, H, W], soft [R, B, K]) -> [R, *param.shape] per parameter``: R restarts' gradients in one call.
+
+    The chain program computes all groups with batched matmuls (``bmm``) where
+    the model lists its layers; any other model goes through
+    :func:`vmap_gradient_fn`. Group r's gradients equal those of
+    ``gradient_fn(model)(x[r], soft[r])`` to float32 rounding (tested).
+    """
+    return chain_gradient_fn(model) or vmap_gradient_fn(model)
+
+
+def matching_fn(
+    model: nn.Module, target: "list[torch.Tensor | None]"
+) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """The gradient-matching terms of R restarts at once, without forming the largest gradients.
+
+    ``target`` holds the shared gradient of each trainable parameter (in
+    ``model.parameters()`` order), or None for a parameter left out of the
+    match (the PRECODE bypass's layer selection). The returned function maps
+    ``x [R, B, C, H, W]`` and soft labels ``[R, B, K]`` to three float64
+    tensors ``[R]``: the squared distance ``||g - g*||^2``, ``||g||^2`` and
+    ``<g, g*>`` over the selected parameters, g being each restart's gradient
+    of the soft-label cross-entropy averaged over its B images. DLG and GRNN
+    use the first, Inverting Gradients' cosine the other two.
+
+    A linear layer's weight gradient is ``d^T h`` (d: dL/d(output), h: its
+    input). For it the chain program never forms the ``[O, I]`` matrix per
+    restart: ``||d^T h||^2 = sum((d d^T) * (h h^T))`` and
+    ``<d^T h, T> = sum(d * (h T^T))``, in float64 (the expanded squared
+    distance cancels large terms). For LeNet-Zhu's classifier that is 76,800
+    of its 85,000 gradient entries. Other parameters are compared directly.
+    Models without a ``chain()`` go through :func:`vmap_gradient_fn`.
+    """
+    fast = chain_gradient_fn(model)
+    if fast is not None:
+        def program(x: torch.Tensor, soft: torch.Tensor) -> list:
+            return fast(x, soft, fuse=True)
+    else:  # one restart: autograd's double backward (cheaper than vmap's for one group)
+        single, many = autograd_gradient_fn(model), vmap_gradient_fn(model)
+
+        def program(x: torch.Tensor, soft: torch.Tensor) -> list:
+            if x.shape[0] == 1:
+                return [g[None] for g in single(x[0], soft[0])]
+            return many(x, soft)
+    pick = [i for i, t in enumerate(target) if t is not None]
+    if not pick:
+        raise ValueError("no parameter selected for matching")
+    t64 = {i: target[i].detach().double() for i in pick}
+    tt = {i: float(t64[i].pow(2).sum()) for i in pick}
+    layout: dict = {}
+
+    def terms(x: torch.Tensor, soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        parts = program(x, soft)
+        if not layout:  # which parameters come as factors (fixed per model and batch size)
+            layout["outer"] = [i for i in pick if isinstance(parts[i], _Outer)]
+            layout["dense"] = [i for i in pick if not isinstance(parts[i], _Outer)]
+            dense_t = [target[i].detach().float().reshape(-1) for i in layout["dense"]]
+            layout["t"] = torch.cat(dense_t) if dense_t else None
+            layout["tt_outer"] = sum(tt[i] for i in layout["outer"])
+        r = x.shape[0]
+        if layout["t"] is not None:  # every directly compared gradient as one flat vector per restart
+            g = torch.cat([parts[i].reshape(r, -1) for i in layout["dense"]], 1)
+            t = layout["t"]
+            sq = (g - t).pow(2).sum(1).double()
+            gg = g.pow(2).sum(1).double()
+            gt = (g @ t).double()
+        else:
+            sq = gg = gt = torch.zeros(r, dtype=torch.float64)
+        for i in layout["outer"]:
+            part, t = parts[i], t64[i]
+            d, h = part.d.double(), part.h.double()
+            if d.shape[1] == 1:  # one image per restart: a rank-one gradient
+                d1, h1 = d[:, 0], h[:, 0]
+                g2 = d1.pow(2).sum(1) * h1.pow(2).sum(1)
+                gtv = ((d1 @ t) * h1).sum(1)
+            else:
+                g2 = (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum((1, 2))
+                gtv = (d * (h @ t.t())).sum((1, 2))
+            sq = sq + (g2 - 2 * gtv)
+            gg = gg + g2
+            gt = gt + gtv
+        return sq + layout["tt_outer"], gg, gt
+
+    terms.target_sq_norm = sum(tt.values())  # type: ignore[attr-defined]
+    return terms

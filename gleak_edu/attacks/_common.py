@@ -14,7 +14,7 @@ from torch import nn
 
 from gleak_edu import metrics
 
-__all__ = ["AttackResult", "AttackState", "Callback", "fast_attack_mode", "check_input_shape", "check_num_classes", "Recorder"]
+__all__ = ["AttackResult", "AttackState", "Callback", "fast_attack_mode", "check_input_shape", "check_num_classes", "check_restarts", "halving_points", "Recorder", "RestartBook"]
 
 
 @dataclass
@@ -63,8 +63,16 @@ class AttackResult:
         history: one dict per step, describing the current iterate (not the
             best one): ``iteration``, ``evaluations``, ``seconds``, ``loss``, and
             ``psnr`` (dB, mean over the batch) when the truth was given; ``ssim`` is added every ``metrics_every`` steps and at the end;
-            ``note`` marks restarts.
-        restarts: how many times the attack restarted from a fresh dummy.
+            ``note`` marks retries. With several restarts, each entry describes
+            the restart with the lowest current loss.
+        restarts: how many independent restarts ran (vectorised, at once);
+            the result is the one with the lowest matching loss.
+        retries: how many times a failed run started again from a fresh dummy
+            (DLG and iDLG; summed over restarts).
+        per_restart: one dict per restart: ``restart`` (index), ``loss`` (its
+            lowest matching loss), ``psnr`` and ``ssim`` of its best estimate
+            (dB; when the truth was given), and for DLG/iDLG ``retries``,
+            ``ended`` (why it stopped) and ``diverged``.
         diverged: True if the last run's loss became NaN/inf or exploded with no
             restart left; the reconstruction is the best estimate before it.
         message: a human-readable note on how the run ended.
@@ -85,7 +93,9 @@ class AttackResult:
     diverged: bool = False
     message: str = ""
     metrics: dict = field(default_factory=dict)
-    restarts: int = 0
+    restarts: int = 1
+    retries: int = 0
+    per_restart: list[dict] = field(default_factory=list)
 
     def seconds_to(self, psnr_db: float) -> float | None:
         """Compute seconds until the mean PSNR first reached ``psnr_db`` (None if never)."""
@@ -110,6 +120,94 @@ class AttackResult:
             f"iterations={self.iterations}, evaluations={self.evaluations}, "
             f"seconds={self.seconds:.2f}{m}{', DIVERGED' if self.diverged else ''})"
         )
+
+
+def check_restarts(restarts: int, retries: int = 0) -> tuple[int, int]:
+    """Validate the number of independent restarts (>= 1) and of retries after a failure (>= 0)."""
+    if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 1:
+        raise ValueError(f"restarts must be an integer >= 1 (independent runs at once), got {restarts!r}")
+    if isinstance(retries, bool) or int(retries) != retries or retries < 0:
+        raise ValueError(f"retries must be an integer >= 0 (fresh starts after a failed run), got {retries!r}")
+    return int(restarts), int(retries)
+
+
+class RestartBook:
+    """Per-restart bookkeeping of a vectorised attack: each restart's best loss and iterate, retries, how it ended."""
+
+    def __init__(self, restarts: int, n_image: int, batch: int) -> None:
+        self.R = restarts
+        self.n_image = n_image
+        self.batch = batch
+        self.best_loss = torch.full((restarts,), math.inf, dtype=torch.float64)
+        self.best_z: torch.Tensor | None = None
+        self.retries = torch.zeros(restarts, dtype=torch.long)
+        self.reasons = ["ran every iteration"] * restarts
+        self.diverged = torch.zeros(restarts, dtype=torch.bool)
+
+    def offer(self, loss: torch.Tensor, z: torch.Tensor, ids: torch.Tensor | None = None) -> None:
+        """Keep each restart's iterate ``z [R', n]`` where its ``loss [R']`` is its lowest so far (finite only).
+
+        ``ids`` (int64 ``[R']``) names the restarts of the rows when some were dropped.
+        """
+        loss = loss.detach().double()
+        if ids is None:
+            ids = torch.arange(loss.shape[0])
+        if self.best_z is None:
+            self.best_z = torch.zeros(self.R, z.shape[1], dtype=z.dtype)
+            self._seen = torch.zeros(self.R, dtype=torch.bool)
+        better = torch.isfinite(loss) & (loss < self.best_loss[ids])
+        if not bool(better.any()):
+            return
+        rows = ids[better]
+        self.best_loss[rows] = loss[better]
+        self.best_z[rows] = z.detach()[better]
+        self._seen[rows] = True
+
+    def ranking(self, ids: torch.Tensor) -> torch.Tensor:
+        """``ids`` sorted by best loss so far, lowest first (never-finite restarts last)."""
+        return ids[torch.argsort(self.best_loss[ids], stable=True)]
+
+    def stop_reason(self, ids: Sequence[int], reason: str) -> None:
+        for r in ids:
+            self.reasons[int(r)] = reason
+
+    def best_row(self) -> int | None:
+        """The restart with the lowest loss, or None if no evaluation was finite."""
+        if self.best_z is None or not bool(self._seen.any()):
+            return None
+        return int(self.best_loss.argmin())
+
+    def report(self, truth: torch.Tensor | None, image_of: Callable) -> list[dict]:
+        """One dict per restart: restart, loss, psnr/ssim (dB / [-1, 1], against the truth), retries, ended, diverged."""
+        out = []
+        for r in range(self.R):
+            row: dict[str, Any] = {
+                "restart": r, "loss": float(self.best_loss[r]), "retries": int(self.retries[r]),
+                "ended": self.reasons[r], "diverged": bool(self.diverged[r]),
+            }
+            if truth is not None and self.best_z is not None and math.isfinite(row["loss"]):
+                est = image_of(self.best_z[r]).detach().clamp(0, 1)
+                if est.shape[0] > 1:
+                    est = est[metrics.match_order(est, truth)]
+                row["psnr"] = float(metrics.psnr(est, truth).mean())
+                row["ssim"] = float(metrics.ssim(est, truth).mean())
+            out.append(row)
+        return out
+
+
+def halving_points(restarts: int, iterations: int) -> list[int]:
+    """Iterations after which successive halving keeps the better half of the restarts still running.
+
+    ``H = ceil(log2 R)`` halvings, after ``T/2^H, ..., T/4, T/2`` of the budget T
+    (Jamieson & Talwalkar 2016, on a fixed budget): 8 restarts run 8 -> 4 -> 2
+    -> 1 after T/8, T/4 and T/2, which costs about 2.5 single runs of
+    iterations, done as batched evaluations. Empty for one restart.
+    """
+    if restarts <= 1:
+        return []
+    h = math.ceil(math.log2(restarts))
+    points = sorted({max(1, math.ceil(iterations / 2**j)) for j in range(1, h + 1)})
+    return [p for p in points if p < iterations]
 
 
 def check_input_shape(input_shape: Sequence[int], model: nn.Module) -> tuple[int, int, int, int]:
@@ -292,7 +390,7 @@ class Recorder:
             self.bar.close()
 
     def result(
-        self, iterations: int, diverged: bool, message: str, true_labels: torch.Tensor | None, restarts: int = 0
+        self, iterations: int, diverged: bool, message: str, true_labels: torch.Tensor | None, retries: int = 0
     ) -> AttackResult:
         """The AttackResult of the best estimate (clamped to [0, 1]), with final metrics; tells the callback it is done."""
         recon = self.best.clamp(0, 1)
@@ -300,7 +398,7 @@ class Recorder:
         result = AttackResult(
             attack=self.attack, reconstruction=recon, labels=labels, loss=self.best_loss, iterations=iterations,
             evaluations=self.evaluations, seconds=self.seconds, history=self.history, diverged=diverged,
-            message=message, restarts=restarts,
+            message=message, retries=retries,
         )
         result.metrics = self.final_metrics(recon, labels, true_labels)
         if self.callback is not None:

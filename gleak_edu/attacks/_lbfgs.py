@@ -26,7 +26,7 @@ from typing import Callable
 
 import torch
 
-__all__ = ["LBFGS", "StepInfo"]
+__all__ = ["LBFGS", "StepInfo", "BatchedLBFGS", "BatchedStepInfo"]
 
 
 @dataclass
@@ -206,3 +206,221 @@ class LBFGS:
                 converged = True
                 break
         return StepInfo(orig_loss, evals, converged)
+
+
+class BatchedLBFGS:
+    """R independent L-BFGS runs advanced together: :class:`LBFGS`'s algorithm on every row of ``x [R, n]``.
+
+    ``fn(x) -> (loss [R], grad [R, n])`` evaluates all rows at once (one
+    vectorised evaluation for R restarts). Each row keeps its own history,
+    step length, counters and stopping rules; a row that has stopped within a
+    :meth:`step` (converged, or a non-finite value) is frozen until the next
+    step while the others go on. The rows share one ring of history slots:
+    when a row's pair fails the curvature test (``y.s <= 1e-10``), its entry in
+    that slot is zero and masked out of the compact product, so it adds
+    nothing; the only difference to R separate :class:`LBFGS` runs is that such
+    a skipped pair still ages out the row's oldest pair. With R = 1 the
+    iterates equal :class:`LBFGS`'s to float rounding (tested).
+
+    Args:
+        x: float32 ``[R, n]``, the starting points; updated in place.
+        lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size:
+            as for :class:`LBFGS`, per row.
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        lr: float = 1.0,
+        max_iter: int = 20,
+        max_eval: int | None = None,
+        tolerance_grad: float = 1e-7,
+        tolerance_change: float = 1e-9,
+        history_size: int = 100,
+        history_dtype: torch.dtype = torch.float64,
+    ) -> None:
+        if x.ndim != 2:
+            raise ValueError("BatchedLBFGS works on a [restarts, n] matrix")
+        self.x = x
+        self.lr = float(lr)
+        self.max_iter = int(max_iter)
+        self.max_eval = int(max_eval) if max_eval is not None else self.max_iter * 5 // 4
+        self.tolerance_grad = tolerance_grad
+        self.tolerance_change = tolerance_change
+        r, n = x.shape
+        m = int(history_size)
+        self.m = m
+        f64 = dict(dtype=torch.float64)
+        # rows 0..m-1: steps s, m..2m-1: gradient changes y. Its two products per
+        # evaluation read all of it: in float32 that is half the memory traffic
+        # (the small Gram matrices stay float64).
+        self.W = torch.zeros(r, 2 * m, n, dtype=history_dtype)
+        self.G = torch.zeros(r, 2 * m, 2 * m, **f64)  # W W^T per row
+        self.SY = torch.zeros(r, m, m, **f64)  # chronological (oldest first)
+        self.YY = torch.zeros(r, m, m, **f64)
+        self.valid = torch.zeros(r, m, dtype=torch.bool)  # chronological
+        self.slots: list[int] = []
+        self._idx = torch.zeros(0, dtype=torch.long)
+        self.gamma = torch.ones(r, **f64)
+        self.n_iter = torch.zeros(r, dtype=torch.long)
+        self.d = torch.zeros(r, n, **f64)
+        self.t = torch.zeros(r, **f64)
+        self.prev_grad = torch.zeros(r, n, **f64)
+        self._wg = torch.zeros(r, 2 * m, **f64)
+        self._wd = torch.zeros(r, 2 * m, **f64)
+
+    def reset(self, rows: torch.Tensor) -> None:
+        """Forget the history of the rows in the bool mask ``rows`` (a restart from a new point)."""
+        keep = (~rows).to(torch.float64)
+        self.W *= keep[:, None, None]
+        self.G *= keep[:, None, None]
+        self.SY *= keep[:, None, None]
+        self.YY *= keep[:, None, None]
+        self.valid &= ~rows[:, None]
+        self.gamma = torch.where(rows, torch.ones_like(self.gamma), self.gamma)
+        self.n_iter = torch.where(rows, torch.zeros_like(self.n_iter), self.n_iter)
+        self._wg *= keep[:, None]
+        self._wd *= keep[:, None]
+
+    def keep(self, rows: torch.Tensor) -> None:
+        """Keep only the rows with these indices (int64 ``[R']``); ``x`` becomes ``x[rows]`` (a new tensor)."""
+        for name in ("x", "W", "G", "SY", "YY", "valid", "gamma", "n_iter", "d", "t", "prev_grad", "_wg", "_wd"):
+            setattr(self, name, getattr(self, name)[rows].clone())
+
+    def _direction(self, g64: torch.Tensor, upd: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Add each updating row's pair (if it passes the curvature test); return d = -H g, W g, W d for every row."""
+        m, W = self.m, self.W
+        wg = torch.bmm(W, g64.to(W.dtype)[:, :, None])[:, :, 0].double()
+        s = self.d * self.t[:, None]
+        y = g64 - self.prev_grad
+        ys = (y * s).sum(1)
+        accept = upd & (ys > 1e-10)
+        if bool(accept.any()):
+            a = accept.to(torch.float64)
+            ws = self._wd * self.t[:, None]  # W s
+            wy = wg - self._wg  # W y
+            k = len(self.slots)
+            if k == m:
+                slot = self.slots.pop(0)
+                self.SY[:, :-1, :-1] = self.SY[:, 1:, 1:].clone()
+                self.YY[:, :-1, :-1] = self.YY[:, 1:, 1:].clone()
+                self.valid[:, :-1] = self.valid[:, 1:].clone()
+                k -= 1
+            else:
+                slot = k
+            ss, yy = (s * s).sum(1), (y * y).sum(1)
+            ysa, yya = ys * a, yy * a
+            if k:
+                old = self._idx[-k:] if len(self._idx) > k else self._idx
+                self.SY[:, :k, k] = wy[:, old] * a[:, None]
+                self.SY[:, k, :k] = ws[:, m + old] * a[:, None]
+                self.YY[:, :k, k] = self.YY[:, k, :k] = wy[:, m + old] * a[:, None]
+            self.SY[:, k, k] = ysa
+            self.YY[:, k, k] = yya
+            self.valid[:, k] = accept
+            W[:, slot] = (s * a[:, None]).to(W.dtype)
+            W[:, m + slot] = (y * a[:, None]).to(W.dtype)
+            for row, vec in ((slot, ws), (m + slot, wy)):
+                v = vec * a[:, None]
+                self.G[:, row] = v
+                self.G[:, :, row] = v
+            self.G[:, slot, slot] = ss * a
+            self.G[:, m + slot, m + slot] = yya
+            self.G[:, slot, m + slot] = ysa
+            self.G[:, m + slot, slot] = ysa
+            wg[:, slot] = (s * g64).sum(1) * a
+            wg[:, m + slot] = (y * g64).sum(1) * a
+            self.slots.append(slot)
+            self._idx = torch.tensor(self.slots, dtype=torch.long)
+            self.gamma = torch.where(accept, ys / torch.where(accept, yy, torch.ones_like(yy)), self.gamma)
+        r = g64.shape[0]
+        coef = torch.zeros(r, 2 * m, dtype=torch.float64)
+        k = len(self.slots)
+        gamma = self.gamma
+        if k:
+            idx = self._idx
+            a_, b_ = wg[:, idx], wg[:, m + idx]
+            sy = self.SY[:, :k, :k]
+            invalid = (~self.valid[:, :k]).to(torch.float64)
+            R = torch.triu(sy) + torch.diag_embed(invalid)  # a masked pair: 1 on the diagonal, zeros elsewhere
+            p = torch.linalg.solve_triangular(R, a_[:, :, None], upper=True)[:, :, 0]
+            rhs = torch.diagonal(sy, dim1=1, dim2=2) * p + gamma[:, None] * torch.bmm(self.YY[:, :k, :k], p[:, :, None])[:, :, 0] - gamma[:, None] * b_
+            top = torch.linalg.solve_triangular(R.transpose(1, 2), rhs[:, :, None], upper=False)[:, :, 0]
+            coef[:, idx] = top
+            coef[:, m + idx] = -gamma[:, None] * p
+        d = -(g64 * gamma[:, None] + torch.bmm(coef.to(W.dtype)[:, None, :], W)[:, 0].double())
+        wd = -(wg * gamma[:, None] + torch.bmm(self.G, coef[:, :, None])[:, :, 0])
+        return d, wg, wd
+
+    def step(
+        self, fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]], rows: torch.Tensor | None = None
+    ) -> "BatchedStepInfo":
+        """Up to ``max_iter`` iterations of every row (of the bool mask ``rows``; the others stay put).
+
+        ``fn(x)`` returns (loss ``[R]``, grad ``[R, n]``); it is always called on
+        all rows (one vectorised evaluation), rows outside ``rows`` are ignored.
+        """
+        loss_t, g = fn(self.x)
+        loss = loss_t.detach().double().clone()
+        orig_loss = loss.clone()
+        r = loss.shape[0]
+        rows = torch.ones(r, dtype=torch.bool) if rows is None else rows.clone()
+        evals = rows.long()
+        finite = torch.isfinite(loss) & torch.isfinite(g).all(1)
+        small = g.abs().amax(1) <= self.tolerance_grad
+        converged = rows & finite & small
+        active = rows & finite & ~small
+        n_iter = 0
+        while bool(active.any()) and n_iter < self.max_iter:
+            n_iter += 1
+            g64 = g.double()
+            first = active & (self.n_iter == 0)
+            upd = active & ~first
+            self.n_iter = self.n_iter + active.long()
+            d, wg, wd = self._direction(g64, upd)
+            self.gamma = torch.where(first, torch.ones_like(self.gamma), self.gamma)
+            d = torch.where(first[:, None], -g64, d)
+            wg = torch.where(first[:, None], torch.zeros_like(wg), wg)
+            wd = torch.where(first[:, None], torch.zeros_like(wd), wd)
+            am = active[:, None]
+            self._wg = torch.where(am, wg, self._wg)
+            self._wd = torch.where(am, wd, self._wd)
+            self.prev_grad = torch.where(am, g64, self.prev_grad)
+            prev_loss = loss.clone()
+            t = torch.where(first, torch.clamp(1.0 / g64.abs().sum(1), max=1.0) * self.lr, torch.full_like(loss, self.lr))
+            gtd = (g64 * d).sum(1)
+            self.d = torch.where(am, d, self.d)
+            self.t = torch.where(active, t, self.t)
+            flat = active & (gtd > -self.tolerance_change)
+            converged |= flat
+            active &= ~flat
+            self.x.add_((self.d * self.t[:, None] * active[:, None]).to(self.x.dtype))
+            if n_iter != self.max_iter:
+                loss_new, g_new = fn(self.x)
+                loss_new = loss_new.detach().double()
+                am = active[:, None]
+                loss = torch.where(active, loss_new, loss)
+                g = torch.where(am, g_new, g)
+                evals += active.long()
+                bad = active & ~(torch.isfinite(loss_new) & torch.isfinite(g_new).all(1))
+                active &= ~bad
+            if n_iter == self.max_iter:
+                break
+            active &= evals < self.max_eval
+            done = active & (
+                (g.abs().amax(1) <= self.tolerance_grad)
+                | ((self.d.abs().amax(1) * self.t) <= self.tolerance_change)
+                | ((loss - prev_loss).abs() < self.tolerance_change)
+            )
+            converged |= done
+            active &= ~done
+        return BatchedStepInfo(orig_loss, evals, converged)
+
+
+@dataclass
+class BatchedStepInfo:
+    """What one :meth:`BatchedLBFGS.step` did, per row: loss at the start ``[R]`` (float64), evaluations and converged ``[R]``."""
+
+    loss: torch.Tensor
+    evaluations: torch.Tensor
+    converged: torch.Tensor

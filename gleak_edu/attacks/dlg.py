@@ -9,15 +9,26 @@
 
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gleak_edu.attacks._chain import gradient_fn
-from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
-from gleak_edu.attacks._lbfgs import LBFGS
+from gleak_edu.attacks._chain import matching_fn
+from gleak_edu.attacks._common import (
+    AttackResult,
+    Callback,
+    Recorder,
+    RestartBook,
+    check_input_shape,
+    check_num_classes,
+    check_restarts,
+    fast_attack_mode,
+    halving_points,
+)
+from gleak_edu.attacks._lbfgs import BatchedLBFGS
 from gleak_edu.fl import check_shared
 from gleak_edu.models import output_layer
 
@@ -82,103 +93,139 @@ def _run(
     progress: bool,
     num_threads: int | None,
     restarts: int,
+    retries: int,
+    successive_halving: bool,
 ) -> AttackResult:
     b, c, h, w = check_input_shape(input_shape, model)
-    if restarts < 0:
-        raise ValueError(f"restarts must be >= 0, got {restarts}")
+    restarts, retries = check_restarts(restarts, retries)
     if iterations < 1:
         raise ValueError(f"iterations must be at least 1, got {iterations}")
     if truth is not None and tuple(truth.shape) != (b, c, h, w):
         raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
     check_num_classes(model, num_classes)
-    _, target = _params_and_target(model, shared)
+    params, _ = _params_and_target(model, shared)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
     k = int(num_classes)
     nx = b * c * h * w
+    R = restarts
     gen = torch.Generator().manual_seed(int(seed))
     joint = fixed_labels is None
-    z = torch.randn(nx + (b * k if joint else 0), generator=gen)
+    nz = nx + (b * k if joint else 0)
+    z = torch.randn(R, nz, generator=gen)  # row 0 is the single-restart draw of the same seed
 
     rec = Recorder(attack, truth, callback, callback_every, metrics_every, progress, iterations)
+    terms = matching_fn(model, [shared[n] for n in names])  # all restarts in one vectorised evaluation
+    one_hot = None if joint else F.one_hot(fixed_labels, k).to(torch.float32)
+    book = RestartBook(R, nx, b)
+    ids = torch.arange(R)  # the restarts still running, in row order
+    halve_at = halving_points(R, iterations) if successive_halving else []
 
     def labels_of(zz: torch.Tensor) -> torch.Tensor:
         if joint:
             return zz[nx:].view(b, k).argmax(1)
         return fixed_labels.clone()
 
-    param_grads = gradient_fn(model)  # a fast chain program for the course's models, else autograd
-    one_hot = None if joint else F.one_hot(fixed_labels, k).to(torch.float32)
-
     def fn(zz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        n = zz.shape[0]
         zz = zz.detach().requires_grad_(True)
-        soft = F.softmax(zz[nx:].view(b, k), dim=-1) if joint else one_hot
-        grads = param_grads(zz[:nx].view(b, c, h, w), soft)
-        dist = F.mse_loss(torch.cat([g.reshape(-1) for g in grads]), target, reduction="sum")
-        (gz,) = torch.autograd.grad(dist, zz)
+        soft = F.softmax(zz[:, nx:].view(n, b, k), dim=-1) if joint else one_hot.expand(n, b, k)
+        dist = terms(zz[:, :nx].view(n, b, c, h, w), soft)[0]
+        (gz,) = torch.autograd.grad(dist.sum(), zz)
         rec.evaluations += 1
-        dv = float(dist.detach())
-        if dv == dv and dv != float("inf"):
-            rec.offer(dv, zz[:nx].view(b, c, h, w), lambda: labels_of(zz.detach()))
+        book.offer(dist, zz, ids)
         return dist.detach(), gz
 
     message = f"ran all {iterations} iterations"
-    diverged = False
-    restarts_used = 0
-    scale = float(target.pow(2).sum()) or 1.0
+    scale = float(terms.target_sq_norm) or 1.0
+    # per running row: the loss its current run started from, steps in the run, finished (frozen)
+    run_start = torch.full((R,), math.nan, dtype=torch.float64)
+    run_steps = torch.zeros(R, dtype=torch.long)
+    finished = torch.zeros(R, dtype=torch.bool)
     it = 0
+    # one restart's history in float64 (as torch's L-BFGS); with several, float32 halves the
+    # memory traffic of the two history products, which then dominate an evaluation
+    history_dtype = torch.float64 if R == 1 else torch.float32
     with fast_attack_mode(model, num_threads):
-        opt = LBFGS(z, lr=lr, max_iter=max_evals_per_step)
-        run_start_loss = None
-        run_steps = 0
+        opt = BatchedLBFGS(z, lr=lr, max_iter=max_evals_per_step, history_dtype=history_dtype)
         rec.resume()
         for it in range(1, iterations + 1):
-            info = opt.step(fn)
-            last = float(info.loss)
-            run_steps += 1
-            if run_start_loss is None:
-                run_start_loss = last
-            finite = bool(torch.isfinite(z).all()) and last == last and abs(last) != float("inf")
+            z = opt.x
+            live = ~finished
+            info = opt.step(fn, rows=live)
+            last = info.loss
+            run_steps += live.long()
+            run_start = torch.where(live & torch.isnan(run_start), last, run_start)
+            finite = torch.isfinite(z).all(1) & torch.isfinite(last)
             # DLG's known failure modes: the loss explodes (L-BFGS with lr 1 and no
             # line search overshoots), or the sigmoids saturate and the run freezes
             # far from zero loss. The attacker sees both in the matching loss alone.
-            exploded = finite and last > 10 * run_start_loss
-            stuck = info.converged and info.evaluations <= 2 and last > 1e-4 * scale
-            stalled = run_steps == 50 and last > 0.01 * run_start_loss
-            estimate = z[:nx].view(b, c, h, w)
-            if not finite or exploded or stuck or stalled:
+            exploded = finite & (last > 10 * run_start)
+            frozen = info.converged & (info.evaluations <= 2) & (last > 1e-4 * scale)
+            stalled = (run_steps == 50) & (last > 0.01 * run_start)
+            failed = live & (~finite | exploded | frozen | stalled)
+            notes = []
+            for row in torch.nonzero(failed).flatten().tolist():
+                r = int(ids[row])
                 why = (
-                    "non-finite loss" if not finite
-                    else "exploding loss" if exploded
-                    else "frozen run" if stuck
-                    else "stalled run"
+                    "non-finite loss" if not finite[row] else "exploding loss" if exploded[row]
+                    else "frozen run" if frozen[row] else "stalled run"
                 )
-                can_restart = restarts_used < restarts and it < iterations
-                note = f"restart {restarts_used + 1} ({why})" if can_restart else f"stopped ({why})"
-                rec.record(it, last, estimate, labels_of(z), note=note)
-                if can_restart:
-                    restarts_used += 1
-                    z.copy_(torch.randn(z.shape, generator=gen))
-                    opt = LBFGS(z, lr=lr, max_iter=max_evals_per_step)
-                    run_start_loss = None
-                    run_steps = 0
-                    continue
-                diverged = not finite or exploded
-                message = f"{why} at iteration {it} and no restarts left; kept the best estimate (loss {rec.best_loss:.3g})"
-                break
-            if rec.record(it, last, estimate, labels_of(z)):
+                who = f"restart {r}: " if R > 1 else ""
+                if book.retries[r] < retries and it < iterations:
+                    book.retries[r] += 1
+                    notes.append(f"{who}retry {int(book.retries[r])} ({why})")
+                    z[row] = torch.randn(z.shape[1], generator=gen)
+                    opt.reset(torch.arange(len(ids)) == row)
+                    run_start[row] = math.nan
+                    run_steps[row] = 0
+                else:
+                    notes.append(f"{who}stopped ({why})")
+                    finished[row] = True
+                    book.diverged[r] = (not finite[row]) or bool(exploded[row])
+                    book.stop_reason([r], f"{why} at iteration {it}, no retries left")
+            done = live & ~failed & info.converged & (info.evaluations <= 2)
+            for row in torch.nonzero(done).flatten().tolist():
+                book.stop_reason([int(ids[row])], f"converged at iteration {it}")
+            finished |= done
+            cur = torch.where(finished & ~done, torch.full_like(last, math.inf), torch.nan_to_num(last, nan=math.inf))
+            show = int(cur.argmin())
+            if rec.record(it, float(last[show]), z[show, :nx].view(b, c, h, w), labels_of(z[show]), note="; ".join(notes) or None):
                 message = f"stopped by the callback at iteration {it}"
                 break
-            if info.converged and info.evaluations <= 2:
-                message = f"converged at iteration {it} (gradient or loss change below tolerance)"
+            if bool(finished.all()):
+                reasons = sorted({book.reasons[int(r)] for r in ids})
+                message = "; ".join(reasons)
                 break
+            if it in halve_at and len(ids) > 1:  # successive halving: keep the better half
+                order = book.ranking(ids)
+                kept = order[: math.ceil(len(ids) / 2)]
+                for r in order[len(kept):].tolist():
+                    book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
+                rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
+                ids = ids[rows]
+                opt.keep(rows)
+                run_start, run_steps, finished = run_start[rows], run_steps[rows], finished[rows]
         rec.close()
-    if rec.best is None:  # not even the first evaluation was finite
-        rec.best = z[:nx].view(b, c, h, w).detach().clone()
-        rec.best_labels = labels_of(z)
-        diverged = True
+    best = book.best_row()
+    if best is None:  # not even the first evaluation was finite
+        rec.best = opt.x[0, :nx].view(b, c, h, w).detach().clone()
+        rec.best_labels = labels_of(opt.x[0])
         message = "the very first evaluation was non-finite; returned the random start"
-    if restarts_used:
-        message += f"; {restarts_used} restart(s)"
-    return rec.result(it, diverged, message, true_labels, restarts_used)
+        book.diverged[:] = True
+        best = 0
+    else:
+        rec.best = book.best_z[best, :nx].view(b, c, h, w).clone()
+        rec.best_labels = labels_of(book.best_z[best])
+        rec.best_loss = float(book.best_loss[best])
+    used = int(book.retries.sum())
+    if used:
+        message += f"; {used} retr{'y' if used == 1 else 'ies'}"
+    if R > 1:
+        message += f"; best of {R} restarts: restart {best}"
+    result = rec.result(it, bool(book.diverged[best]), message, true_labels, used)
+    result.restarts = R
+    result.per_restart = book.report(truth, lambda zz: zz[:nx].view(b, c, h, w))
+    return result
 
 
 def dlg(
@@ -198,7 +245,9 @@ def dlg(
     metrics_every: int = 10,
     progress: bool = False,
     num_threads: int | None = 1,
-    restarts: int = 10,
+    restarts: int = 1,
+    retries: int = 10,
+    successive_halving: bool = True,
 ) -> AttackResult:
     """Deep Leakage from Gradients (Zhu, Liu, Han, NeurIPS 2019).
 
@@ -227,30 +276,46 @@ def dlg(
         progress: show a tqdm progress bar.
         num_threads: intra-op threads during the attack (1 is fastest for the
             course's small models on a 2-core CPU); None leaves it unchanged.
-        restarts: how many times a failed run may start again from a fresh
-            random dummy, within the same ``iterations`` budget. A run counts
-            as failed when its loss becomes non-finite, explodes above 10x its
-            starting value, or freezes (L-BFGS cannot move) above 1e-4 x
-            ||grad_shared||^2, or still sits above 1 % of its starting loss
-            after 50 iterations. These are DLG's known failure modes; the attacker
-            sees them in the matching loss alone, never in the truth. The
-            paper does not restart: with 0 a failed run ends at once (keeping
-            its best estimate) instead of spending the rest of the budget.
+        restarts: independent runs from different random dummies (rows of
+            one draw from ``seed``; restart 0 is the single run's start),
+            computed together: one vectorised evaluation gives every restart's
+            matching loss and gradient (the chain program's batched matmuls,
+            or ``torch.func.vmap``), and a batched L-BFGS keeps one history per
+            restart. The result is the restart with the lowest matching loss;
+            ``per_restart`` reports each one. A restart that has converged or
+            failed is frozen while the others go on.
+        successive_halving: with several restarts, keep only the better half
+            (by matching loss so far) after 1/2^H, ..., 1/4, 1/2 of the
+            iterations, H = ceil(log2 restarts) (Jamieson & Talwalkar 2016):
+            8 restarts cost about 2.5 single runs' iterations, in batched
+            evaluations. False runs every restart to the end.
+        retries: how many times a failed run may start again from a fresh
+            random dummy, within the same ``iterations`` budget (per restart).
+            A run counts as failed when its loss becomes non-finite, explodes
+            above 10x its starting value, or freezes (L-BFGS cannot move) above
+            1e-4 x ||grad_shared||^2, or still sits above 1 % of its starting
+            loss after 50 iterations. These are DLG's known failure modes; the
+            attacker sees them in the matching loss alone, never in the truth.
+            The paper does not retry: with 0 a failed run ends at once
+            (keeping its best estimate) instead of spending the rest of the budget.
 
     Returns:
-        :class:`AttackResult`; ``reconstruction`` is the lowest-loss estimate,
-        clamped to [0, 1], and ``labels`` the argmax of its label logits.
-        A run whose loss becomes NaN/inf stops and is flagged ``diverged``.
+        :class:`AttackResult`; ``reconstruction`` is the lowest-loss estimate
+        over all restarts, clamped to [0, 1], and ``labels`` the argmax of its
+        label logits; ``evaluations`` counts vectorised evaluations (each
+        covers every restart). A run whose loss becomes NaN/inf with no retry
+        left stops; the result is flagged ``diverged`` if the chosen restart did.
 
     Raises:
         SharedGradientError: if ``shared`` does not match the model (names,
             shapes) or contains NaN/inf.
-        ValueError: for a malformed ``input_shape`` or ``iterations < 1``.
+        ValueError: for a malformed ``input_shape``, ``iterations < 1``,
+            ``restarts < 1`` or ``retries < 0``.
     """
     return _run(
         "DLG", model, shared, input_shape, num_classes, None, iterations, lr, max_evals_per_step,
         seed, truth, true_labels, callback, callback_every, metrics_every, progress, num_threads,
-        restarts,
+        restarts, retries, successive_halving,
     )
 
 
@@ -271,7 +336,9 @@ def idlg(
     metrics_every: int = 10,
     progress: bool = False,
     num_threads: int | None = 1,
-    restarts: int = 10,
+    restarts: int = 1,
+    retries: int = 10,
+    successive_halving: bool = True,
 ) -> AttackResult:
     """improved DLG (Zhao, Mopuri, Bilen, 2020): analytic label, then the image alone.
 
@@ -294,5 +361,5 @@ def idlg(
     return _run(
         "iDLG", model, shared, input_shape, num_classes, label, iterations, lr, max_evals_per_step,
         seed, truth, true_labels, callback, callback_every, metrics_every, progress, num_threads,
-        restarts,
+        restarts, retries, successive_halving,
     )

@@ -16,7 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
+from gleak_edu.attacks._chain import matching_fn
+from gleak_edu.attacks._common import (
+    AttackResult,
+    Callback,
+    Recorder,
+    RestartBook,
+    check_input_shape,
+    check_num_classes,
+    check_restarts,
+    fast_attack_mode,
+    halving_points,
+)
 from gleak_edu.attacks.dlg import _params_and_target, idlg_label
 from gleak_edu.attacks.grnn import total_variation
 from gleak_edu.models import output_layer
@@ -49,6 +60,7 @@ def inverting_gradients(
     lr: float = 0.1,
     tv_weight: float = 1e-4,
     restarts: int = 1,
+    successive_halving: bool = True,
     seed: int = 0,
     truth: torch.Tensor | None = None,
     true_labels: torch.Tensor | None = None,
@@ -63,9 +75,12 @@ def inverting_gradients(
     The dummy batch starts uniform in [0, 1] (from ``seed``) and is updated by
     Adam (lr 0.1) on the *sign* of its gradient, clamped to [0, 1] after every
     step (the box constraint), with the step size divided by 10 at 3/8, 5/8 and
-    7/8 of the run. ``restarts`` independent runs are made; the one with the
-    lowest final matching loss is returned. The model is used in whatever mode
-    it is in (PRECODE attacks use train mode, as the victim does).
+    7/8 of the run. ``restarts`` independent runs are made at once (one
+    vectorised gradient computation for all of them per step; Adam is
+    elementwise, so each restart follows exactly its own run); the one with
+    the lowest final matching loss is returned. The model is used in whatever
+    mode it is in (PRECODE attacks use train mode, as the victim does; each
+    restart draws its own bottleneck samples).
 
     Args:
         model, shared, input_shape, num_classes: as for :func:`gleak_edu.attacks.dlg`.
@@ -77,7 +92,11 @@ def inverting_gradients(
         iterations: Adam steps per restart.
         tv_weight: weight of the total variation (1e-4 suits 32x32 images; the
             paper's 0.2 is far too strong at this size).
-        restarts: independent restarts (best by matching loss).
+        restarts: independent restarts, run together (best by final matching
+            loss; ``result.per_restart`` reports each one's loss, PSNR, SSIM).
+        successive_halving: with several restarts, keep the better half (by
+            current matching loss) after 1/2^H, ..., 1/4, 1/2 of the steps, as
+            for :func:`gleak_edu.attacks.dlg`; False runs all to the end.
         Others: as for :func:`gleak_edu.attacks.dlg`.
 
     Returns:
@@ -90,17 +109,15 @@ def inverting_gradients(
     """
     b, c, h, w = check_input_shape(input_shape, model)
     check_num_classes(model, num_classes)
-    if iterations < 1 or restarts < 1 or not lr > 0 or tv_weight < 0:
-        raise ValueError("iterations and restarts must be >= 1, lr > 0 and tv_weight >= 0")
-    params, _ = _params_and_target(model, shared)
+    restarts = check_restarts(restarts)[0]
+    if iterations < 1 or not lr > 0 or tv_weight < 0:
+        raise ValueError("iterations must be >= 1, lr > 0 and tv_weight >= 0")
+    _params_and_target(model, shared)  # checks the shared gradient against the model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     selected = list(names) if layers is None else list(layers)
     unknown = [n for n in selected if n not in names]
     if unknown or not selected:
         raise ValueError(f"layers must name parameters of the model; unknown: {unknown[:3] or 'none selected'}")
-    pick = [names.index(n) for n in selected]
-    sel_params = [params[i] for i in pick]
-    target = torch.cat([shared[n].detach().reshape(-1).float() for n in selected])
     if labels is None:
         if b != 1:
             raise ValueError("give the labels for a batch (the analytic label rule reads a single label)")
@@ -109,43 +126,70 @@ def inverting_gradients(
     if labels.numel() != b:
         raise ValueError(f"labels must have {b} entries, got {labels.numel()}")
 
+    R = restarts
     gen = torch.Generator().manual_seed(int(seed))
-    rec = Recorder("IG", truth, callback, callback_every, metrics_every, progress, iterations * restarts)
+    x = torch.rand((R, b, c, h, w), generator=gen)  # restart r's start is the r-th draw of the old sequential runs
+    rec = Recorder("IG", truth, callback, callback_every, metrics_every, progress, iterations)
     milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-    best_run_loss, best_x = math.inf, None
-    it_total = 0
+    halve_at = halving_points(R, iterations) if successive_halving else []
+    terms = matching_fn(model, [shared[n] if n in selected else None for n in names])
+    target_norm = math.sqrt(terms.target_sq_norm)
+    soft = F.one_hot(labels, num_classes).to(torch.float32)
+    book = RestartBook(R, b * c * h * w, b)
+    ids = torch.arange(R)
+    value = torch.full((R,), math.inf, dtype=torch.float64)
+    it = 0
+    message = f"{R} restart(s) of {iterations} steps"
     with fast_attack_mode(model, num_threads):
+        x.requires_grad_(True)
+        opt = torch.optim.Adam([x], lr=lr)
         rec.resume()
-        for r in range(restarts):
-            x = torch.rand((b, c, h, w), generator=gen).requires_grad_(True)
-            opt = torch.optim.Adam([x], lr=lr)
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.1)
-            value = math.inf
-            for it in range(1, iterations + 1):
-                out = model(x)
-                loss = F.cross_entropy(out, labels)
-                grads = torch.autograd.grad(loss, sel_params, create_graph=True)
-                g = torch.cat([t.reshape(-1) for t in grads])
-                cos = 1 - torch.dot(g, target) / (g.norm() * target.norm() + 1e-12)
-                objective = cos + tv_weight * total_variation(x)
-                (gx,) = torch.autograd.grad(objective, x)
-                rec.evaluations += 1
-                value = float(cos.detach())
-                with torch.no_grad():
-                    x.grad = gx.sign()
-                    opt.step()
-                    x.clamp_(0, 1)
-                sched.step()
-                it_total += 1
-                note = f"restart {r + 1}" if it == 1 and r > 0 else None
-                if rec.record(it_total, value, x, labels, note=note):
-                    break
-            if value < best_run_loss:
-                best_run_loss, best_x = value, x.detach().clone()
+        for it in range(1, iterations + 1):
+            n = x.shape[0]
+            _, gg, gt = terms(x, soft.expand(n, b, num_classes))
+            cos = 1 - gt / (gg.sqrt() * target_norm + 1e-12)
+            tv = torch.stack([total_variation(x[r]) for r in range(n)]) if n > 1 else total_variation(x[0])[None]
+            objective = cos.float() + tv_weight * tv
+            (gx,) = torch.autograd.grad(objective.sum(), x)
+            rec.evaluations += 1
+            value = cos.detach()
+            with torch.no_grad():
+                x.grad = gx.sign()
+                opt.param_groups[0]["lr"] = lr * 0.1 ** sum(it > m_ for m_ in milestones)
+                opt.step()
+                x.clamp_(0, 1)
+            book.offer(value, x.detach().reshape(n, -1), ids)  # the loss of the iterate before this step ...
+            book.best_loss[ids] = value  # ... is each restart's current (final) matching loss
+            book.best_z[ids] = x.detach().reshape(n, -1)
+            show = int(value.argmin())
+            if rec.record(it, float(value[show]), x[show], labels):
+                message = f"stopped by the callback at iteration {it}"
+                break
+            if it in halve_at and n > 1:  # successive halving: keep the better half
+                order = book.ranking(ids)
+                kept = order[: math.ceil(n / 2)]
+                for r in order[len(kept):].tolist():
+                    book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
+                rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
+                ids = ids[rows]
+                state = opt.state[x]
+                x = x.detach()[rows].clone().requires_grad_(True)
+                new_opt = torch.optim.Adam([x], lr=lr)
+                new_opt.state[x] = {
+                    "step": state["step"], "exp_avg": state["exp_avg"][rows].clone(), "exp_avg_sq": state["exp_avg_sq"][rows].clone(),
+                }
+                opt = new_opt
         rec.close()
-    rec.best, rec.best_labels, rec.best_loss = best_x, labels.clone(), best_run_loss
-    message = f"{restarts} restart(s) of {iterations} steps; kept the lowest matching loss ({best_run_loss:.3g})"
-    return rec.result(it_total, False, message, true_labels)
+    best = book.best_row()
+    rec.best = book.best_z[best].view(b, c, h, w).clone()
+    rec.best_labels, rec.best_loss = labels.clone(), float(book.best_loss[best])
+    message += f"; kept the lowest final matching loss ({rec.best_loss:.3g})" + (f": restart {best}" if R > 1 else "")
+    result = rec.result(it, False, message, true_labels)
+    result.restarts = R
+    result.per_restart = book.report(truth, lambda zz: zz.view(b, c, h, w))
+    for row in result.per_restart:
+        row.pop("retries"), row.pop("diverged")
+    return result
 
 
 def precode_bypass(

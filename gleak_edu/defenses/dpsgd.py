@@ -338,9 +338,9 @@ def train_dp(
             for a in attacks:
                 if a == "idlg":
                     try:
-                        res = idlg(net, shared, restarts=0, **common)
+                        res = idlg(net, shared, retries=0, **common)
                     except ValueError:  # an all-zero output gradient: no label to read; DLG guesses it
-                        res = dlg(net, shared, restarts=0, **common)
+                        res = dlg(net, shared, retries=0, **common)
                 else:
                     res = inverting_gradients(net, shared, **common)
                 cp[a]["ssim"].append(float(metrics.ssim(res.reconstruction, x)[0]))
