@@ -17,6 +17,11 @@ with S, Y the stored steps and gradient changes, R the upper triangle of S^T Y
 and D its diagonal. The Gram matrices are updated incrementally (in float64:
 the compact form cancels large terms), so an evaluation costs two
 matrix-vector products with the history and two small triangular solves.
+The history vectors themselves may be kept in float32 (``history_dtype``, as
+torch keeps them), halving the memory those two products read.
+
+:class:`BatchedLBFGS` runs R independent problems together (batched
+restarts), one history per row.
 """
 
 from __future__ import annotations
@@ -49,6 +54,8 @@ class LBFGS:
         tolerance_grad: stop when ``max |grad| <= tolerance_grad``.
         tolerance_change: stop when the loss or step changes less than this.
         history_size: number of stored (s, y) pairs (100, as torch).
+        history_dtype: dtype of the stored vectors (float64 or float32); the
+            Gram matrices and the direction are float64 either way.
     """
 
     def __init__(
@@ -60,6 +67,7 @@ class LBFGS:
         tolerance_grad: float = 1e-7,
         tolerance_change: float = 1e-9,
         history_size: int = 100,
+        history_dtype: torch.dtype = torch.float64,
     ) -> None:
         if x.ndim != 1:
             raise ValueError("LBFGS works on a flat 1-D parameter vector")
@@ -71,12 +79,12 @@ class LBFGS:
         self.tolerance_change = tolerance_change
         m, n = int(history_size), x.numel()
         self.m = m
-        # Ring buffer W (float64): rows 0..m-1 hold the steps s, rows m..2m-1 the
+        # Ring buffer W (history_dtype): rows 0..m-1 hold the steps s, rows m..2m-1 the
         # gradient changes y; G = W W^T is kept up to date in the same ring
         # order. Unused rows are zero. Each iteration reads W only twice:
         # W g_new (from which W y = W g_new - W g_old) and W^T coef (the step);
         # W s follows from G, because s = t d and d = -(gamma g + W^T coef).
-        self.W = torch.zeros(2 * m, n, dtype=torch.float64)
+        self.W = torch.zeros(2 * m, n, dtype=history_dtype)  # float32 halves the traffic of its two products
         self.G = torch.zeros(2 * m, 2 * m, dtype=torch.float64)
         self.SY = torch.zeros(m, m, dtype=torch.float64)  # s_i . y_j, oldest first (no gathers from G)
         self.YY = torch.zeros(m, m, dtype=torch.float64)  # y_i . y_j, oldest first
@@ -94,7 +102,7 @@ class LBFGS:
     def _update_and_direction(self, g64: torch.Tensor) -> torch.Tensor:
         """Add the pair (s, y) of the last step if it passes the curvature test; return d = -H g."""
         m, W = self.m, self.W
-        wg = W @ g64  # with the W that produced the last direction
+        wg = (W @ g64.to(W.dtype)).double()  # with the W that produced the last direction
         s = self.d * self.t
         y = g64 - self.prev_grad
         ys = float(y.dot(s))
@@ -117,8 +125,8 @@ class LBFGS:
                 self.YY[:k, k] = self.YY[k, :k] = wy[m + old]
             self.SY[k, k] = ys
             self.YY[k, k] = yy
-            W[slot] = s
-            W[m + slot] = y
+            W[slot] = s.to(W.dtype)
+            W[m + slot] = y.to(W.dtype)
             for row, vec in ((slot, ws), (m + slot, wy)):  # products with the old rows ...
                 self.G[row] = vec
                 self.G[:, row] = vec
@@ -142,7 +150,7 @@ class LBFGS:
             top = torch.linalg.solve_triangular(R.T, rhs[:, None], upper=False)[:, 0]
             coef[idx] = top
             coef[m + idx] = -gamma * p
-        d = -(g64 * gamma + W.T @ coef)
+        d = -(g64 * gamma + (W.T @ coef.to(W.dtype)).double())
         self._wd = -(wg * gamma + self.G @ coef)
         self._wg = wg
         return d
@@ -224,8 +232,8 @@ class BatchedLBFGS:
 
     Args:
         x: float32 ``[R, n]``, the starting points; updated in place.
-        lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size:
-            as for :class:`LBFGS`, per row.
+        lr, max_iter, max_eval, tolerance_grad, tolerance_change, history_size,
+        history_dtype: as for :class:`LBFGS`, per row.
     """
 
     def __init__(
@@ -424,3 +432,41 @@ class BatchedStepInfo:
     loss: torch.Tensor
     evaluations: torch.Tensor
     converged: torch.Tensor
+
+
+class _OneRow:
+    """:class:`BatchedLBFGS`'s interface over the single-run :class:`LBFGS` (its scalar bookkeeping is cheaper for one row)."""
+
+    def __init__(self, x: torch.Tensor, **options) -> None:
+        self.x = x
+        self._options = options
+        self._opt = LBFGS(x.view(-1), **options)
+
+    def step(self, fn: Callable, rows: torch.Tensor | None = None) -> BatchedStepInfo:
+        if rows is not None and not bool(rows[0]):
+            loss, _ = fn(self.x)
+            return BatchedStepInfo(loss.detach().double().reshape(1), torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.bool))
+
+        def one(v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            loss, g = fn(v.view(1, -1))
+            return loss[0], g[0]
+
+        info = self._opt.step(one)
+        return BatchedStepInfo(
+            torch.tensor([info.loss], dtype=torch.float64), torch.tensor([info.evaluations]), torch.tensor([info.converged])
+        )
+
+    def reset(self, rows: torch.Tensor) -> None:
+        if bool(rows[0]):
+            self._opt = LBFGS(self.x.view(-1), **self._options)
+
+    def keep(self, rows: torch.Tensor) -> None:
+        if rows.tolist() != [0]:
+            raise ValueError("a single run has only row 0")
+
+
+def batched_lbfgs(x: torch.Tensor, **options) -> "BatchedLBFGS | _OneRow":
+    """:class:`BatchedLBFGS` for ``x [R, n]``; for R = 1 the same interface over :class:`LBFGS` (same iterates, less overhead)."""
+    if x.ndim == 2 and x.shape[0] == 1:
+        return _OneRow(x, **options)
+    return BatchedLBFGS(x, **options)

@@ -28,7 +28,7 @@ from gleak_edu.attacks._common import (
     fast_attack_mode,
     halving_points,
 )
-from gleak_edu.attacks._lbfgs import BatchedLBFGS
+from gleak_edu.attacks._lbfgs import batched_lbfgs
 from gleak_edu.fl import check_shared
 from gleak_edu.models import output_layer
 
@@ -142,11 +142,10 @@ def _run(
     run_steps = torch.zeros(R, dtype=torch.long)
     finished = torch.zeros(R, dtype=torch.bool)
     it = 0
-    # one restart's history in float64 (as torch's L-BFGS); with several, float32 halves the
-    # memory traffic of the two history products, which then dominate an evaluation
-    history_dtype = torch.float64 if R == 1 else torch.float32
     with fast_attack_mode(model, num_threads):
-        opt = BatchedLBFGS(z, lr=lr, max_iter=max_evals_per_step, history_dtype=history_dtype)
+        # the history's vectors in float32 (as torch's L-BFGS keeps them), its Gram matrices
+        # in float64: half the memory traffic of the two history products of every evaluation
+        opt = batched_lbfgs(z, lr=lr, max_iter=max_evals_per_step, history_dtype=torch.float32)
         rec.resume()
         for it in range(1, iterations + 1):
             z = opt.x
