@@ -45,8 +45,15 @@ test-unit: $(STAMP)
 test-notebooks: $(STAMP)
 	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
 
+# Benchmark suite (benchmarks/): every attack against a plain reference loop, peak memory, batched
+# restarts; writes benchmarks/results.json and build/benchmarks.md (the README's Performance tables).
+# BENCH_ARGS=--quick for a 3-minute smoke run. bench-notebooks adds the notebooks' run costs (slow).
 bench: $(STAMP)
-	$(PY) benchmarks/bench_dlg.py
+	$(PY) benchmarks/run_all.py --markdown build/benchmarks.md $(BENCH_ARGS)
+
+.PHONY: bench-notebooks
+bench-notebooks: $(STAMP)
+	$(PY) benchmarks/run_all.py --notebooks-only --markdown build/benchmarks.md $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info
