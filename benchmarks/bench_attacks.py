@@ -527,8 +527,11 @@ def batched_restarts_available() -> bool:
 SKIPPED_RESTARTS = "skipped: batched restarts not available"
 
 
-def run_restarts(attack: str, restarts: int, seed: int, photo_index: int, iterations: int) -> dict:
-    """The package's ``attack`` ("dlg" or "ig") with ``restarts`` batched restarts for a fixed budget."""
+def run_restarts(attack: str, restarts: int, seed: int, photo_index: int, iterations: int, halving: bool = True) -> dict:
+    """The package's ``attack`` ("dlg" or "ig") with ``restarts`` batched restarts for a fixed budget.
+
+    ``halving=False`` runs every restart to the end (``successive_halving=False``).
+    """
     if not batched_restarts_available():
         return {"skipped": SKIPPED_RESTARTS}
     v = build_victim(attack, seed, photo_index)
@@ -536,6 +539,8 @@ def run_restarts(attack: str, restarts: int, seed: int, photo_index: int, iterat
     kwargs = dict(input_shape=tuple(v["x"].shape), num_classes=NUM_CLASSES, iterations=iterations, seed=seed)
     try:
         t0 = time.perf_counter()
+        if restarts > 1:
+            kwargs["successive_halving"] = halving
         r = fn(v["model"], v["shared"], restarts=restarts, **kwargs)
         wall = time.perf_counter() - t0
     except TypeError as exc:  # an API in between
@@ -563,7 +568,7 @@ def run_restarts(attack: str, restarts: int, seed: int, photo_index: int, iterat
 
 def variants(case: str) -> list[str]:
     if case == "restarts":
-        return [f"{a}-r{k}" for a in RESTARTS for k in RESTART_COUNTS]
+        return [f"{a}-r{k}" for a in RESTARTS for k in RESTART_COUNTS] + [f"{a}-r{RESTART_COUNTS[1]}full" for a in RESTARTS]
     return ["ref", "pkg"]
 
 
@@ -573,7 +578,8 @@ def run_case(case: str, variant: str, seed: int, photo_index: int = 0, *, quick:
     if case == "restarts":
         attack, k = variant.split("-r")
         its = iterations or RESTARTS[attack][1 if quick else 0]
-        return run_restarts(attack, int(k), seed, photo_index, its)
+        full = k.endswith("full")  # every restart to the end: no successive halving
+        return run_restarts(attack, int(k.removesuffix("full")), seed, photo_index, its, halving=not full)
     settings = case_settings(case, quick)
     if iterations is not None:
         settings = dataclasses.replace(settings, iterations=iterations)
@@ -748,10 +754,13 @@ def summarise_restarts(runs: list[dict]) -> dict:
         per_seed = []
         for s in seeds:
             a, b = get.get((s, f"{attack}-r{lo}")), get.get((s, f"{attack}-r{hi}"))
+            full = get.get((s, f"{attack}-r{hi}full"))
             if a and b:
                 per_seed.append({
                     "seed": s,
                     "wall_ratio": _ratio(b["wall_s"], a["wall_s"]),
+                    "wall_ratio_no_halving": _ratio(full["wall_s"], a["wall_s"]) if full else None,
+                    "best_psnr_no_halving": full["best_psnr"] if full else None,
                     "compute_ratio": _ratio(b["seconds"], a["seconds"]),
                     f"wall_s_r{lo}": a["wall_s"], f"wall_s_r{hi}": b["wall_s"],
                     f"evaluations_r{lo}": a["evaluations"], f"evaluations_r{hi}": b["evaluations"],
@@ -766,6 +775,8 @@ def summarise_restarts(runs: list[dict]) -> dict:
             "per_seed": per_seed,
             "median_wall_ratio": ratio,
             "median_compute_ratio": _median([p["compute_ratio"] for p in per_seed]),
+            "median_wall_ratio_no_halving": _median([p["wall_ratio_no_halving"] for p in per_seed if p["wall_ratio_no_halving"]]),
+            "median_best_psnr_no_halving": _median([p["best_psnr_no_halving"] for p in per_seed if p["best_psnr_no_halving"]]),
             f"median_wall_s_r{lo}": _median([p[f"wall_s_r{lo}"] for p in per_seed]),
             f"median_wall_s_r{hi}": _median([p[f"wall_s_r{hi}"] for p in per_seed]),
             f"median_best_psnr_r{lo}": _median([p[f"best_psnr_r{lo}"] for p in per_seed]),
@@ -838,6 +849,8 @@ def _print_restarts(restarts: dict, p) -> None:
               f"{fmt(r[f'median_best_psnr_r{lo}'], '.1f')} -> {fmt(r[f'median_best_psnr_r{hi}'], '.1f')} dB, peak "
               f"{fmt(r[f'median_peak_rss_mb_r{lo}'], '.0f')} -> {fmt(r[f'median_peak_rss_mb_r{hi}'], '.0f')} MB: "
               f"{'PASS' if r['pass'] else 'FAIL'}")
+            p(f"        without successive halving (all {hi} to the end): ratio "
+              f"{fmt(r.get('median_wall_ratio_no_halving'), '.2f')}, best PSNR {fmt(r.get('median_best_psnr_no_halving'), '.1f')} dB")
 
 
 def verdicts(summary: dict, restarts: dict) -> list[str]:
