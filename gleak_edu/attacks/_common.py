@@ -163,6 +163,16 @@ class RestartBook:
         self.best_z[rows] = z.detach()[better]
         self._seen[rows] = True
 
+    def current(self, loss: torch.Tensor, z: torch.Tensor, ids: torch.Tensor) -> None:
+        """Record each restart's current loss and iterate as its result (attacks that keep the final iterate, not the best)."""
+        if self.best_z is None:
+            self.best_z = torch.zeros(self.R, z.shape[1], dtype=z.dtype)
+            self._seen = torch.zeros(self.R, dtype=torch.bool)
+        loss = loss.detach().double()
+        self.best_loss[ids] = torch.where(torch.isfinite(loss), loss, torch.full_like(loss, math.inf))
+        self.best_z[ids] = z.detach()
+        self._seen[ids] = True
+
     def ranking(self, ids: torch.Tensor) -> torch.Tensor:
         """``ids`` sorted by best loss so far, lowest first (never-finite restarts last)."""
         return ids[torch.argsort(self.best_loss[ids], stable=True)]

@@ -103,7 +103,7 @@ def _run(
     if truth is not None and tuple(truth.shape) != (b, c, h, w):
         raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
     check_num_classes(model, num_classes)
-    params, _ = _params_and_target(model, shared)
+    _params_and_target(model, shared)  # checks the shared gradient against the model
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     k = int(num_classes)
     nx = b * c * h * w

@@ -137,7 +137,6 @@ def inverting_gradients(
     soft = F.one_hot(labels, num_classes).to(torch.float32)
     book = RestartBook(R, b * c * h * w, b)
     ids = torch.arange(R)
-    value = torch.full((R,), math.inf, dtype=torch.float64)
     it = 0
     message = f"{R} restart(s) of {iterations} steps"
     with fast_attack_mode(model, num_threads):
@@ -158,9 +157,7 @@ def inverting_gradients(
                 opt.param_groups[0]["lr"] = lr * 0.1 ** sum(it > m_ for m_ in milestones)
                 opt.step()
                 x.clamp_(0, 1)
-            book.offer(value, x.detach().reshape(n, -1), ids)  # the loss of the iterate before this step ...
-            book.best_loss[ids] = value  # ... is each restart's current (final) matching loss
-            book.best_z[ids] = x.detach().reshape(n, -1)
+            book.current(value, x.detach().reshape(n, -1), ids)  # IG keeps each run's final iterate
             show = int(value.argmin())
             if rec.record(it, float(value[show]), x[show], labels):
                 message = f"stopped by the callback at iteration {it}"
