@@ -5,7 +5,8 @@ Modules: :mod:`~gleak_edu.data` (offline real images), :mod:`~gleak_edu.models`
 (DLG, iDLG, GRNN, Inverting Gradients, the PRECODE bypass, analytic recovery),
 :mod:`~gleak_edu.defenses` (noise, pruning, PRECODE, PPP), :mod:`~gleak_edu.metrics`
 (MSE, PSNR, SSIM, label accuracy), :mod:`~gleak_edu.training` (short seeded runs),
-:mod:`~gleak_edu.sweeps` (the cached PPP trade-off), :mod:`~gleak_edu.viz` (figures) and
+:mod:`~gleak_edu.sweeps` (the cached PPP trade-off), :mod:`~gleak_edu.arena` (every attack
+against every defense, cached), :mod:`~gleak_edu.viz` (figures) and
 :mod:`~gleak_edu.widgets` (live views, sliders).
 """
 

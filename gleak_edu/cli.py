@@ -13,6 +13,8 @@
     gleak epsilon --history "SIGMA:Q:STEPS,..." [--delta D] [--accountant rdp|prv|gdp]
     gleak sweep ppp [--noise-levels S,S,...] [--seeds N,N,...] [--images N] [--iterations N]
           [--epochs N] [--clip C] [--cache DIR | --no-cache] --json OUT [--png OUT]
+    gleak arena [--noise-levels S,S,...] [--prune-fractions P,P,...] [--images N] [--seeds N,N,...]
+          [--workers N] [--cache DIR | --no-cache] --json OUT [--png OUT]
 
 Bad input exits with status 2 and one line on stderr saying what is wrong.
 """
@@ -146,6 +148,21 @@ def _build_parser() -> argparse.ArgumentParser:
     cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
     sw.add_argument("--json", type=Path, required=True, help="write the trade-off table as JSON here")
     sw.add_argument("--png", type=Path, help="write the trade-off curves as a PNG here")
+
+    ar = sub.add_parser("arena", help="every attack against every defense on the same images (cached)")
+    ar.add_argument("--noise-levels", type=_float_list("--noise-levels"),
+                    help="the shared noise axis (> 0; noise std with C = 1), e.g. 0.1,1 (default 0.01,0.1,1)")
+    ar.add_argument("--prune-fractions", type=_float_list("--prune-fractions"),
+                    help="fractions of each gradient tensor zeroed by pruning, in [0, 1) (default 0.9)")
+    ar.add_argument("--images", type=_positive_int("--images"), help="test images attacked per model (3)")
+    ar.add_argument("--seeds", type=_int_list("--seeds"), help="training seeds, e.g. 0,1 (default 0)")
+    ar.add_argument("--workers", type=_positive_int("--workers"), default=2,
+                    help="processes computing missing cells (2; the numbers do not depend on it)")
+    ar_cache = ar.add_mutually_exclusive_group()
+    ar_cache.add_argument("--cache", type=Path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
+    ar_cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
+    ar.add_argument("--json", type=Path, required=True, help="write the arena's tidy rows as JSON here")
+    ar.add_argument("--png", type=Path, help="write the heatmaps (one per noise level) as a PNG here")
     return parser
 
 
@@ -423,6 +440,30 @@ def _run_sweep(args) -> dict:
     return out
 
 
+def _run_arena(args) -> dict:
+    from gleak_edu import arena
+
+    if args.noise_levels is not None and min(args.noise_levels) <= 0:
+        raise UsageError("--noise-levels must be > 0 (the 'none' defense is the noise-free column)")
+    if args.prune_fractions is not None and max(args.prune_fractions) >= 1:
+        raise UsageError(f"--prune-fractions must lie in [0, 1), got {max(args.prune_fractions):g}")
+    overrides = {
+        name: value
+        for name, value in (("noise_levels", args.noise_levels), ("prune_fractions", args.prune_fractions),
+                            ("images", args.images), ("seeds", args.seeds))
+        if value is not None
+    }
+    result = arena.arena(cache_dir=args.cache, use_cache=not args.no_cache, progress=sys.stderr.isatty(),
+                         workers=args.workers, **overrides)
+    print(result.table())
+    print(f"{result.computed} cells computed, {result.cached} from the cache")
+    if args.png is not None:
+        from gleak_edu import viz
+
+        _save_figure(viz.arena_heatmap(result, all_levels=True), args.png)
+    return result.to_json()
+
+
 def _parse_history(text: str) -> list[tuple[float, float, int]]:
     segments = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
@@ -560,6 +601,9 @@ def main(argv: list[str] | None = None) -> int:
             _write_json(args.json, out)
         elif args.command == "sweep":
             out = _run_sweep(args)
+            _write_json(args.json, out)
+        elif args.command == "arena":
+            out = _run_arena(args)
             _write_json(args.json, out)
         return 0
     except (UsageError, FileNotFoundError, ValueError, IndexError, ImportError) as exc:

@@ -14,22 +14,24 @@ Results are cached on disk, one JSON file per (defense, noise level, seed)
 cell, named by a SHA-256 of every setting that cell depends on plus the
 versions of gleak_edu, torch and opacus. A file that cannot be read, whose key
 or fields do not match, is recomputed and overwritten (never trusted); writes
-are atomic (a temporary file, then a rename).
+are atomic (a temporary file, then a rename). The cache machinery is shared
+with :mod:`gleak_edu.arena` (:mod:`gleak_edu._cache`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import math
-import os
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
 import torch
+
+from gleak_edu._cache import cell_key, default_cache_dir, read_cell, write_cell
+from gleak_edu._cache import finite as _finite
+from gleak_edu._cache import number as _number
+from gleak_edu._cache import versions as _versions
 
 __all__ = [
     "DEFENSES",
@@ -105,68 +107,27 @@ class PPPSweepSettings:
             raise ValueError(f"success_ssim must lie in (0, 1], got {self.success_ssim}")
 
 
-def default_cache_dir() -> Path:
-    """``$GLEAK_CACHE`` if set, else ``~/.cache/gleak_edu``."""
-    env = os.environ.get("GLEAK_CACHE")
-    return Path(env) if env else Path.home() / ".cache" / "gleak_edu"
-
-
-def _versions() -> dict:
-    import opacus
-
-    import gleak_edu
-
-    return {"gleak_edu": gleak_edu.__version__, "torch": torch.__version__.split("+")[0], "opacus": opacus.__version__}
-
-
 def _cell_key(settings: PPPSweepSettings, defense: str, sigma: float, seed: int) -> tuple[str, dict]:
     spec = dataclasses.asdict(settings)
     for name in ("noise_levels", "seeds"):
         spec.pop(name)
     spec.update(kind="ppp-sweep-cell", defense=defense, sigma=float(sigma), seed=int(seed), versions=_versions())
-    text = json.dumps(spec, sort_keys=True)
-    return hashlib.sha256(text.encode()).hexdigest(), spec
+    return cell_key(spec), spec
+
+
+def _check_cell(result: dict) -> None:
+    missing = [f for f in _CELL_FIELDS if f not in result]
+    if missing or set(result["attacks"]) != set(_ATTACKS):
+        raise ValueError(f"missing fields {missing}")
 
 
 def _read_cell(path: Path, key: str) -> dict | None:
     """The cached cell, or None when the file is missing, unreadable or not this cell's."""
-    if not path.exists():
-        return None
-    try:
-        content = json.loads(path.read_text())
-        if content.get("key") != key:
-            raise ValueError("key mismatch")
-        result = content["result"]
-        missing = [f for f in _CELL_FIELDS if f not in result]
-        if missing or set(result["attacks"]) != set(_ATTACKS):
-            raise ValueError(f"missing fields {missing}")
-        return result
-    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
-        warnings.warn(f"cache file {path} is unreadable or stale ({exc}); recomputing it", stacklevel=3)
-        return None
+    return read_cell(path, key, _check_cell, stacklevel=4)
 
 
 def _write_cell(path: Path, key: str, spec: dict, result: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps({"key": key, "settings": spec, "result": _finite(result)}))
-    os.replace(tmp, path)
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None if math.isnan(obj) else ("inf" if obj > 0 else "-inf")
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _number(v) -> float:
-    if v is None:
-        return math.nan
-    return float(v)  # float("inf") parses the "inf" strings written by _finite
+    write_cell(path, key, spec, result)
 
 
 def victim(settings: PPPSweepSettings, defense: str, seed: int = 0):

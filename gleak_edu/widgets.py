@@ -19,7 +19,7 @@ from gleak_edu.attacks import AttackResult, AttackState, dlg, grnn, idlg
 from gleak_edu.defenses import gaussian_noise, prune_gradients
 
 __all__ = [
-    "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
+    "ArenaPanel", "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
     "TextLiveView", "TextNoisePanel", "Playground", "TEXT_NOISE_LEVELS",
     "NOISE_LEVELS", "PPP_NOISE_LEVELS",
 ]
@@ -656,6 +656,82 @@ class TextNoisePanel(_Panel):
             f"<b>in order {m['order_accuracy']:.0%}</b>" + eps
         )
         return result
+
+
+class ArenaPanel(_Panel):
+    """The defense arena's heatmap with a noise slider, re-drawn from a computed result (nothing is recomputed).
+
+    The slider's stops are the noise levels the result holds
+    (:func:`gleak_edu.arena.arena`); moving it re-renders
+    :func:`gleak_edu.viz.arena_heatmap` at that level. A second slider picks
+    the pruning cell when the result has more than one pruned fraction. Below,
+    a reconstruction strip: pick a defense and an attack to see the attacked
+    images (top) and what the attack made of them at the slider's level
+    (bottom); an impossible pair shows its reason instead.
+
+    Args:
+        result: a :class:`gleak_edu.arena.ArenaResult`.
+        defense, attack: the strip's first choice.
+
+    Attributes: ``widget``, ``noise`` (the slider), ``prune`` (slider or None),
+    ``image`` (the heatmap PNG), ``strip`` (the reconstructions PNG),
+    ``renders`` (how many times the heatmap was drawn), ``last_level``.
+    The handler runs once with the first level when the panel is built.
+    """
+
+    def __init__(self, result, *, defense: str = "ppp", attack: str = "bypass") -> None:
+        from gleak_edu.arena import ATTACK_NAMES, ATTACKS, DEFENSE_NAMES, DEFENSES
+
+        self.result = result
+        self.renders = 0
+        self.last_level: float | None = None
+        w = _widgets()
+        levels = list(result.levels)
+        self.noise = _noise_slider(w, levels, width="460px")
+        fractions = list(result.settings.prune_fractions)
+        self.prune = None
+        if len(fractions) > 1:
+            self.prune = w.SelectionSlider(options=[(f"{v:.0%}", v) for v in fractions], value=fractions[0],
+                                           description="pruned", continuous_update=False, layout=w.Layout(width="300px"))
+        self.defense = w.Dropdown(options=[(DEFENSE_NAMES[d], d) for d in DEFENSES], value=defense, description="defense")
+        self.attack = w.Dropdown(options=[(ATTACK_NAMES[a], a) for a in ATTACKS], value=attack, description="attack")
+        self.image = w.Image(format="png")
+        self.strip = w.Image(format="png")
+        self.caption = w.HTML()
+        controls = {"level": self.noise, "prune_fraction": self.prune if self.prune is not None else w.fixed(fractions[0]),
+                    "defense": self.defense, "attack": self.attack}
+        out = w.interactive_output(self.render, controls)
+        sliders = [self.noise] + ([self.prune] if self.prune is not None else [])
+        self.widget = w.VBox([w.HBox(sliders), self.image, w.HBox([self.defense, self.attack]), self.caption,
+                              self.strip, out])
+
+    def render(self, level: float, prune_fraction: float, defense: str, attack: str) -> None:
+        """Draw the heatmap at ``level`` and the strip of ``attack`` against ``defense`` there."""
+        import matplotlib.pyplot as plt
+
+        from gleak_edu.arena import ATTACK_NAMES, defense_label, impossible
+
+        fig = viz.arena_heatmap(self.result, level, prune_fraction=prune_fraction)
+        self.image.value = viz.fig_png_bytes(fig, dpi=80)
+        plt.close(fig)
+        self.renders += 1
+        self.last_level = float(level)
+        reason = impossible(attack, defense)
+        knob = self.result.knob(defense, level, prune_fraction)
+        if reason is not None:
+            self.caption.value = f"<b>{ATTACK_NAMES[attack]} × {defense_label(defense, knob, self.result.settings)}</b>: n/a, {html.escape(reason)}"
+            self.strip.value = b""
+            return
+        rec = self.result.reconstructions(defense, attack, level, prune_fraction=prune_fraction)
+        row = self.result.row(defense, attack, level, prune_fraction)
+        truth = self.result.test_images
+        grid = torch.cat([torch.cat(list(truth), dim=-1), torch.cat(list(rec), dim=-1)], dim=-2)
+        self.strip.value = viz.png_bytes(grid, scale=3)
+        self.caption.value = (
+            f"<b>{ATTACK_NAMES[attack]} × {defense_label(defense, knob, self.result.settings)}</b>: "
+            f"top the private digits, bottom the reconstructions (first seed) · success {row['success_rate']:.0%}, "
+            f"mean SSIM {row['ssim']:.2f}, PSNR {row['psnr']:.1f} dB"
+        )
 
 
 class Playground(_Panel):

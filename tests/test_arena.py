@@ -1,0 +1,291 @@
+"""The defense arena: tidy rows, impossible cells, the cache, the science on a tiny grid, the CLI and the panel."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+
+from gleak_edu import arena, viz
+
+# Small enough for a unit test: 300 training images, one epoch, a 784-32-32-10 MLP, one attacked digit,
+# few attack steps (Inverting Gradients needs about 60 to recover a digit from this untrained-ish model).
+TINY = dict(noise_levels=(0.01, 3.0), images=1, epochs=1, train_images=300, hidden=(32, 32), bottleneck=16,
+            dlg_iterations=2, ig_iterations=60, grnn_iterations=5)
+N_CELLS = 3 + 4 * 2  # none, pruning, PRECODE once; noise, PPP, DP fixed, DP dynamic at each level
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("arena-cache")
+    return root, arena.arena(cache_dir=root, **TINY)
+
+
+def _numbers(rows):
+    """The rows without their timings (the only fields that vary between identical runs)."""
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+def _copy(root, tmp_path):
+    local = tmp_path / "cache"
+    shutil.copytree(root, local)
+    return local
+
+
+def test_rows_are_tidy_and_complete(tiny):
+    _, result = tiny
+    assert result.computed == N_CELLS and result.cached == 0
+    groups = {(d, lv) for d, lv, _ in arena.cells_of(result.settings)}
+    assert {(r["defense"], r["level"], r["attack"]) for r in result.rows} == {(d, lv, a) for d, lv in groups for a in arena.ATTACKS}
+    assert len(result.rows) == N_CELLS * len(arena.ATTACKS)
+    for r in result.rows:
+        assert 0 <= r["accuracy"] <= 1
+        if r["impossible"] is None:
+            assert 0 <= r["success_rate"] <= 1 and -1 <= r["ssim"] <= 1 and 0 < r["psnr"] <= 100
+            assert (r["label_accuracy"] is None) == (r["attack"] == "analytic")
+        # epsilon exactly for the DP defenses
+        assert (r["epsilon"] is not None) == (r["defense"] in ("dp_fixed", "dp_dynamic"))
+    for r in result.rows:
+        if r["defense"] == "none":
+            assert r["accuracy_cost"] == 0
+    # dynamic DP is attacked at its last, least noisy step
+    dyn = result.row("dp_dynamic", "ig", 3.0)
+    assert dyn["attacked_sigma"] == pytest.approx(3.0 * result.settings.dynamic_end)
+    assert result.row("dp_fixed", "ig", 3.0)["attacked_sigma"] == 3.0
+    assert result.test_images.shape == (1, 1, 28, 28) and result.test_labels.shape == (1,)
+    assert result.reconstructions("ppp", "bypass", 3.0).shape == (1, 1, 28, 28)
+    values, reasons = result.matrix(0.01)
+    assert values.shape == (len(arena.ATTACKS), len(arena.DEFENSES))
+    text = result.table()
+    assert "n/a" in text and "noise σ = 3" in text and "accuracy cost" in text
+    out = result.to_json()
+    json.dumps(out, allow_nan=False)  # JSON-ready
+    assert out["cells_computed"] == N_CELLS and len(out["impossible"]) == 5
+
+
+def test_impossible_cells_have_a_reason_and_no_numbers(tiny):
+    _, result = tiny
+    for a in arena.ATTACKS:
+        for d in arena.DEFENSES:
+            reason = arena.impossible(a, d)
+            assert (reason is not None) == (a == "bypass" and d not in ("precode", "ppp")), (a, d)
+    values, reasons = result.matrix(3.0)
+    for i, a in enumerate(arena.ATTACKS):
+        for j, d in enumerate(arena.DEFENSES):
+            row = result.row(d, a, 3.0)
+            if reasons[i][j] is not None:
+                assert "Inverting Gradients" in reasons[i][j] and math.isnan(values[i, j])
+                assert all(row[k] is None for k in ("success_rate", "ssim", "psnr", "label_accuracy"))
+                assert a not in result.cells[(d, result.knob(d, 3.0), 0)]["attacks"]  # never run
+            else:
+                assert not math.isnan(values[i, j])
+    with pytest.raises(ValueError, match="bypass would match all layers"):
+        result.reconstructions("none", "bypass")
+    with pytest.raises(ValueError, match="attack must be one of"):
+        arena.impossible("fgsm", "none")
+    with pytest.raises(ValueError, match="defense must be one of"):
+        arena.impossible("dlg", "dropout")
+
+
+def test_science_on_a_tiny_grid(tiny):
+    _, result = tiny
+    analytic = result.row("none", "analytic")
+    assert analytic["success_rate"] == 1.0 and analytic["psnr"] > 70  # exact up to rounding
+    assert result.row("precode", "analytic")["success_rate"] == 1.0  # the first layer sits before the bottleneck
+    assert result.row("none", "ig")["success_rate"] == 1.0
+    assert result.row("precode", "bypass")["success_rate"] == 1.0
+    for d in ("noise", "ppp", "dp_fixed", "dp_dynamic"):
+        for a in ("ig", "analytic") + (("bypass",) if d == "ppp" else ()):
+            assert result.row(d, a, 3.0)["success_rate"] == 0.0, (d, a)
+    eps = result.row("dp_fixed", "ig", 3.0)["epsilon"]
+    assert 0 < eps < result.row("dp_fixed", "ig", 0.01)["epsilon"]  # more noise, smaller epsilon
+
+
+def test_each_defense_reaches_the_shared_gradient():
+    import torch
+
+    from gleak_edu import fl, sweeps
+    from gleak_edu.defenses import deterministic_parameters
+
+    settings = arena.ArenaSettings(**TINY)
+    torch.manual_seed(0)
+    x, y = torch.rand(1, 1, 28, 28), torch.tensor([3])
+
+    def shared(defense, level, attacked=None):
+        model = sweeps.victim(settings, defense, seed=0).train()
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            clean = fl.client_gradient(model, x, y)
+        with torch.random.fork_rng():
+            torch.manual_seed(7)
+            out = arena._shared(settings, defense, level, level if attacked is None else attacked, model, x, y, 7)
+        return clean, out, model
+
+    clean, out, _ = shared("none", 0.0)
+    assert all(torch.equal(clean[n], out[n]) for n in clean)
+    clean, out, _ = shared("pruning", 0.9)
+    assert all(int((out[n] == 0).sum()) >= int(0.9 * out[n].numel()) for n in out)
+    clean, out, _ = shared("noise", 0.5)
+    diff = torch.cat([(out[n] - clean[n]).reshape(-1) for n in out])
+    assert float(diff.std()) == pytest.approx(0.5, rel=0.05)  # absolute std sigma, no clipping
+    clean, out, model = shared("ppp", 0.5)
+    scope = set(deterministic_parameters(model))
+    assert all(torch.equal(clean[n], out[n]) for n in out if n not in scope)  # PPP leaves the rest alone
+    assert all(not torch.equal(clean[n], out[n]) for n in scope)
+    clean, out, _ = shared("dp_fixed", 0.5)
+    norm = float(torch.sqrt(sum(g.pow(2).sum() for g in clean.values())))
+    factor = min(1.0, 1.0 / norm)  # clipped to C = 1, then noise of std sigma C
+    diff = torch.cat([(out[n] - factor * clean[n]).reshape(-1) for n in out])
+    assert float(diff.std()) == pytest.approx(0.5, rel=0.05)
+
+
+def test_cache_is_reused_then_invalidated_cell_by_cell(tiny, tmp_path):
+    root, first = tiny
+    local = _copy(root, tmp_path)
+    again = arena.arena(cache_dir=local, **TINY)
+    assert again.cached == N_CELLS and again.computed == 0
+    assert again.rows == first.rows  # read back: identical, timings too
+    # a pruning fraction concerns the pruning cell only, the dynamic schedule's end only dp_dynamic
+    changed = arena.arena(cache_dir=local, **{**TINY, "prune_fractions": (0.5,), "dynamic_end": 0.5})
+    assert changed.computed == 1 + 2 and changed.cached == N_CELLS - 3
+    # load-only: what the notebook does to read the command's full grid
+    assert arena.arena(cache_dir=local, compute=False, **TINY).cached == N_CELLS
+    with pytest.raises(LookupError, match="gleak arena"):
+        arena.arena(cache_dir=tmp_path / "empty", compute=False, **TINY)
+
+
+def test_a_new_version_invalidates_the_cache(monkeypatch):
+    import gleak_edu
+    from gleak_edu._cache import cell_key
+
+    settings = arena.ArenaSettings(**TINY)
+    old = cell_key(arena._cell_spec(settings, "none", 0.0, 0))
+    monkeypatch.setattr(gleak_edu, "__version__", gleak_edu.__version__ + ".dev1")
+    assert cell_key(arena._cell_spec(settings, "none", 0.0, 0)) != old
+
+
+@pytest.mark.parametrize("damage", ["garbage", "wrong key", "missing attack"])
+def test_a_corrupt_cache_file_warns_and_is_recomputed(tiny, tmp_path, damage):
+    from gleak_edu._cache import cell_key
+
+    root, first = tiny
+    local = _copy(root, tmp_path)
+    key = cell_key(arena._cell_spec(arena.ArenaSettings(**TINY), "none", 0.0, 0))
+    path = local / f"arena-{key[:24]}.json"
+    content = json.loads(path.read_text())
+    if damage == "garbage":
+        path.write_bytes(b"\x00\xffnot json")
+    elif damage == "wrong key":
+        content["key"] = "0" * 64
+        content["result"]["accuracy"] = 1.0  # a forged result must not be used
+        path.write_text(json.dumps(content))
+    else:
+        del content["result"]["attacks"]["ig"]
+        path.write_text(json.dumps(content))
+    with pytest.warns(UserWarning, match="recomputing"):
+        result = arena.arena(cache_dir=local, **TINY)
+    assert result.computed == 1 and result.cached == N_CELLS - 1
+    assert _numbers(result.rows) == _numbers(first.rows)  # recomputed, deterministic
+    assert json.loads(path.read_text())["key"] == key  # repaired on disk
+
+
+def test_workers_give_the_same_numbers(tiny, tmp_path):
+    from gleak_edu._cache import cell_key
+
+    root, first = tiny
+    local = _copy(root, tmp_path)
+    settings = arena.ArenaSettings(**TINY)
+    for cell in (("pruning", 0.9, 0), ("noise", 0.01, 0)):  # cheap cells: no Opacus in the workers
+        (local / f"arena-{cell_key(arena._cell_spec(settings, *cell))[:24]}.json").unlink()
+    result = arena.arena(cache_dir=local, workers=2, **TINY)
+    assert result.computed == 2 and _numbers(result.rows) == _numbers(first.rows)
+
+
+def test_settings_are_checked():
+    for bad, match in [
+        (dict(noise_levels=()), "noise_levels"), (dict(noise_levels=(0.0,)), "noise_levels"),
+        (dict(noise_levels=(1.0, 1.0)), "repeat"), (dict(prune_fractions=(1.0,)), "prune_fractions"),
+        (dict(seeds=()), "seeds"), (dict(images=0), "images"), (dict(dynamic_end=0.0), "dynamic_end"),
+        (dict(dynamic_schedule="fixed"), "dynamic_schedule"), (dict(success_ssim=1.5), "success_ssim"),
+        (dict(train_images=0), "train_images"), (dict(clip=-1.0), "clip"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            arena.ArenaSettings(**bad)
+    with pytest.raises(ValueError, match="unknown arena settings"):
+        arena.arena(noise_level=(1.0,))
+    with pytest.raises(ValueError, match="defense must be one of"):
+        arena.arena_cell(arena.ArenaSettings(), "dropout", 0.0, 0)
+    with pytest.raises(ValueError, match="workers"):
+        arena.arena(workers=0)
+
+
+def test_heatmap_and_panel_render_from_the_result(tiny):
+    import matplotlib.pyplot as plt
+
+    from gleak_edu import widgets
+
+    _, result = tiny
+    fig = viz.arena_heatmap(result, 3.0)
+    texts = [t.get_text().replace("\n", " ") for ax in fig.axes for t in ax.texts]
+    texts += [t.get_text().replace("\n", " ") for t in fig.texts]
+    assert sum(t == "n/a" for t in texts) == 5
+    assert any("no PRECODE bottleneck" in t for t in texts) and any("ε = " in t for t in texts)
+    plt.close(fig)
+    with pytest.raises(ValueError, match="not in this arena's grid"):
+        viz.arena_heatmap(result, 0.5)
+    panel = widgets.ArenaPanel(result)
+    assert panel.renders == 1 and panel.last_level == 0.01  # the handler ran once with the first level
+    first_png = panel.image.value
+    assert first_png[:8] == b"\x89PNG\r\n\x1a\n" and "bypass" in panel.caption.value.lower()
+    panel.noise.value = 3.0  # moving the slider re-renders from the stored cells
+    assert panel.renders == 2 and panel.last_level == 3.0 and panel.image.value != first_png
+    panel.defense.value = "none"  # an impossible pair shows its reason, no images
+    assert "n/a" in panel.caption.value and panel.strip.value == b""
+
+
+def test_arena_command_writes_json_and_png_from_the_cache(tiny, tmp_path, capsys, monkeypatch):
+    import functools
+
+    from gleak_edu import cli
+
+    root, first = tiny
+    # the command's victim is the default MLP; run it on the tiny recipe (same cells as the fixture)
+    monkeypatch.setattr(arena, "arena", functools.partial(arena.arena, **TINY))
+    out, png = tmp_path / "a.json", tmp_path / "a.png"
+    args = ["arena", "--noise-levels", "0.01,3", "--images", "1", "--seeds", "0", "--workers", "1",
+            "--cache", str(root), "--json", str(out), "--png", str(png)]
+    assert cli.main(args) == 0
+    res = json.loads(out.read_text())
+    assert res["cells_cached"] == N_CELLS and res["cells_computed"] == 0
+    assert res["settings"]["noise_levels"] == [0.01, 3.0] and len(res["rows"]) == len(first.rows)
+    assert {(i["attack"], i["defense"]) for i in res["impossible"]} == {
+        ("bypass", d) for d in ("none", "noise", "pruning", "dp_fixed", "dp_dynamic")}
+    assert png.stat().st_size > 20_000
+    printed = capsys.readouterr().out
+    assert "n/a" in printed and f"0 cells computed, {N_CELLS} from the cache" in printed
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--noise-levels", "0,1"], "--noise-levels must be > 0"),
+    (["--noise-levels", "1,-2"], "--noise-levels must be a finite number >= 0"),
+    (["--prune-fractions", "1"], "--prune-fractions must lie in [0, 1)"),
+    (["--seeds", "a"], "--seeds must be whole numbers"),
+    (["--images", "0"], "--images must be at least 1"),
+    (["--workers", "0"], "--workers must be at least 1"),
+])
+def test_arena_command_bad_input(extra, message, tmp_path, capsys):
+    from gleak_edu import cli
+
+    assert cli.main(["arena", *extra, "--json", str(tmp_path / "x.json")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+    assert not (tmp_path / "x.json").exists()
+
+
+def test_arena_command_needs_json(capsys):
+    from gleak_edu import cli
+
+    assert cli.main(["arena"]) == 2
+    assert "--json" in capsys.readouterr().err
