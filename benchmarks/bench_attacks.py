@@ -633,7 +633,7 @@ def warm_up(case: str, variant: str, photo_index: int, quick: bool, ref_threads:
     if case == "restarts":
         attack, k = variant.split("-r")
         if batched_restarts_available():
-            run_restarts(attack, int(k), 12345, photo_index, 2)
+            run_restarts(attack, int(k.removesuffix("full")), 12345, photo_index, 2, halving=not k.endswith("full"))
         return
     run_case(case, variant, 12345, photo_index, quick=quick, iterations=3 if case != "analytic" else 20,
              target_db=math.inf if case != "analytic" else None, threads=ref_threads)

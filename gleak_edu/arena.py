@@ -586,21 +586,21 @@ class ArenaResult:
         """The noise levels of the grid."""
         return self.settings.noise_levels
 
-    def _level(self, level: float | None) -> float:
-        if level is None:
-            return self.settings.noise_levels[0]
-        for v in self.settings.noise_levels:
-            if math.isclose(float(level), v, rel_tol=1e-9):
+    @staticmethod
+    def _pick(value: float | None, grid: tuple[float, ...], what: str) -> float:
+        """The grid's value equal to ``value`` (the first one for None); ValueError if it is not in the grid."""
+        if value is None:
+            return grid[0]
+        for v in grid:
+            if math.isclose(float(value), v, rel_tol=1e-9):
                 return v
-        raise ValueError(f"noise level {level} is not in this arena's grid {self.settings.noise_levels}")
+        raise ValueError(f"{what} {value} is not in this arena's grid {grid}")
+
+    def _level(self, level: float | None) -> float:
+        return self._pick(level, self.settings.noise_levels, "noise level")
 
     def _prune(self, fraction: float | None) -> float:
-        if fraction is None:
-            return self.settings.prune_fractions[0]
-        for v in self.settings.prune_fractions:
-            if math.isclose(float(fraction), v, rel_tol=1e-9):
-                return v
-        raise ValueError(f"pruned fraction {fraction} is not in this arena's grid {self.settings.prune_fractions}")
+        return self._pick(fraction, self.settings.prune_fractions, "pruned fraction")
 
     def knob(self, defense: str, level: float | None = None, prune_fraction: float | None = None) -> float:
         """The level of ``defense``'s cells at noise level ``level`` (pruning: its fraction; none/PRECODE: 0)."""

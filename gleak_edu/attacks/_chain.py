@@ -310,13 +310,21 @@ def matching_fn(
     if fast is not None:
         def program(x: torch.Tensor, soft: torch.Tensor) -> list:
             return fast(x, soft, fuse=True)
-    else:  # one restart: autograd's double backward (cheaper than vmap's for one group)
-        single, many = autograd_gradient_fn(model), vmap_gradient_fn(model)
+    else:  # one restart: autograd's double backward of the selected parameters only (cheaper than vmap's)
+        many = vmap_gradient_fn(model)
+        params = [p for p in model.parameters() if p.requires_grad]
+        chosen = [i for i, t in enumerate(target) if t is not None]
 
         def program(x: torch.Tensor, soft: torch.Tensor) -> list:
-            if x.shape[0] == 1:
-                return [g[None] for g in single(x[0], soft[0])]
-            return many(x, soft)
+            if x.shape[0] != 1:
+                return many(x, soft)
+            out = model(x[0])
+            loss = torch.sum(-soft[0] * F.log_softmax(out, dim=-1)) / x.shape[1]
+            grads = torch.autograd.grad(loss, [params[i] for i in chosen], create_graph=True)
+            parts: list = [None] * len(params)
+            for i, g in zip(chosen, grads):
+                parts[i] = g[None]
+            return parts
     pick = [i for i, t in enumerate(target) if t is not None]
     if not pick:
         raise ValueError("no parameter selected for matching")

@@ -265,7 +265,7 @@ _FAST_DEPTH = 0
 
 
 @contextlib.contextmanager
-def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[None]:
+def fast_attack_mode(model: nn.Module, num_threads: int | str | None = 1) -> Iterator[None]:
     """Hot-path settings for an attack loop, undone on exit.
 
     - flush denormal floats to zero (late iterations near zero loss otherwise
@@ -273,7 +273,9 @@ def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[
     - run plain 2-D convolutions as im2col + matmul (identical values; their
       double backward is 2-3x cheaper than the convolution kernels' on a CPU);
     - use ``num_threads`` intra-op threads (1 is fastest for the course's tiny
-      models on a 2-core CPU; None leaves the setting alone).
+      models on a 2-core CPU; None leaves the setting alone; "auto": 1 for a
+      model the chain program handles, torch's setting for any other, whose
+      double backward through autograd gains from more threads).
     """
     old_threads = torch.get_num_threads()
     patched = []
@@ -291,6 +293,10 @@ def fast_attack_mode(model: nn.Module, num_threads: int | None = 1) -> Iterator[
     global _FAST_DEPTH
     _FAST_DEPTH += 1
     torch.set_flush_denormal(True)
+    if num_threads == "auto":
+        from gleak_edu.attacks._chain import chain_gradient_fn
+
+        num_threads = 1 if chain_gradient_fn(model) is not None else None
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
     try:

@@ -68,7 +68,7 @@ def inverting_gradients(
     callback_every: int = 50,
     metrics_every: int = 100,
     progress: bool = False,
-    num_threads: int | None = 1,
+    num_threads: int | str | None = "auto",
 ) -> AttackResult:
     """Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching with a TV prior.
 
@@ -97,6 +97,10 @@ def inverting_gradients(
         successive_halving: with several restarts, keep the better half (by
             current matching loss) after 1/2^H, ..., 1/4, 1/2 of the steps, as
             for :func:`gleak_edu.attacks.dlg`; False runs all to the end.
+        num_threads: intra-op threads during the attack; "auto" (default): 1
+            where the chain program computes the gradients (the course's small
+            models), torch's own setting otherwise (PRECODE models go through
+            autograd, whose double backward gains from a second thread).
         Others: as for :func:`gleak_edu.attacks.dlg`.
 
     Returns:
