@@ -95,7 +95,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     att.add_argument(
         "--no-halving", action="store_true",
-        help="run every restart to the end (default: successive halving keeps the better half at 1/8, 1/4, 1/2 of the budget)",
+        help="run every restart to the end (default: successive halving keeps the better half at 1/16, 1/8, 1/4 of the budget)",
     )
     att.add_argument("--retries", type=int, default=10, help="dlg/idlg: fresh starts after a failed run, within the budget (0: plain recipe)")
     att.add_argument("--noise", type=_nonneg_float("--noise"), default=0.0, help="Gaussian noise std on the shared gradient")

@@ -66,9 +66,9 @@ def test_batched_lbfgs_frozen_rows_stay_put_and_reset_forgets():
 
 def test_halving_points():
     assert halving_points(1, 100) == []
-    assert halving_points(2, 100) == [50]
-    assert halving_points(8, 100) == [13, 25, 50]
-    assert halving_points(8, 4) == [1, 2]
+    assert halving_points(2, 100) == [25]
+    assert halving_points(8, 100) == [7, 13, 25]
+    assert halving_points(8, 4) == [1]
 
 
 # ------------------------------------------------------------------ vectorised gradients
@@ -172,7 +172,7 @@ def test_more_restarts_find_a_lower_loss_than_restart_zero_alone(lenet_case):
     dropped = [r for r in eight.per_restart if "successive halving" in r["ended"]]
     assert len(dropped) == 7  # 8 -> 4 -> 2 -> 1
     at = sorted(int(r["ended"].split()[3]) for r in dropped)
-    assert at == [5, 5, 5, 5, 10, 10, 20]  # halving_points(8, 40)
+    assert at == [3, 3, 3, 3, 5, 5, 10]  # halving_points(8, 40)
 
 
 def test_ig_restart_zero_is_the_single_run(lenet_case):

@@ -208,15 +208,17 @@ class RestartBook:
 def halving_points(restarts: int, iterations: int) -> list[int]:
     """Iterations after which successive halving keeps the better half of the restarts still running.
 
-    ``H = ceil(log2 R)`` halvings, after ``T/2^H, ..., T/4, T/2`` of the budget T
-    (Jamieson & Talwalkar 2016, on a fixed budget): 8 restarts run 8 -> 4 -> 2
-    -> 1 after T/8, T/4 and T/2, which costs about 2.5 single runs of
-    iterations, done as batched evaluations. Empty for one restart.
+    ``H = ceil(log2 R)`` halvings, after ``T/2^(H+1), ..., T/8, T/4`` of the
+    budget T (successive halving on a fixed budget, Karnin et al. 2013;
+    Jamieson & Talwalkar 2016): 8 restarts run 8 -> 4 -> 2 -> 1 after T/16,
+    T/8 and T/4, about 1.75 single runs of iterations, done as batched
+    evaluations. Bad starts show early (DLG's explode or stall within a few
+    iterations), so the first cut comes early. Empty for one restart.
     """
     if restarts <= 1:
         return []
     h = math.ceil(math.log2(restarts))
-    points = sorted({max(1, math.ceil(iterations / 2**j)) for j in range(1, h + 1)})
+    points = sorted({max(1, math.ceil(iterations / 2**j)) for j in range(2, h + 2)})
     return [p for p in points if p < iterations]
 
 

@@ -284,10 +284,10 @@ def dlg(
             ``per_restart`` reports each one. A restart that has converged or
             failed is frozen while the others go on.
         successive_halving: with several restarts, keep only the better half
-            (by matching loss so far) after 1/2^H, ..., 1/4, 1/2 of the
-            iterations, H = ceil(log2 restarts) (Jamieson & Talwalkar 2016):
-            8 restarts cost about 2.5 single runs' iterations, in batched
-            evaluations. False runs every restart to the end.
+            (by matching loss so far) after 1/2^(H+1), ..., 1/8, 1/4 of the
+            iterations, H = ceil(log2 restarts) (successive halving, see
+            ``halving_points``): 8 restarts cost about 1.75 single runs'
+            iterations, in batched evaluations. False runs every restart to the end.
         retries: how many times a failed run may start again from a fresh
             random dummy, within the same ``iterations`` budget (per restart).
             A run counts as failed when its loss becomes non-finite, explodes

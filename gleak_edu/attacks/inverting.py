@@ -95,7 +95,7 @@ def inverting_gradients(
         restarts: independent restarts, run together (best by final matching
             loss; ``result.per_restart`` reports each one's loss, PSNR, SSIM).
         successive_halving: with several restarts, keep the better half (by
-            current matching loss) after 1/2^H, ..., 1/4, 1/2 of the steps, as
+            current matching loss) after 1/2^(H+1), ..., 1/8, 1/4 of the steps, as
             for :func:`gleak_edu.attacks.dlg`; False runs all to the end.
         num_threads: intra-op threads during the attack; "auto" (default): 1
             where the chain program computes the gradients (the course's small
