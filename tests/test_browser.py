@@ -14,6 +14,7 @@ message saying so. Every wait is bounded and the server is always stopped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -98,52 +99,59 @@ def _psnr(text: str) -> float:
     return float(m.group(1))
 
 
-def test_noise_slider_updates_the_live_reconstruction(lab):
+@contextlib.contextmanager
+def _browser_page(width: int, height: int, timeout_ms: int):
+    """A page of headless Chromium (closed on exit, whatever happens); ARTIFACTS exists."""
     from playwright.sync_api import sync_playwright
 
-    base, token = lab
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
         try:
-            page = browser.new_page(viewport={"width": 1400, "height": 1000})
-            page.set_default_timeout(60_000)
-            page.goto(f"{base}/lab/tree/01_dlg_idlg.ipynb?token={token}")
-            page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
-            page.get_by_role("menuitem", name="Run", exact=True).click()
-            page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
-            # the noise panel: the output that holds the "noise σ" slider and a PSNR summary
-            panel = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider", has_text="noise σ")).first
-            panel.wait_for(timeout=150_000)
-            summary = panel.locator(".widget-html", has_text="noise σ =").first
-            summary.wait_for(timeout=150_000)
-            page.wait_for_function("el => /PSNR/.test(el.textContent)", arg=summary.element_handle(), timeout=150_000)
-            # every cell done (no "[*]" prompt left), so the slider's message is not queued behind later cells
-            page.wait_for_function(
-                "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].every(p => /\\[\\d+\\]/.test(p.textContent))",
-                timeout=150_000,
-            )
-            images = panel.locator("img")
-            assert images.count() >= 2, "the live view should show the original and the reconstruction"
-            recon = images.nth(images.count() - 1)
-            before_src, before_psnr = recon.get_attribute("src"), _psnr(summary.inner_text())
-            assert before_src and recon.evaluate("img => img.naturalWidth") > 0
-            handle = panel.locator(".widget-slider", has_text="noise σ").locator(".noUi-handle").first
-            handle.focus()
-            page.keyboard.press("End")  # the top stop; continuous_update=False: the value is sent on release
-            released = time.monotonic()
-            page.wait_for_function("([img, src]) => img.getAttribute('src') !== src", arg=[recon.element_handle(), before_src],
-                                   timeout=30_000, polling=20)
-            first_frame = time.monotonic() - released
-            page.wait_for_function("el => /noise σ = 0\\.1[^0-9]/.test(el.textContent) && /PSNR/.test(el.textContent)",
-                                   arg=summary.element_handle(), timeout=120_000)
-            after_psnr = _psnr(summary.inner_text())
-            page.screenshot(path=str(ARTIFACTS / "notebook01.png"), full_page=False)
-            (ARTIFACTS / "timing.json").write_text(json.dumps({"release_to_first_frame_s": first_frame,
-                                                               "psnr_before": before_psnr, "psnr_after": after_psnr}))
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(timeout_ms)
+            yield page
         finally:
             browser.close()
+
+
+def test_noise_slider_updates_the_live_reconstruction(lab):
+    base, token = lab
+    with _browser_page(1400, 1000, 60_000) as page:
+        page.goto(f"{base}/lab/tree/01_dlg_idlg.ipynb?token={token}")
+        page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
+        page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
+        page.get_by_role("menuitem", name="Run", exact=True).click()
+        page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
+        # the noise panel: the output that holds the "noise σ" slider and a PSNR summary
+        panel = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider", has_text="noise σ")).first
+        panel.wait_for(timeout=150_000)
+        summary = panel.locator(".widget-html", has_text="noise σ =").first
+        summary.wait_for(timeout=150_000)
+        page.wait_for_function("el => /PSNR/.test(el.textContent)", arg=summary.element_handle(), timeout=150_000)
+        # every cell done (no "[*]" prompt left), so the slider's message is not queued behind later cells
+        page.wait_for_function(
+            "() => [...document.querySelectorAll('.jp-CodeCell .jp-InputPrompt')].every(p => /\\[\\d+\\]/.test(p.textContent))",
+            timeout=150_000,
+        )
+        images = panel.locator("img")
+        assert images.count() >= 2, "the live view should show the original and the reconstruction"
+        recon = images.nth(images.count() - 1)
+        before_src, before_psnr = recon.get_attribute("src"), _psnr(summary.inner_text())
+        assert before_src and recon.evaluate("img => img.naturalWidth") > 0
+        handle = panel.locator(".widget-slider", has_text="noise σ").locator(".noUi-handle").first
+        handle.focus()
+        page.keyboard.press("End")  # the top stop; continuous_update=False: the value is sent on release
+        released = time.monotonic()
+        page.wait_for_function("([img, src]) => img.getAttribute('src') !== src", arg=[recon.element_handle(), before_src],
+                               timeout=30_000, polling=20)
+        first_frame = time.monotonic() - released
+        page.wait_for_function("el => /noise σ = 0\\.1[^0-9]/.test(el.textContent) && /PSNR/.test(el.textContent)",
+                               arg=summary.element_handle(), timeout=120_000)
+        after_psnr = _psnr(summary.inner_text())
+        page.screenshot(path=str(ARTIFACTS / "notebook01.png"), full_page=False)
+        (ARTIFACTS / "timing.json").write_text(json.dumps({"release_to_first_frame_s": first_frame,
+                                                           "psnr_before": before_psnr, "psnr_after": after_psnr}))
     print(f"slider release -> first updated frame: {first_frame:.3f} s; PSNR {before_psnr:.1f} -> {after_psnr:.1f} dB")
     assert after_psnr < before_psnr - 5, (before_psnr, after_psnr)
     assert first_frame < 1.0, f"the first updated frame took {first_frame:.2f} s after the release"
@@ -169,24 +177,15 @@ def voila_app(tmp_path_factory):
 
 
 def test_playground_app_shows_a_reconstruction_soon_after_run(voila_app):
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox", "--disable-gpu"])
-        try:
-            page = browser.new_page(viewport={"width": 1200, "height": 900})
-            page.set_default_timeout(90_000)
-            page.goto(voila_app)
-            button = page.get_by_role("button", name=re.compile("run the attack"))
-            button.wait_for(timeout=90_000)
-            button.click()
-            clicked = time.monotonic()
-            page.wait_for_selector("img >> nth=1", timeout=30_000)  # the live view: original and reconstruction
-            first = time.monotonic() - clicked
-            page.wait_for_function("() => /PSNR [\\d.]+ dB, SSIM/.test(document.body.innerText)", timeout=60_000)
-            page.screenshot(path=str(ARTIFACTS / "playground.png"))
-        finally:
-            browser.close()
+    with _browser_page(1200, 900, 90_000) as page:
+        page.goto(voila_app)
+        button = page.get_by_role("button", name=re.compile("run the attack"))
+        button.wait_for(timeout=90_000)
+        button.click()
+        clicked = time.monotonic()
+        page.wait_for_selector("img >> nth=1", timeout=30_000)  # the live view: original and reconstruction
+        first = time.monotonic() - clicked
+        page.wait_for_function("() => /PSNR [\\d.]+ dB, SSIM/.test(document.body.innerText)", timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "playground.png"))
     print(f"playground: run clicked -> first reconstruction frame {first:.2f} s")
     assert first < 30.0

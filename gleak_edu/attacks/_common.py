@@ -134,10 +134,8 @@ def check_restarts(restarts: int, retries: int = 0) -> tuple[int, int]:
 class RestartBook:
     """Per-restart bookkeeping of a vectorised attack: each restart's best loss and iterate, retries, how it ended."""
 
-    def __init__(self, restarts: int, n_image: int, batch: int) -> None:
+    def __init__(self, restarts: int) -> None:
         self.R = restarts
-        self.n_image = n_image
-        self.batch = batch
         self.best_loss = torch.full((restarts,), math.inf, dtype=torch.float64)
         self.best_z: torch.Tensor | None = None
         self.retries = torch.zeros(restarts, dtype=torch.long)

@@ -103,7 +103,7 @@ def _run(
     if truth is not None and tuple(truth.shape) != (b, c, h, w):
         raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
     check_num_classes(model, num_classes)
-    _params_and_target(model, shared)  # checks the shared gradient against the model
+    check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     k = int(num_classes)
     nx = b * c * h * w
@@ -116,7 +116,7 @@ def _run(
     rec = Recorder(attack, truth, callback, callback_every, metrics_every, progress, iterations)
     terms = matching_fn(model, [shared[n] for n in names])  # all restarts in one vectorised evaluation
     one_hot = None if joint else F.one_hot(fixed_labels, k).to(torch.float32)
-    book = RestartBook(R, nx, b)
+    book = RestartBook(R)
     ids = torch.arange(R)  # the restarts still running, in row order
     halve_at = halving_points(R, iterations) if successive_halving else []
 

@@ -72,9 +72,16 @@ class GRNNGenerator(nn.Module):
         return img, F.softmax(self.label(z), dim=-1)
 
 
-def total_variation(x: torch.Tensor) -> torch.Tensor:
-    """Anisotropic total variation: mean |x[..., i+1, :] - x[..., i, :]| + mean |x[..., j+1] - x[..., j]|."""
-    return (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., :, 1:] - x[..., :, :-1]).abs().mean()
+def total_variation(x: torch.Tensor, per_first: bool = False) -> torch.Tensor:
+    """Anisotropic total variation: mean |x[..., i+1, :] - x[..., i, :]| + mean |x[..., j+1] - x[..., j]|.
+
+    ``per_first``: one value per entry of the first dimension (shape ``[x.shape[0]]``),
+    e.g. per restart of ``[R, B, C, H, W]``; otherwise a scalar over everything.
+    """
+    dh, dw = (x[..., 1:, :] - x[..., :-1, :]).abs(), (x[..., :, 1:] - x[..., :, :-1]).abs()
+    if per_first:
+        return dh.flatten(1).mean(1) + dw.flatten(1).mean(1)
+    return dh.mean() + dw.mean()
 
 
 def grnn(

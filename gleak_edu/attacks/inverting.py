@@ -28,7 +28,8 @@ from gleak_edu.attacks._common import (
     fast_attack_mode,
     halving_points,
 )
-from gleak_edu.attacks.dlg import _params_and_target, idlg_label
+from gleak_edu.attacks.dlg import idlg_label
+from gleak_edu.fl import check_shared
 from gleak_edu.attacks.grnn import total_variation
 from gleak_edu.models import output_layer
 
@@ -116,7 +117,7 @@ def inverting_gradients(
     restarts = check_restarts(restarts)[0]
     if iterations < 1 or not lr > 0 or tv_weight < 0:
         raise ValueError("iterations must be >= 1, lr > 0 and tv_weight >= 0")
-    _params_and_target(model, shared)  # checks the shared gradient against the model
+    check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     selected = list(names) if layers is None else list(layers)
     unknown = [n for n in selected if n not in names]
@@ -139,7 +140,7 @@ def inverting_gradients(
     terms = matching_fn(model, [shared[n] if n in selected else None for n in names])
     target_norm = math.sqrt(terms.target_sq_norm)
     soft = F.one_hot(labels, num_classes).to(torch.float32)
-    book = RestartBook(R, b * c * h * w, b)
+    book = RestartBook(R)
     ids = torch.arange(R)
     it = 0
     message = f"{R} restart(s) of {iterations} steps"
@@ -151,7 +152,7 @@ def inverting_gradients(
             n = x.shape[0]
             _, gg, gt = terms(x, soft.expand(n, b, num_classes))
             cos = 1 - gt / (gg.sqrt() * target_norm + 1e-12)
-            tv = torch.stack([total_variation(x[r]) for r in range(n)]) if n > 1 else total_variation(x[0])[None]
+            tv = total_variation(x, per_first=True)
             objective = cos.float() + tv_weight * tv
             (gx,) = torch.autograd.grad(objective.sum(), x)
             rec.evaluations += 1
