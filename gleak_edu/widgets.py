@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gleak_edu import fl, metrics, viz
-from gleak_edu.attacks import AttackResult, AttackState, dlg, grnn, idlg
+from gleak_edu.attacks import AttackInterrupted, AttackResult, AttackState, CallbackError, dlg, grnn, idlg
 from gleak_edu.defenses import gaussian_noise, prune_gradients
 
 __all__ = [
@@ -771,7 +771,7 @@ class Playground(_Panel):
         self.button = w.Button(description="run the attack", button_style="danger", icon="play")
         self.status = w.HTML("pick an image, an attack and a defense, then run")
         self.view_box = w.VBox()
-        self.button.on_click(lambda _b: self.run())
+        self.button.on_click(lambda _b: self._clicked())
         self.upload.observe(self._uploaded, names="value")
         self.image.observe(lambda change: self._pick(change["new"]), names="value")
         controls = w.VBox([w.HBox([self.image, self.upload]), w.HBox([self.attack, self.iterations]), self.defense,
@@ -784,32 +784,76 @@ class Playground(_Panel):
     def _uploaded(self, change) -> None:
         files = change["new"]
         if files:
-            item = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
-            self.load_bytes(bytes(item["content"]), item.get("name", "upload"))
+            try:  # ipywidgets 8 sends a tuple of dicts, ipywidgets 7 a dict of dicts
+                item = files[0] if isinstance(files, (list, tuple)) else next(iter(files.values()))
+                content, name = bytes(item["content"]), str(item.get("name", "upload"))
+            except Exception as exc:  # noqa: BLE001 - an upload the widget could not hand over
+                self._error(f"could not read the upload: {exc.__class__.__name__}: {exc}")
+                return
+            self.load_bytes(content, name)
 
     def load_bytes(self, content: bytes, name: str = "upload") -> None:
-        """Use an uploaded image (PNG/JPEG bytes), resized to 32x32; a bad file is reported in the status line."""
-        import tempfile
-        from pathlib import Path
+        """Use an uploaded image (PNG/JPEG bytes), resized to 32x32; a bad file is reported in the status line.
 
+        Decoded by :func:`gleak_edu.data.load_image_bytes`, the same code path as
+        image files: an unreadable file, one over the pixel limit or one that
+        decodes to NaN leaves the current image in place and says why.
+        """
         from gleak_edu import data
 
-        with tempfile.TemporaryDirectory() as tmp:
-            path = Path(tmp) / (Path(name).name or "upload")
-            path.write_bytes(content)
-            try:
-                self.x = data.load_image(path, size=32, channels=3)
-            except (ValueError, FileNotFoundError):
-                self.status.value = (f"<span style='color:#b03a2e'>could not use {html.escape(name)}: "
-                                     "not a readable image file (upload a PNG or JPEG)</span>")
-                return
+        try:
+            x = data.load_image_bytes(content, size=32, channels=3, name=name)
+        except (ValueError, TypeError) as exc:
+            self._error(f"could not use {name}: {exc}")
+            return
+        except MemoryError:
+            self._error(f"could not use {name}: it is too large to decode in memory; downsize the photo")
+            return
+        self.x = x
         self.status.value = f"using the uploaded image {html.escape(name)}"
 
+    def _error(self, message: str) -> None:
+        self.status.value = f"<span style='color:#b03a2e'>{html.escape(message)}</span>"
+
+    def _clicked(self) -> None:
+        try:
+            self.run()
+        except Exception:  # noqa: BLE001 - run() has put the error in the status line
+            pass
+
     def run(self) -> AttackResult:
-        """Share the gradient of the current image, apply the defense, run the attack live; returns its result."""
+        """Share the gradient of the current image, apply the defense, run the attack live; returns its result.
+
+        The status line always ends with the outcome: the metrics, or the error
+        (which is raised again) or "stopped" after an interrupt, never "running ...".
+        """
+        self.status.value = "running ..."
+        try:
+            result = self._run()
+        except (AttackInterrupted, CallbackError) as exc:  # the attack kept its best estimate: show it
+            self.last = exc.result
+            m = exc.result.metrics
+            why = "stopped (interrupted)" if isinstance(exc, AttackInterrupted) else f"the live view failed ({exc.result.error})"
+            self._error(f"{why} at iteration {exc.result.iterations}; best estimate so far: PSNR {m['psnr_mean']:.1f} dB, "
+                        f"SSIM {m['ssim_mean']:.3f} (in playground.last)")
+            raise
+        except Exception as exc:
+            self._error(f"the run failed: {exc.__class__.__name__}: {exc}")
+            raise
+        except BaseException:  # KeyboardInterrupt: the kernel's stop button
+            self._error("stopped before the attack finished")
+            raise
+        m = result.metrics
+        self.status.value = (f"<b>PSNR {m['psnr_mean']:.1f} dB</b>, SSIM {m['ssim_mean']:.3f}, "
+                             f"label {'recovered' if m['label_accuracy'] == 1 else 'wrong'} ({result.seconds:.1f} s)")
+        return result
+
+    def _run(self) -> AttackResult:
         from gleak_edu import models
         from gleak_edu.attacks import inverting_gradients
 
+        if not bool(torch.isfinite(self.x).all()):
+            raise ValueError("the current image has NaN or infinite pixels; pick or upload another image")
         kind = self.attack.value
         label = torch.tensor([0])
         if kind == "ig":
@@ -824,7 +868,6 @@ class Playground(_Panel):
         view = LiveView(original=self.x, title=f"{dict((v, k) for k, v in self.ATTACKS)[kind]} against the shared gradient")
         if view.widget is not None:
             self.view_box.children = (view.widget,)
-        self.status.value = "running ..."
         common = dict(input_shape=tuple(self.x.shape), num_classes=100, iterations=self.iterations.value,
                       seed=self.seed, truth=self.x, true_labels=label, callback=view)
         if kind == "ig":
@@ -832,7 +875,4 @@ class Playground(_Panel):
         else:
             result = {"dlg": dlg, "idlg": idlg}[kind](model, shared, callback_every=5, **common)
         self.last, self.runs = result, self.runs + 1
-        m = result.metrics
-        self.status.value = (f"<b>PSNR {m['psnr_mean']:.1f} dB</b>, SSIM {m['ssim_mean']:.3f}, "
-                             f"label {'recovered' if m['label_accuracy'] == 1 else 'wrong'} ({result.seconds:.1f} s)")
         return result
