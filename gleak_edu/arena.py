@@ -50,8 +50,14 @@ PRECODE's bottleneck; their cells carry the reason and no numbers.
 Results are cached on disk like :mod:`gleak_edu.sweeps` (:mod:`gleak_edu._cache`):
 one JSON file per (defense, level, seed) cell, keyed by the SHA-256 of every
 setting that cell depends on (a change in the pruning fraction leaves the
-other defenses' cells valid) plus the package versions. A warm run reads
-the files and imports nothing heavy.
+other defenses' cells valid) plus the package versions. A cached cell is used
+only when it validates against the cell's schema (:func:`_cell_schema`: types,
+ranges, one entry per attacked image); any other file is recomputed and
+overwritten with a warning that names it. An unusable cache folder is found
+before any cell is computed (a warning; the run then does not write the
+cache), and the folder is kept within a size bound (least recently used
+cells evicted; see :mod:`gleak_edu._cache`). A warm run reads the files and
+imports nothing heavy.
 """
 
 from __future__ import annotations
@@ -65,7 +71,7 @@ from pathlib import Path
 
 import torch
 
-from gleak_edu._cache import cell_key, default_cache_dir, finite, number, read_cell, versions, write_cell
+from gleak_edu._cache import Array, Flag, ListOf, Null, Number, Record, Text, cell_key, finite, number, open_cache, versions
 
 __all__ = [
     "ATTACKS",
@@ -97,7 +103,8 @@ NOISY = ("noise", "ppp", "dp_fixed", "dp_dynamic")  # defenses on the shared noi
 _PRECODE = ("precode", "ppp")  # defenses whose model has PRECODE's bottleneck
 # Bump when what a cell computes changes without a version change (invalidates cached cells).
 _CELL_FORMAT = 1
-_CELL_FIELDS = ("accuracy", "epsilon", "diverged", "train_seconds", "steps", "attacked_sigma", "truth", "labels", "attacks")
+_IMAGE = (1, 28, 28)  # the victim's input: one MNIST digit
+_CLASSES = 10
 
 
 def impossible(attack: str, defense: str) -> str | None:
@@ -524,20 +531,43 @@ def _cell_spec(settings: ArenaSettings, defense: str, level: float, seed: int) -
     return spec
 
 
-def _validator(settings: ArenaSettings, defense: str):
-    def check(result: dict) -> None:
-        missing = [f for f in _CELL_FIELDS if f not in result]
-        if missing:
-            raise ValueError(f"missing fields {missing}")
-        if set(result["attacks"]) != set(_possible(defense)):
-            raise ValueError(f"attacks {sorted(result['attacks'])} are not {sorted(_possible(defense))}")
-        for name, out in result["attacks"].items():
-            if any(len(out[k]) != settings.images for k in ("ssim", "psnr", "reconstructions")):
-                raise ValueError(f"{name}: not {settings.images} images")
-        if len(result["truth"]) != settings.images:
-            raise ValueError("wrong number of attacked images")
+def _cell_schema(settings: ArenaSettings, defense: str) -> Record:
+    """What a cached cell of ``defense`` must hold to be used (see :func:`arena_cell`); anything else is recomputed.
 
-    return check
+    accuracy in [0, 1]; epsilon null for the non-DP defenses, else >= 0, inf
+    or null; diverged a bool; train_seconds and attacked_sigma finite >= 0;
+    steps a whole number >= 0; truth ``images`` digits ``[1][28][28]`` in
+    [0, 1]; labels ``images`` whole numbers in [0, 9]; attacks exactly the
+    attacks possible against ``defense``, each with one entry per image:
+    ssim in [-1, 1] or null, psnr finite or null, seconds finite >= 0,
+    errors strings, reconstructions ``[1][28][28]`` in [0, 1], and
+    label_correct null for analytic (it reads no label), else bools.
+    """
+    n = settings.images
+    image = Array(_IMAGE, 0.0, 1.0)
+
+    def attack(name: str) -> Record:
+        return Record({
+            "ssim": ListOf(Number(-1.0, 1.0, null=True), n),
+            "psnr": ListOf(Number(null=True), n),
+            "label_correct": Null() if name == "analytic" else ListOf(Flag(), n),
+            "seconds": ListOf(Number(0.0), n),
+            "errors": ListOf(Text(), n),
+            "reconstructions": ListOf(image, n),
+        })
+
+    dp = defense in ("dp_fixed", "dp_dynamic")
+    return Record({
+        "accuracy": Number(0.0, 1.0),
+        "epsilon": Number(0.0, null=True, inf=True) if dp else Null(),
+        "diverged": Flag(),
+        "train_seconds": Number(0.0),
+        "steps": Number(0, 2**53, integer=True),
+        "attacked_sigma": Number(0.0),
+        "truth": ListOf(image, n),
+        "labels": ListOf(Number(0, _CLASSES - 1, integer=True), n),
+        "attacks": Record({a: attack(a) for a in _possible(defense)}, exact=True),
+    })
 
 
 def _mean(values) -> float:
@@ -851,6 +881,9 @@ def arena(
         settings: the grid and recipe (default :class:`ArenaSettings`);
             ``overrides`` replace single fields, e.g. ``noise_levels=(0.1,), images=2``.
         cache_dir: where cells are cached (default ``$GLEAK_CACHE`` or ``~/.cache/gleak_edu``).
+            A folder that cannot be used (a file in its place, not writable)
+            gives one warning before any cell is computed, and the run goes on
+            without writing the cache (see :func:`gleak_edu._cache.open_cache`).
         use_cache: False computes every cell (and still writes the cache).
         progress: a tqdm bar over the cells.
         workers: compute missing cells in this many processes, this one
@@ -876,30 +909,29 @@ def arena(
     settings = dataclasses.replace(settings or ArenaSettings(), **overrides)
     if int(workers) < 1:
         raise ValueError(f"workers must be at least 1, got {workers}")
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = open_cache(cache_dir, "arena")  # an unusable folder: one warning now, before any cell is computed
     result = ArenaResult(settings)
     todo = []
     for defense, level, seed in cells_of(settings):
         spec = _cell_spec(settings, defense, level, seed)
         key = cell_key(spec)
-        path = root / f"arena-{key[:24]}.json"
-        cell = read_cell(path, key, _validator(settings, defense)) if use_cache else None
+        cell = cache.read(key, _cell_schema(settings, defense)) if use_cache else None
         if cell is None:
-            todo.append(((defense, level, seed), path, key, spec))
+            todo.append(((defense, level, seed), key, spec))
         else:
             result.cells[(defense, level, seed)] = cell
             result.cached += 1
     if todo and not compute:
         raise LookupError(
-            f"{len(todo)} of {len(todo) + result.cached} arena cells are not in the cache {root}: compute them with "
-            "`gleak arena --json arena.json` (same settings and cache folder) or arena(..., compute=True)"
+            f"{len(todo)} of {len(todo) + result.cached} arena cells are not in the cache {cache.root}: compute them "
+            "with `gleak arena --json arena.json` (same settings and cache folder) or arena(..., compute=True)"
         )
     bar = tqdm(total=len(todo), desc="arena cells", disable=not progress or not todo, leave=False)
 
     def store(item, cell: dict) -> None:  # called from one thread at a time
-        where, path, key, spec = item
+        where, key, spec = item
         cell = finite(cell)
-        write_cell(path, key, spec, cell)
+        cache.write(key, spec, cell)
         result.cells[where] = cell
         result.computed += 1
         bar.update()
@@ -910,6 +942,7 @@ def arena(
         for item in todo:
             store(item, arena_cell(settings, *item[0], data=_data(settings)))
     bar.close()
+    cache.close()  # the size bound: least recently used cells of other runs evicted
     result.rows = _rows(settings, result.cells)
     first = result.cells[cells_of(settings)[0]]
     result.test_images = torch.tensor(first["truth"], dtype=torch.float32)

@@ -13,9 +13,13 @@ stated there, and the notebook says so.
 Results are cached on disk, one JSON file per (defense, noise level, seed)
 cell, named by a SHA-256 of every setting that cell depends on plus the
 versions of gleak_edu, torch and opacus. A file that cannot be read, whose key
-or fields do not match, is recomputed and overwritten (never trusted); writes
-are atomic (a temporary file, then a rename). The cache machinery is shared
-with :mod:`gleak_edu.arena` (:mod:`gleak_edu._cache`).
+does not match or whose result does not validate against the cell's schema
+(:func:`_cell_schema`: types, ranges, one entry per attacked image) is
+recomputed and overwritten with a warning that names it (never trusted);
+writes are atomic (a temporary file, then a rename). An unusable cache folder
+is found before any cell is computed (a warning; the run then does not write
+the cache), and the folder is kept within a size bound. The cache machinery
+is shared with :mod:`gleak_edu.arena` (:mod:`gleak_edu._cache`).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from typing import Iterable
 
 import torch
 
-from gleak_edu._cache import cell_key, default_cache_dir, read_cell, write_cell
+from gleak_edu._cache import Array, Flag, ListOf, Number, Record, cell_key, default_cache_dir, open_cache
 from gleak_edu._cache import finite as _finite
 from gleak_edu._cache import number as _number
 from gleak_edu._cache import versions as _versions
@@ -45,7 +49,6 @@ __all__ = [
 ]
 
 DEFENSES = ("none", "full", "precode", "ppp")
-_CELL_FIELDS = ("accuracy", "epsilon", "diverged", "train_seconds", "steps", "attacks")
 _ATTACKS = ("bypass", "ig")
 
 
@@ -115,19 +118,29 @@ def _cell_key(settings: PPPSweepSettings, defense: str, sigma: float, seed: int)
     return cell_key(spec), spec
 
 
-def _check_cell(result: dict) -> None:
-    missing = [f for f in _CELL_FIELDS if f not in result]
-    if missing or set(result["attacks"]) != set(_ATTACKS):
-        raise ValueError(f"missing fields {missing}")
+def _cell_schema(settings: PPPSweepSettings) -> Record:
+    """What a cached cell must hold to be used (see :func:`sweep_cell`); anything else is recomputed.
 
-
-def _read_cell(path: Path, key: str) -> dict | None:
-    """The cached cell, or None when the file is missing, unreadable or not this cell's."""
-    return read_cell(path, key, _check_cell, stacklevel=4)
-
-
-def _write_cell(path: Path, key: str, spec: dict, result: dict) -> None:
-    write_cell(path, key, spec, result)
+    accuracy in [0, 1]; epsilon >= 0, inf (no noise) or null (nothing
+    perturbed); diverged a bool; train_seconds finite >= 0; steps a whole
+    number >= 0; attacks exactly "bypass" and "ig", each with one entry per
+    attacked image: ssim in [-1, 1] or null, psnr finite or null,
+    reconstructions ``[1][28][28]`` in [0, 1].
+    """
+    n = settings.images
+    attack = Record({
+        "ssim": ListOf(Number(-1.0, 1.0, null=True), n),
+        "psnr": ListOf(Number(null=True), n),
+        "reconstructions": ListOf(Array((1, 28, 28), 0.0, 1.0), n),
+    })
+    return Record({
+        "accuracy": Number(0.0, 1.0),
+        "epsilon": Number(0.0, null=True, inf=True),
+        "diverged": Flag(),
+        "train_seconds": Number(0.0),
+        "steps": Number(0, 2**53, integer=True),
+        "attacks": Record({a: attack for a in _ATTACKS}, exact=True),
+    })
 
 
 def victim(settings: PPPSweepSettings, defense: str, seed: int = 0):
@@ -252,8 +265,8 @@ class SweepResult:
 
 
 def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
-    def mean(v: Iterable[float]) -> float:
-        v = list(v)
+    def mean(v: Iterable[float | None]) -> float:
+        v = [x for x in v if x is not None]  # null: nan written to the cache
         return sum(v) / len(v) if v else math.nan
 
     groups = [("none", 0.0), ("precode", 0.0)] + [(d, s) for s in settings.noise_levels for d in ("full", "ppp")]
@@ -269,7 +282,7 @@ def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
                 "defense": defense, "sigma": sigma, "attack": attack, "accuracy": acc,
                 "accuracy_loss": base - acc, "epsilon": _number(group[0]["epsilon"]),
                 "ssim": mean(ssims), "psnr": mean(psnrs),
-                "success_rate": mean(float(v >= settings.success_ssim) for v in ssims),
+                "success_rate": mean(float(v is not None and v >= settings.success_ssim) for v in ssims),
                 "diverged": any(bool(c["diverged"]) for c in group),
                 "accuracy_per_seed": [_number(c["accuracy"]) for c in group],
             })
@@ -290,6 +303,9 @@ def ppp_sweep(
         settings: the grid and recipe (default :class:`PPPSweepSettings`);
             ``overrides`` replace single fields, e.g. ``noise_levels=(0.1, 1.0)``.
         cache_dir: where cells are cached (default :func:`default_cache_dir`).
+            A folder that cannot be used (a file in its place, not writable)
+            gives one warning before any cell is computed, and the run goes on
+            without writing the cache (see :func:`gleak_edu._cache.open_cache`).
         use_cache: False computes every cell (and still writes the cache).
         progress: a tqdm bar over cells.
 
@@ -305,24 +321,25 @@ def ppp_sweep(
     from gleak_edu.training import split
 
     settings = dataclasses.replace(settings or PPPSweepSettings(), **overrides)
-    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache = open_cache(cache_dir, "ppp")  # an unusable folder: one warning now, before any cell is computed
+    schema = _cell_schema(settings)
     todo = [(d, 0.0, s) for d in ("none", "precode") for s in settings.seeds]
     todo += [(d, sigma, s) for sigma in settings.noise_levels for d in ("full", "ppp") for s in settings.seeds]
     result = SweepResult(settings)
     loaded = None
     for defense, sigma, seed in tqdm(todo, desc="sweep", disable=not progress, leave=False):
         key, spec = _cell_key(settings, defense, sigma, seed)
-        path = root / f"ppp-{key[:24]}.json"
-        cell = _read_cell(path, key) if use_cache else None
+        cell = cache.read(key, schema) if use_cache else None
         if cell is None:
             if loaded is None:
                 loaded = split(gdata.mnist_subset(), settings.test_fraction, seed=0)
             cell = sweep_cell(settings, defense, sigma, seed, data=loaded)
-            _write_cell(path, key, spec, cell)
+            cache.write(key, spec, cell)
             result.computed += 1
         else:
             result.cached += 1
         result.cells[(defense, sigma, seed)] = cell
+    cache.close()  # the size bound: least recently used cells of other runs evicted
     result.rows = _rows(settings, result.cells)
     _, (x_test, _) = loaded or split(gdata.mnist_subset(), settings.test_fraction, seed=0)
     result.test_images = x_test[: settings.images]
