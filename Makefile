@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: lab app test test-unit test-notebooks bench clean browser
+.PHONY: lab app test test-unit test-notebooks test-cpus bench clean browser
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,16 @@ test: $(STAMP) browser
 
 test-unit: $(STAMP)
 	$(PY) -m pytest tests
+
+# The unit tests again under other CPU kernels (PyTorch's ATEN_CPU_CAPABILITY): a seeded optimisation
+# takes another path with other vector instructions, and the suite must pass on any x86-64 CPU.
+# CPU_CAPABILITIES=default make test-cpus runs one of them.
+CPU_CAPABILITIES ?= default avx2
+test-cpus: $(STAMP)
+	@for cap in $(CPU_CAPABILITIES); do \
+	  echo "== unit tests with ATEN_CPU_CAPABILITY=$$cap"; \
+	  ATEN_CPU_CAPABILITY=$$cap $(PY) -m pytest tests -q -p no:cacheprovider || exit 1; \
+	done
 
 test-notebooks: $(STAMP)
 	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/

@@ -12,6 +12,14 @@ against every defense, cached), :mod:`~gleak_edu.viz` (figures) and
 
 __version__ = "0.1.0"
 
-from gleak_edu import attacks, data, defenses, fl, metrics, models  # noqa: E402
+import importlib
 
 __all__ = ["attacks", "data", "defenses", "fl", "metrics", "models", "__version__"]
+
+
+def __getattr__(name: str):
+    """Import the submodules on first use (``gleak_edu.attacks``...): the ``gleak`` command
+    then answers bad input in a fraction of a second, before torch is loaded."""
+    if name in __all__[:-1]:
+        return importlib.import_module(f"gleak_edu.{name}")
+    raise AttributeError(f"module 'gleak_edu' has no attribute {name!r}")

@@ -15,8 +15,12 @@
           [--epochs N] [--clip C] [--cache DIR | --no-cache] --json OUT [--png OUT]
     gleak arena [--noise-levels S,S,...] [--prune-fractions P,P,...] [--images N] [--seeds N,N,...]
           [--workers N] [--cache DIR | --no-cache] --json OUT [--png OUT]
+    gleak cache info|clear [--cache DIR] [--experiment arena|ppp] [--json OUT]
 
-Bad input exits with status 2 and one line on stderr saying what is wrong.
+Bad input exits with status 2 and one line on stderr saying what is wrong, before any
+computation starts (output paths included). Ctrl-C exits with status 130 and one line;
+an interrupted attack first writes what it has (best estimate, history, flagged
+``"interrupted": true``) to its --json/--png paths.
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
+import tempfile
 from pathlib import Path
 
 __all__ = ["main"]
@@ -52,7 +58,9 @@ def _nonneg_float(name: str):
     return parse
 
 
-def _positive_int(name: str):
+def _positive_int(name: str, high: int = 1_000_000):
+    """A whole number in 1..high (sizes are bounded before anything is allocated)."""
+
     def parse(text: str) -> int:
         try:
             v = int(text)
@@ -60,9 +68,66 @@ def _positive_int(name: str):
             raise argparse.ArgumentTypeError(f"{name} must be a whole number, got {text!r}") from None
         if v < 1:
             raise argparse.ArgumentTypeError(f"{name} must be at least 1, got {v}")
+        if v > high:
+            raise argparse.ArgumentTypeError(f"{name} must be at most {high:,}, got {v:,}")
         return v
 
     return parse
+
+
+def _out_path(text: str) -> Path:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the path is empty")
+    return Path(text)
+
+
+def _seed(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--seed must be a whole number, got {text!r}") from None
+    if not 0 <= v < 2**32:
+        raise argparse.ArgumentTypeError(f"--seed must lie in 0..{2**32 - 1}, got {v}")
+    return v
+
+
+class _Interrupted(Exception):
+    """Ctrl-C during an attack, after its partial result was turned into output."""
+
+    def __init__(self, out: dict) -> None:
+        super().__init__("interrupted")
+        self.out = out
+
+
+def _check_output(path: Path | None, flag: str, png: bool = False) -> None:
+    """Refuse an output path that cannot be written, before any work starts (UsageError).
+
+    The path must be non-empty, not a directory, and creatable: its missing parent
+    folders are created now and a file is opened there (and removed again if it
+    did not exist), so an unwritable or read-only place fails here, not after the run.
+    """
+    if path is None:
+        return
+    if not str(path).strip():
+        raise UsageError(f"{flag}: the path is empty")
+    if png and path.suffix.lower() not in ("", ".png"):
+        raise UsageError(f"{flag} writes a PNG image: give a path ending in .png, not {path.suffix!r}")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: that is a directory; give a file path, e.g. {path / ('out.png' if png else 'out.json')}")
+    for parent in path.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"{flag} {path}: {parent} is a file, not a directory")
+            break
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        existed = path.exists()
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot write there ({exc.strerror or exc.__class__.__name__})") from None
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -82,25 +147,25 @@ def _build_parser() -> argparse.ArgumentParser:
     att.add_argument("--model", choices=["lenet-zhu", "lenet5", "mlp"], help="victim (default: lenet-zhu; lenet5 for grnn; mlp for ig, bypass, analytic)")
     att.add_argument("--precode", action="store_true", help="insert PRECODE's variational bottleneck before the output layer")
     att.add_argument("--beta", type=_nonneg_float("--beta"), default=1e-3, help="PRECODE's KL weight (1e-3)")
-    att.add_argument("--bottleneck", type=_positive_int("--bottleneck"), default=256, help="PRECODE's bottleneck size K (256)")
+    att.add_argument("--bottleneck", type=_positive_int("--bottleneck", 16_384), default=256, help="PRECODE's bottleneck size K (256; at most 16,384)")
     att.add_argument("--tv", type=_nonneg_float("--tv"), help="total-variation weight for ig (1e-4) and bypass (1e-3)")
-    att.add_argument("--batch", type=_positive_int("--batch"), help="batch size: this many images from the --sample index on")
+    att.add_argument("--batch", type=_positive_int("--batch", 256), help="batch size: this many images from the --sample index on (at most 256)")
     att.add_argument("--activation", default="sigmoid", choices=["sigmoid", "relu", "tanh"])
-    att.add_argument("--classes", type=_positive_int("--classes"), default=100, help="output classes (100, as CIFAR-100)")
-    att.add_argument("--seed", type=int, default=0, help="seed of the model weights and the dummy start")
-    att.add_argument("--iterations", type=_positive_int("--iterations"), help="L-BFGS iterations for dlg/idlg (300), generator updates for grnn (1500)")
+    att.add_argument("--classes", type=_positive_int("--classes", 10_000), help="output classes (100, as CIFAR-100; 19 for transformer; at most 10,000)")
+    att.add_argument("--seed", type=_seed, default=0, help="seed of the model weights and the dummy start (0..2**32-1)")
+    att.add_argument("--iterations", type=_positive_int("--iterations", 100_000), help="L-BFGS iterations for dlg/idlg (300), generator updates for grnn (1500)")
     att.add_argument(
-        "--restarts", type=_positive_int("--restarts"), default=1,
+        "--restarts", type=_positive_int("--restarts", 64), default=1,
         help="independent restarts run at once, vectorised (dlg, idlg, ig, bypass); the best by matching loss is kept (1)",
     )
     att.add_argument(
         "--no-halving", action="store_true",
         help="run every restart to the end (default: successive halving keeps the better half at 1/16, 1/8, 1/4 of the budget)",
     )
-    att.add_argument("--retries", type=int, default=10, help="dlg/idlg: fresh starts after a failed run, within the budget (0: plain recipe)")
+    att.add_argument("--retries", type=int, default=10, help="dlg/idlg: fresh starts after a failed run, within the budget (0: plain recipe; at most 10,000)")
     att.add_argument("--noise", type=_nonneg_float("--noise"), default=0.0, help="Gaussian noise std on the shared gradient")
     att.add_argument("--prune", type=_nonneg_float("--prune"), default=0.0, help="fraction of gradient entries zeroed per layer, in [0, 1)")
-    att.add_argument("--size", type=_positive_int("--size"), default=32, help="side of an --image after resizing (32)")
+    att.add_argument("--size", type=_positive_int("--size", 256), default=32, help="side of an --image after resizing (32; 8 to 256)")
     att.add_argument(
         "--defense", choices=["none", "noise", "ppp"], default="none",
         help="per-example clipping + Gaussian noise on every gradient (noise = full perturbation) or, with PRECODE, "
@@ -108,8 +173,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     att.add_argument("--sigma", type=_nonneg_float("--sigma"), default=1.0, help="noise multiplier of --defense, relative to --clip (1.0)")
     att.add_argument("--clip", type=_nonneg_float("--clip"), default=1.0, help="clipping bound C of --defense (1.0)")
-    att.add_argument("--json", type=Path, help="write the results as JSON here")
-    att.add_argument("--png", type=Path, help="write original | reconstruction as a PNG here")
+    att.add_argument("--json", type=_out_path, help="write the results as JSON here")
+    att.add_argument("--png", type=_out_path, help="write original | reconstruction as a PNG here")
 
     tr = sub.add_parser("train", help="DP-SGD training on the MNIST subset, attacked along the way")
     tr.add_argument("--dp", required=True, choices=["none", "fixed", "linear", "staircase", "exponential", "cyclic"],
@@ -119,15 +184,15 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--sigma-start", type=_nonneg_float("--sigma-start"), default=3.0, help="noise multiplier at the first step (3.0; the fixed value for --dp fixed)")
     tr.add_argument("--sigma-end", type=_nonneg_float("--sigma-end"), default=0.5, help="noise multiplier at the last step of a schedule (0.5)")
     tr.add_argument("--noise-updates", type=_positive_int("--noise-updates"), help="change sigma only this many times over training (default: every step)")
-    tr.add_argument("--epochs", type=_positive_int("--epochs"), default=2, help="training epochs (2)")
+    tr.add_argument("--epochs", type=_positive_int("--epochs", 1000), default=2, help="training epochs (2; at most 1,000)")
     tr.add_argument("--delta", type=_nonneg_float("--delta"), default=1e-5, help="delta of the reported epsilon (1e-5)")
     tr.add_argument("--accountant", choices=["rdp", "prv"], default="rdp", help="Opacus accountant (rdp)")
     tr.add_argument("--attack-steps", type=_int_list("--attack-steps"), help="steps at which shared gradients are attacked (default: first, middle, last)")
-    tr.add_argument("--images", type=_positive_int("--images"), default=2, help="test images attacked at each of those steps (2)")
-    tr.add_argument("--iterations", type=_positive_int("--iterations"), default=300, help="attack iterations (300)")
+    tr.add_argument("--images", type=_positive_int("--images", 1000), default=2, help="test images attacked at each of those steps (2; at most the 1,000 test images)")
+    tr.add_argument("--iterations", type=_positive_int("--iterations", 100_000), default=300, help="attack iterations (300)")
     tr.add_argument("--lr", type=_nonneg_float("--lr"), default=0.2, help="SGD learning rate (0.2)")
-    tr.add_argument("--seed", type=int, default=0, help="seed of the model, the batches, the noise and the attacks")
-    tr.add_argument("--json", type=Path, required=True, help="write accuracy, epsilon, the noise history and the attacks here")
+    tr.add_argument("--seed", type=_seed, default=0, help="seed of the model, the batches, the noise and the attacks")
+    tr.add_argument("--json", type=_out_path, required=True, help="write accuracy, epsilon, the noise history and the attacks here")
 
     ep = sub.add_parser("epsilon", help="epsilon of a DP-SGD noise history (Opacus accountant)")
     ep.add_argument("--history", required=True, help='segments SIGMA:SAMPLE_RATE:STEPS separated by commas, e.g. "2.0:0.05:20,1.5:0.05:20"')
@@ -138,31 +203,36 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("sweep", choices=["ppp"], help="ppp: no defense, full perturbation, PRECODE, PPP over a noise grid")
     sw.add_argument("--noise-levels", type=_float_list("--noise-levels"), help="noise multipliers, e.g. 0.1,1,3 (default 0.01,0.03,0.1,0.3,1,3)")
     sw.add_argument("--seeds", type=_int_list("--seeds"), help="training seeds, e.g. 0,1,2 (default)")
-    sw.add_argument("--images", type=_positive_int("--images"), help="test images attacked per model (3)")
-    sw.add_argument("--iterations", type=_positive_int("--iterations"), help="attack steps per image (500)")
-    sw.add_argument("--epochs", type=_positive_int("--epochs"), help="training epochs (2)")
+    sw.add_argument("--images", type=_positive_int("--images", 1000), help="test images attacked per model (3)")
+    sw.add_argument("--iterations", type=_positive_int("--iterations", 100_000), help="attack steps per image (500)")
+    sw.add_argument("--epochs", type=_positive_int("--epochs", 1000), help="training epochs (2)")
     sw.add_argument("--clip", type=_nonneg_float("--clip"), help="clipping bound C (1.0)")
-    sw.add_argument("--train-images", type=_positive_int("--train-images"), help="use only this many training images (all 4,000)")
+    sw.add_argument("--train-images", type=_positive_int("--train-images", 4000), help="use only this many training images (all 4,000)")
     cache = sw.add_mutually_exclusive_group()
-    cache.add_argument("--cache", type=Path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
+    cache.add_argument("--cache", type=_out_path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
     cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
-    sw.add_argument("--json", type=Path, required=True, help="write the trade-off table as JSON here")
-    sw.add_argument("--png", type=Path, help="write the trade-off curves as a PNG here")
+    sw.add_argument("--json", type=_out_path, required=True, help="write the trade-off table as JSON here")
+    sw.add_argument("--png", type=_out_path, help="write the trade-off curves as a PNG here")
 
     ar = sub.add_parser("arena", help="every attack against every defense on the same images (cached)")
     ar.add_argument("--noise-levels", type=_float_list("--noise-levels"),
                     help="the shared noise axis (> 0; noise std with C = 1), e.g. 0.1,1 (default 0.01,0.1,1)")
     ar.add_argument("--prune-fractions", type=_float_list("--prune-fractions"),
                     help="fractions of each gradient tensor zeroed by pruning, in [0, 1) (default 0.9)")
-    ar.add_argument("--images", type=_positive_int("--images"), help="test images attacked per model (3)")
+    ar.add_argument("--images", type=_positive_int("--images", 1000), help="test images attacked per model (3)")
     ar.add_argument("--seeds", type=_int_list("--seeds"), help="training seeds, e.g. 0,1 (default 0)")
-    ar.add_argument("--workers", type=_positive_int("--workers"), default=2,
+    ar.add_argument("--workers", type=_positive_int("--workers", 64), default=2,
                     help="processes computing missing cells (2; the numbers do not depend on it)")
     ar_cache = ar.add_mutually_exclusive_group()
-    ar_cache.add_argument("--cache", type=Path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
+    ar_cache.add_argument("--cache", type=_out_path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
     ar_cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
-    ar.add_argument("--json", type=Path, required=True, help="write the arena's tidy rows as JSON here")
-    ar.add_argument("--png", type=Path, help="write the heatmaps (one per noise level) as a PNG here")
+    ar.add_argument("--json", type=_out_path, required=True, help="write the arena's tidy rows as JSON here")
+    ar.add_argument("--png", type=_out_path, help="write the heatmaps (one per noise level) as a PNG here")
+    ca = sub.add_parser("cache", help="the cache of sweep and arena cells: what it holds, or clear it")
+    ca.add_argument("action", choices=["info", "clear"], help="info: files, size, bound; clear: remove the cached cells")
+    ca.add_argument("--cache", type=_out_path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
+    ca.add_argument("--experiment", choices=["arena", "ppp"], help="clear only this experiment's cells")
+    ca.add_argument("--json", type=_out_path, help="info: write the numbers as JSON here")
     return parser
 
 
@@ -173,6 +243,8 @@ def _float_list(name: str):
         parts = [p for p in text.split(",") if p.strip()]
         if not parts:
             raise argparse.ArgumentTypeError(f"{name} needs at least one number")
+        if len(parts) > 100:
+            raise argparse.ArgumentTypeError(f"{name} takes at most 100 numbers, got {len(parts)}")
         return tuple(one(p) for p in parts)
 
     return parse
@@ -186,6 +258,10 @@ def _int_list(name: str):
             raise argparse.ArgumentTypeError(f"{name} must be whole numbers separated by commas, got {text!r}") from None
         if not values:
             raise argparse.ArgumentTypeError(f"{name} needs at least one number")
+        if len(values) > 100:
+            raise argparse.ArgumentTypeError(f"{name} takes at most 100 numbers, got {len(values)}")
+        if min(values) < 0 or max(values) >= 2**32:
+            raise argparse.ArgumentTypeError(f"{name} must lie in 0..{2**32 - 1}")
         return values
 
     return parse
@@ -197,6 +273,8 @@ def _load_victim(args):
     from gleak_edu import data
 
     if args.image is not None:
+        if not data.MIN_IMAGE_SIDE <= args.size:
+            raise UsageError(f"--size must be at least {data.MIN_IMAGE_SIDE} (SSIM's 7x7 window), got {args.size}")
         if args.batch not in (None, 1):
             raise UsageError("--batch needs --sample; an --image is one image")
         x = data.load_image(args.image, size=args.size, channels=3)
@@ -223,16 +301,32 @@ def _run_text_attack(args) -> dict:
     import torch
 
     from gleak_edu import fl, models, text
-    from gleak_edu.attacks import text_recovery
+    from gleak_edu.attacks import AttackInterrupted, text_recovery
     from gleak_edu.defenses import clip_and_noise, gaussian_epsilon
 
     if args.sentence is None:
         raise UsageError("the transformer attack needs --sentence TEXT")
+    ignored = [
+        flag for flag, used in (
+            ("--image", args.image is not None), ("--sample", args.sample is not None), ("--png", args.png is not None),
+            ("--restarts", args.restarts != 1), ("--no-halving", args.no_halving), ("--precode", args.precode),
+            ("--defense", args.defense != "none"), ("--batch", args.batch is not None), ("--model", args.model is not None),
+            ("--prune", args.prune > 0), ("--tv", args.tv is not None), ("--size", args.size != 32),
+            ("--activation", args.activation != "sigmoid"),
+        ) if used
+    ]
+    if ignored:
+        raise UsageError(
+            f"{ignored[0]} does not apply to the transformer attack (it takes --sentence, --label, --classes, --noise, "
+            "--clip, --iterations, --seed, --json)"
+        )
     if args.noise > 0 and args.clip <= 0:
         raise UsageError(f"--clip must be > 0, got {args.clip}")
+    classes = 19 if args.classes is None else args.classes  # default: which of the 19 aphorisms
+    if classes < 2:
+        raise UsageError(f"--classes must be at least 2, got {classes}")
     vocab = text.zen_vocabulary()
     tokens = vocab.encode(args.sentence)  # ValueError names the words outside the vocabulary
-    classes = 19 if args.classes == 100 else args.classes  # default: which of the 19 aphorisms
     label = 0 if args.label is None else args.label
     if not 0 <= label < classes:
         raise UsageError(f"--label must lie in 0..{classes - 1}")
@@ -241,8 +335,12 @@ def _run_text_attack(args) -> dict:
     shared = fl.client_text_gradient(model, tokens, torch.tensor([label]))
     if args.noise > 0:
         shared = clip_and_noise(shared, args.noise, args.clip, seed=args.seed)
-    result = text_recovery(model, shared, vocab, iterations=args.iterations or 200, seed=args.seed,
-                           truth=tokens, true_label=label)
+    interrupted = False
+    try:
+        result = text_recovery(model, shared, vocab, iterations=args.iterations or 200, seed=args.seed,
+                               truth=tokens, true_label=label)
+    except AttackInterrupted as exc:
+        result, interrupted = exc.result, True
     m = result.metrics
     delta = 1e-5
     return {
@@ -257,16 +355,15 @@ def _run_text_attack(args) -> dict:
         "epsilon_note": "one release of the Gaussian mechanism, sqrt(2 ln(1.25/delta)) / sigma (Dwork & Roth; valid below 1)"
         if args.noise > 0 else None,
         "matching_loss": result.loss, "iterations": result.iterations, "seconds": result.seconds,
+        "interrupted": interrupted,
     }
 
 
 def _run_attack(args) -> dict:
-    import time
-
     import torch
 
-    from gleak_edu import fl, metrics, models
-    from gleak_edu.attacks import AttackResult, analytic_recovery, dlg, grnn, idlg, inverting_gradients, precode_bypass
+    from gleak_edu import fl, models
+    from gleak_edu.attacks import AttackInterrupted
     from gleak_edu.defenses import add_precode, deterministic_parameters, gaussian_noise, perturbed_gradient, prune_gradients
 
     if args.sentence is not None:
@@ -275,8 +372,10 @@ def _run_attack(args) -> dict:
         raise UsageError("give the private image: --image PATH or --sample SET:INDEX")
     if not 0 <= args.prune < 1:
         raise UsageError(f"--prune must lie in [0, 1), got {args.prune}")
-    if args.retries < 0:
-        raise UsageError(f"--retries must be >= 0, got {args.retries}")
+    if not 0 <= args.retries <= 10_000:
+        raise UsageError(f"--retries must lie in 0..10,000, got {args.retries}")
+    if args.classes is None:
+        args.classes = 100
     if args.restarts > 1 and args.attack in ("grnn", "analytic"):
         raise UsageError(f"--restarts is for dlg, idlg, ig and bypass; {args.attack} runs once")
     if args.classes < 2:
@@ -323,7 +422,26 @@ def _run_attack(args) -> dict:
     common = dict(input_shape=tuple(x.shape), num_classes=args.classes, seed=args.seed, truth=x, true_labels=y)
     restart_opts = dict(restarts=args.restarts, successive_halving=not args.no_halving)
     layers_matched = [n for n, p in model.named_parameters() if p.requires_grad]
+    if args.attack == "bypass":
+        layers_matched = deterministic_parameters(model)
+    elif args.attack == "analytic":
+        layers_matched = [n for n in layers_matched if n.startswith("features.0.")]
     known = None if x.shape[0] == 1 else y  # one image: the attack reads the label; a batch: labels assumed known
+    interrupted = False
+    try:
+        result = _attack(args, model, shared, x, y, known, restart_opts, common)
+    except AttackInterrupted as exc:  # Ctrl-C: report and write what the attack had
+        result, interrupted = exc.result, True
+    return _attack_output(args, result, model_name, source, x, y, image_set, idx, layers_matched, interrupted)
+
+
+def _attack(args, model, shared, x, y, known, restart_opts, common):
+    """Run the chosen image attack on the shared gradient; returns its AttackResult."""
+    import time
+
+    from gleak_edu import metrics
+    from gleak_edu.attacks import AttackResult, analytic_recovery, dlg, grnn, idlg, inverting_gradients, precode_bypass
+
     if args.attack == "grnn":
         result = grnn(model, shared, iterations=args.iterations or 1500, **common)
     elif args.attack == "ig":
@@ -332,7 +450,6 @@ def _run_attack(args) -> dict:
             **restart_opts, **common,
         )
     elif args.attack == "bypass":
-        layers_matched = deterministic_parameters(model)
         result = precode_bypass(
             model, shared, iterations=args.iterations or 1000, tv_weight=1e-3 if args.tv is None else args.tv, labels=known,
             **restart_opts, **common,
@@ -340,7 +457,6 @@ def _run_attack(args) -> dict:
     elif args.attack == "analytic":
         start = time.perf_counter()
         raw = analytic_recovery(model, shared, input_shape=tuple(x.shape))
-        layers_matched = [n for n in layers_matched if n.startswith("features.0.")]
         result = AttackResult("analytic", raw.clamp(0, 1), y.clone(), 0.0, 0, 1, time.perf_counter() - start)
         result.metrics = {
             "order": [0], "psnr": metrics.psnr(raw, x).tolist(), "ssim": metrics.ssim(raw, x).tolist(),
@@ -352,6 +468,13 @@ def _run_attack(args) -> dict:
     else:
         attack = {"dlg": dlg, "idlg": idlg}[args.attack]
         result = attack(model, shared, iterations=args.iterations or 300, retries=args.retries, **restart_opts, **common)
+    return result
+
+
+def _attack_output(args, result, model_name, source, x, y, image_set, idx, layers_matched, interrupted) -> dict:
+    """The JSON record of an image attack (also for an interrupted one: its best estimate so far)."""
+    from gleak_edu import metrics
+
     m = result.metrics
     order = m["order"]
     labels_pred = result.labels[order] if x.shape[0] > 1 else result.labels
@@ -392,6 +515,7 @@ def _run_attack(args) -> dict:
         "sigma": args.sigma if args.defense != "none" else None,
         "clip": args.clip if args.defense != "none" else None,
         "layers_matched": layers_matched,
+        "interrupted": interrupted,
     }
     if "max_abs_error" in m:
         out["max_abs_error"] = m["max_abs_error"]
@@ -402,7 +526,8 @@ def _run_attack(args) -> dict:
     if args.png is not None:
         from gleak_edu import viz
 
-        _save_figure(viz.compare_figure(x, result.reconstruction[order], title=f"{result.attack} on {source}"), args.png)
+        title = f"{result.attack} on {source}" + (" (interrupted)" if interrupted else "")
+        _save_figure(viz.compare_figure(x, result.reconstruction[order], title=title), args.png)
     return out
 
 
@@ -545,16 +670,28 @@ def _run_train(args) -> dict:
 
 
 def _write_json(path: Path, out: dict) -> None:
+    """Write ``out`` as JSON (inf/NaN as null), atomically: a crash never leaves half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_finite(out), indent=1))
+    text = json.dumps(_finite(out), indent=1)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
 
 
 def _save_figure(fig, path: Path) -> None:
+    """Save ``fig`` as a PNG at exactly ``path`` (no suffix is added)."""
     import matplotlib.pyplot as plt
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=120, format="png")
+    finally:
+        plt.close(fig)
 
 
 def _finite(obj):
@@ -568,32 +705,89 @@ def _finite(obj):
     return obj
 
 
+def _run_cache(args) -> dict:
+    from gleak_edu._cache import cache_info, clear_cache
+
+    if args.action == "clear":
+        if args.json is not None:
+            raise UsageError("--json is for gleak cache info")
+        try:
+            removed = clear_cache(args.cache, experiment=args.experiment)
+        except NotADirectoryError as exc:
+            raise UsageError(str(exc)) from None
+        where = cache_info(args.cache)["path"]
+        print(f"removed {removed.files} files ({removed.bytes / 2**20:.1f} MB) from {where}")
+        return {}
+    if args.experiment is not None:
+        raise UsageError("--experiment is for gleak cache clear")
+    info = cache_info(args.cache)
+    bound = " / ".join(
+        part for part in (
+            f"{info['max_bytes'] / 2**20:.0f} MB" if info.get("max_bytes") else "",
+            f"{info['max_files']:,} files" if info.get("max_files") else "",
+        ) if part
+    ) or "none"
+    print(f"{info['path']}: {info['files']} cells, {info['bytes'] / 2**20:.1f} MB ({info['status']}); "
+          f"bound {bound} ($GLEAK_CACHE_MAX_MB, $GLEAK_CACHE_MAX_FILES)")
+    return info
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line each: ``gleak: warning: ...``."""
+    print(f"gleak: warning: {str(message).strip().splitlines()[0]}", file=sys.stderr if file is None else file)
+
+
+def _outputs(args) -> list[tuple[Path | None, str, bool]]:
+    """(path, flag, is_png) of every output file the command will write."""
+    return [(getattr(args, "json", None), "--json", False), (getattr(args, "png", None), "--png", True)]
+
+
+def _attack_summary(out: dict) -> str:
+    if out["attack"] == "transformer":
+        return (
+            f"transformer: recovered \"{out['sentence_recovered']}\" (true \"{out['sentence_true']}\"): "
+            f"word set recall {out['set_recall']:.0%}, precision {out['set_precision']:.0%}, "
+            f"in order {out['order_accuracy']:.0%}" + (f", epsilon {out['epsilon']:.3g} per release" if out["epsilon"] else "")
+        )
+    return (
+        f"{out['attack']}: PSNR {out['psnr']:.1f} dB, SSIM {out['ssim']:.3f}, "
+        f"label {out['label_pred']} ({'right' if out['label_correct'] else 'wrong'}, true {out['label_true']}), "
+        f"{out['iterations']} iterations, {out['evaluations']} evaluations, {out['seconds']:.1f} s"
+        + (f", re-identified (rank 1) {out['reid_top1']:.0%}" if "reid_top1" in out else "")
+        + (f", best of {out['restarts']} restarts" if out["restarts"] > 1 else "")
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``gleak`` console script. Returns the exit status."""
+    """Entry point of the ``gleak`` console script. Returns the exit status.
+
+    0: done; 2: bad input (one line on stderr, checked before any work, output
+    paths included); 130: Ctrl-C (one line; an attack first writes its best
+    estimate so far, flagged ``"interrupted": true``).
+    """
+    import warnings
+
     parser = _build_parser()
+    args = None
+    warnings.showwarning = _show_warning
     try:
         args = parser.parse_args(argv)
-        if args.command == "attack" and args.attack == "transformer":
-            out = _run_text_attack(args)
-            print(
-                f"transformer: recovered \"{out['sentence_recovered']}\" (true \"{out['sentence_true']}\"): "
-                f"word set recall {out['set_recall']:.0%}, precision {out['set_precision']:.0%}, "
-                f"in order {out['order_accuracy']:.0%}" + (f", epsilon {out['epsilon']:.3g} per release" if out["epsilon"] else "")
-            )
+        outputs = _outputs(args)
+        for path, flag, png in outputs:
+            _check_output(path, flag, png)
+        paths = [p.absolute() for p, _, _ in outputs if p is not None]
+        if len(paths) == 2 and paths[0] == paths[1]:
+            raise UsageError("--json and --png name the same file; give two paths")
+        if args.command == "attack":
+            out = _run_text_attack(args) if args.attack == "transformer" else _run_attack(args)
+            print(_attack_summary(out))
             if args.json is not None:
                 _write_json(args.json, out)
-        elif args.command == "attack":
-            out = _run_attack(args)
-            summary = (
-                f"{out['attack']}: PSNR {out['psnr']:.1f} dB, SSIM {out['ssim']:.3f}, "
-                f"label {out['label_pred']} ({'right' if out['label_correct'] else 'wrong'}, true {out['label_true']}), "
-                f"{out['iterations']} iterations, {out['evaluations']} evaluations, {out['seconds']:.1f} s"
-                + (f", re-identified (rank 1) {out['reid_top1']:.0%}" if "reid_top1" in out else "")
-                + (f", best of {out['restarts']} restarts" if out["restarts"] > 1 else "")
-            )
-            print(summary)
-            if args.json is not None:
-                _write_json(args.json, out)
+            if out["interrupted"]:
+                written = " and ".join(str(p) for p, _, _ in outputs if p is not None)
+                print("gleak: interrupted (Ctrl-C); the best estimate so far" + (f" is in {written}" if written else " is above"),
+                      file=sys.stderr)
+                return 130
         elif args.command == "epsilon":
             print(repr(_run_epsilon(args)))
         elif args.command == "train":
@@ -605,8 +799,16 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "arena":
             out = _run_arena(args)
             _write_json(args.json, out)
+        elif args.command == "cache":
+            out = _run_cache(args)
+            if args.json is not None:
+                _write_json(args.json, out)
         return 0
-    except (UsageError, FileNotFoundError, ValueError, IndexError, ImportError) as exc:
+    except KeyboardInterrupt:
+        print("gleak: interrupted (Ctrl-C); finished cells stay in the cache" if getattr(args, "command", "") in ("sweep", "arena")
+              else "gleak: interrupted (Ctrl-C)", file=sys.stderr)
+        return 130
+    except (UsageError, FileNotFoundError, IsADirectoryError, ValueError, IndexError, ImportError) as exc:
         msg = str(exc).strip().splitlines()[0] if str(exc).strip() else exc.__class__.__name__
         if isinstance(exc, IndexError):
             msg = msg.strip("'\"")

@@ -108,11 +108,12 @@ def client_text_gradient(model: nn.Module, tokens: torch.Tensor, label: torch.Te
 
 
 def check_shared(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> None:
-    """Check that ``shared`` is a gradient of ``model``: same names, order, shapes, finite.
+    """Check that ``shared`` is a gradient of ``model``: same names, order, shapes, float32/float64, finite.
 
     Raises:
         SharedGradientError: naming the first missing, unexpected or misshapen
-            parameter, or the first parameter with NaN/inf entries.
+            parameter, the first of another dtype (int, bool, half, complex),
+            or the first parameter with NaN/inf entries.
     """
     if not isinstance(shared, Mapping):
         raise SharedGradientError(
@@ -129,6 +130,11 @@ def check_shared(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> None:
         g = shared[name]
         if not torch.is_tensor(g):
             raise SharedGradientError(f"shared[{name!r}] is a {type(g).__name__}, not a tensor")
+        if g.dtype not in (torch.float32, torch.float64):
+            raise SharedGradientError(
+                f"shared[{name!r}] has dtype {g.dtype}; a shared gradient is a float32 or float64 tensor "
+                "(convert with {name: g.float() for name, g in shared.items()})"
+            )
         if tuple(g.shape) != tuple(param.shape):
             raise SharedGradientError(
                 f"shared[{name!r}] has shape {tuple(g.shape)} but the model parameter has shape "

@@ -216,6 +216,11 @@ def uniform_init_(model: nn.Module, bound: float = 0.5, seed: int | None = None)
 
 MODELS = {"lenet-zhu": LeNetZhu, "lenet5": LeNet5, "mlp": MLP}
 
+#: Bounds checked before a victim is allocated (the course's models are small; a typo such as
+#: ``num_classes=10**12`` gets a clear error instead of reaching the allocator).
+MAX_CLASSES = 10_000
+MAX_SIDE = 512
+
 
 def build_model(
     name: str,
@@ -234,12 +239,24 @@ def build_model(
     The same seed gives the same model everywhere: notebook, CLI, tests, benchmark.
 
     Raises:
-        ValueError: for an unknown model name, activation or init.
+        ValueError: for an unknown model name, activation or init, ``num_classes``
+            outside 2..MAX_CLASSES, an ``input_shape`` that is not (C, H, W)
+            with C in 1..4 and sides in 1..MAX_SIDE, or a seed outside 0..2**32-1.
     """
     try:
         cls = MODELS[name]
     except KeyError:
         raise ValueError(f"unknown model {name!r}; choose one of {sorted(MODELS)}") from None
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or not 2 <= num_classes <= MAX_CLASSES:
+        raise ValueError(f"num_classes must be a whole number in 2..{MAX_CLASSES}, got {num_classes!r}")
+    shape = tuple(input_shape)
+    if (
+        len(shape) != 3 or any(isinstance(v, bool) or not isinstance(v, int) for v in shape)
+        or not 1 <= shape[0] <= 4 or not all(1 <= v <= MAX_SIDE for v in shape[1:])
+    ):
+        raise ValueError(f"input_shape must be (C, H, W) with C in 1..4 and H, W in 1..{MAX_SIDE}, got {shape}")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32):
+        raise ValueError(f"seed must be a whole number in 0..2**32-1, got {seed!r}")
     if init not in ("uniform", "pytorch"):
         raise ValueError(f"init must be 'uniform' or 'pytorch', got {init!r}")
     if init == "pytorch":

@@ -162,17 +162,37 @@ def test_dlg_restarts_report_every_restart_and_return_the_best(attack, lenet_cas
     assert all("psnr" in r and "ssim" in r and "ended" in r for r in result.per_restart)
 
 
-def test_more_restarts_find_a_lower_loss_than_restart_zero_alone(lenet_case):
+def test_successive_halving_keeps_the_lowest_loss_and_cuts_on_schedule(lenet_case):
+    """What successive halving promises, whatever path each restart takes on this CPU.
+
+    At every cut the kept half has a lowest-so-far loss no higher than any dropped
+    restart's, and a kept restart's lowest loss only falls afterwards: so the
+    restart that survives every cut ends at or below every dropped one, and the
+    result is the lowest over all restarts. (Comparing with restart 0 run alone
+    would ride on chaotic L-BFGS paths, which change with the CPU's vector
+    instructions, and halving may drop the restart that would have won.)
+    """
     model, x, y, shared = lenet_case
-    one = attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=40, truth=x, retries=0)
     eight = attacks.dlg(
         model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=40, truth=x, retries=0, restarts=8,
     )
-    assert eight.loss <= one.loss
+    losses = [r["loss"] for r in eight.per_restart]
+    assert eight.loss == min(losses)
     dropped = [r for r in eight.per_restart if "successive halving" in r["ended"]]
-    assert len(dropped) == 7  # 8 -> 4 -> 2 -> 1
-    at = sorted(int(r["ended"].split()[3]) for r in dropped)
-    assert at == [3, 3, 3, 3, 5, 5, 10]  # halving_points(8, 40)
+    survivors = [r for r in eight.per_restart if "successive halving" not in r["ended"]]
+    points = halving_points(8, 40)
+    assert points == [3, 5, 10]
+    cut_at = [int(r["ended"].split()[3]) for r in dropped]
+    assert set(cut_at) <= set(points)
+    # at most half of those still running leave at each cut: 4, then 2, then 1
+    assert all(cut_at.count(p) <= n for p, n in zip(points, (4, 2, 1)))
+    # a restart kept at every cut ends at or below every restart dropped on the way
+    assert survivors
+    for r in survivors:
+        assert all(r["loss"] <= d["loss"] for d in dropped), (r, dropped)
+    # with no failure or early convergence, the cuts are exactly 8 -> 4 -> 2 -> 1
+    if len(survivors) == 1:
+        assert sorted(cut_at) == [3, 3, 3, 3, 5, 5, 10]
 
 
 def test_ig_restart_zero_is_the_single_run(lenet_case):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
+import operator
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Sequence
@@ -14,7 +16,17 @@ from torch import nn
 
 from gleak_edu import metrics
 
-__all__ = ["AttackResult", "AttackState", "Callback", "fast_attack_mode", "check_input_shape", "check_num_classes", "check_restarts", "halving_points", "Recorder", "RestartBook"]
+__all__ = [
+    "AttackInterrupted", "AttackResult", "AttackState", "Callback", "CallbackError", "MAX_BATCH", "MAX_ITERATIONS",
+    "MAX_RESTARTS", "fast_attack_mode", "check_hyper", "check_input_shape", "check_num_classes", "check_restarts",
+    "halving_points", "keeps_model", "Recorder", "RestartBook",
+]
+
+#: Upper bounds checked before anything is allocated (a typo such as ``restarts=10**9`` gets a
+#: clear error instead of reaching the allocator). Restarts are batched: memory grows with R.
+MAX_RESTARTS = 64
+MAX_ITERATIONS = 1_000_000
+MAX_BATCH = 256
 
 
 @dataclass
@@ -80,6 +92,10 @@ class AttackResult:
             truth's order, and their means), ``order`` (``reconstruction[order]``
             lines up with the truth: a batch comes back in any order) and
             ``label_accuracy`` (order-invariant) when the truth was given.
+        interrupted: True if the run was stopped by Ctrl-C (KeyboardInterrupt);
+            such a result travels in :class:`AttackInterrupted`.
+        error: the callback's exception (``"TypeError: ..."``) if the callback
+            raised; such a result travels in :class:`CallbackError`.
     """
 
     attack: str
@@ -96,6 +112,8 @@ class AttackResult:
     restarts: int = 1
     retries: int = 0
     per_restart: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    error: str | None = None
 
     def seconds_to(self, psnr_db: float) -> float | None:
         """Compute seconds until the mean PSNR first reached ``psnr_db`` (None if never)."""
@@ -122,13 +140,128 @@ class AttackResult:
         )
 
 
+class CallbackError(RuntimeError):
+    """The attack's callback raised. The attack stopped there and kept its best estimate.
+
+    Attributes:
+        result: the :class:`AttackResult` up to that point (``result.error``
+            names the callback's exception, which is also ``__cause__``).
+    """
+
+    def __init__(self, message: str, result: AttackResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+class AttackInterrupted(KeyboardInterrupt):
+    """Ctrl-C (KeyboardInterrupt) during an attack. Subclasses KeyboardInterrupt, so code that
+    does not know about it still stops as it would on Ctrl-C.
+
+    Attributes:
+        result: the :class:`AttackResult` with the best estimate so far
+            (``result.interrupted`` is True).
+    """
+
+    def __init__(self, message: str, result: AttackResult) -> None:
+        super().__init__(message)
+        self.result = result
+
+
+def _whole(value: Any, name: str, low: int, high: int, what: str) -> int:
+    """An integer in [low, high] (bools, fractions, NaN and strings refused with a message)."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok and isinstance(value, float):
+        ok = math.isfinite(value) and value == int(value)
+    if not ok:
+        raise ValueError(f"{name} must be a whole number ({what}), got {value!r}")
+    v = int(value)
+    if not low <= v <= high:
+        raise ValueError(f"{name} must lie in {low}..{high} ({what}), got {v}")
+    return v
+
+
 def check_restarts(restarts: int, retries: int = 0) -> tuple[int, int]:
-    """Validate the number of independent restarts (>= 1) and of retries after a failure (>= 0)."""
-    if isinstance(restarts, bool) or int(restarts) != restarts or restarts < 1:
-        raise ValueError(f"restarts must be an integer >= 1 (independent runs at once), got {restarts!r}")
-    if isinstance(retries, bool) or int(retries) != retries or retries < 0:
-        raise ValueError(f"retries must be an integer >= 0 (fresh starts after a failed run), got {retries!r}")
-    return int(restarts), int(retries)
+    """Validate the number of independent restarts (1..MAX_RESTARTS) and of retries after a failure (>= 0)."""
+    restarts = _whole(restarts, "restarts", 1, MAX_RESTARTS, "independent runs at once, batched: memory grows with it")
+    retries = _whole(retries, "retries", 0, 10_000, "fresh starts after a failed run")
+    return restarts, retries
+
+
+def check_hyper(iterations: Any, lr: Any, **weights: Any) -> int:
+    """Validate an attack's budget and step size before anything runs.
+
+    ``iterations`` must be a whole number in 1..MAX_ITERATIONS, ``lr`` a finite
+    number > 0, and each keyword (a weight such as ``tv_weight``) a finite
+    number >= 0. Returns ``iterations`` as an int.
+
+    Raises:
+        ValueError: naming the first bad value.
+    """
+    iterations = _whole(iterations, "iterations", 1, MAX_ITERATIONS, "optimiser steps")
+    for name, value, low_ok in (("lr", lr, False), *((k, v, True) for k, v in weights.items())):
+        try:
+            v = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a number, got {value!r}") from None
+        if isinstance(value, bool) or not math.isfinite(v) or v < 0 or (v == 0 and not low_ok):
+            raise ValueError(f"{name} must be a finite number {'>= 0' if low_ok else '> 0'}, got {value!r}")
+    return iterations
+
+
+def _batchnorm_in_train_mode(model: nn.Module) -> list[str]:
+    return [
+        n for n, m in model.named_modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats
+    ]
+
+
+def check_batchnorm(model: nn.Module, restarts: int) -> None:
+    """Batched restarts cannot run a BatchNorm layer in train mode (its running statistics would be
+    updated inside ``torch.func.vmap``).
+
+    Raises:
+        ValueError: naming the layer and the two ways out.
+    """
+    bn = _batchnorm_in_train_mode(model)
+    if bn and restarts > 1:
+        raise ValueError(
+            f"the model's BatchNorm layer {bn[0]!r} is in train mode, which batched restarts cannot run "
+            "(each evaluation would update its running statistics); use restarts=1, or call model.eval() "
+            "first if the client computed its gradient in eval mode"
+        )
+
+
+def keeps_model(fn: Callable) -> Callable:
+    """Decorator for an attack ``fn(model, ...)``: the model comes back exactly as it went in.
+
+    Parameters and buffers (e.g. a BatchNorm's running statistics, which every
+    forward pass in train mode updates), each module's train/eval mode, each
+    parameter's ``requires_grad`` and ``.grad`` are restored when the attack
+    returns or raises (Ctrl-C included).
+    """
+
+    @functools.wraps(fn)
+    def wrapper(model: nn.Module, *args: Any, **kwargs: Any) -> Any:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        tensors = dict(model.state_dict(keep_vars=True))
+        saved = {k: v.detach().clone() for k, v in tensors.items()}
+        modes = [(m, m.training) for m in model.modules()]
+        flags = [(p, p.requires_grad, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
+        try:
+            return fn(model, *args, **kwargs)
+        finally:
+            with torch.no_grad():
+                for k, v in tensors.items():
+                    if v.shape == saved[k].shape and not torch.equal(v, saved[k]):
+                        v.copy_(saved[k])
+            for m, mode in modes:
+                m.training = mode
+            for p, flag, grad in flags:
+                p.requires_grad_(flag)
+                p.grad = grad
+
+    return wrapper
 
 
 class RestartBook:
@@ -220,11 +353,29 @@ def halving_points(restarts: int, iterations: int) -> list[int]:
     return [p for p in points if p < iterations]
 
 
+def _is_whole(value: Any) -> bool:
+    """An integer (Python, numpy, a 0-d integer tensor) or an integer-valued float; never a bool."""
+    if isinstance(value, bool):
+        return False
+    try:
+        operator.index(value)
+        return True
+    except TypeError:
+        return isinstance(value, float) and math.isfinite(value) and value.is_integer()
+
+
 def check_input_shape(input_shape: Sequence[int], model: nn.Module) -> tuple[int, int, int, int]:
     """Validate ``input_shape`` = (B, C, H, W) against the model's expected image shape."""
-    shape = tuple(int(s) for s in input_shape)
-    if len(shape) != 4 or any(s < 1 for s in shape):
-        raise ValueError(f"input_shape must be (B, C, H, W) with positive sizes, got {tuple(input_shape)}")
+    try:
+        given = tuple(input_shape)
+    except TypeError:
+        raise ValueError(f"input_shape must be (B, C, H, W), got {input_shape!r}") from None
+    whole = all(_is_whole(s) for s in given)
+    if len(given) != 4 or not whole or any(s < 1 for s in given):
+        raise ValueError(f"input_shape must be (B, C, H, W) with positive whole sizes, got {given}")
+    shape = tuple(int(s) for s in given)
+    if shape[0] > MAX_BATCH:
+        raise ValueError(f"the batch size {shape[0]} is above {MAX_BATCH}, the most these attacks handle")
     expected = getattr(model, "input_shape", None)
     if expected is not None and tuple(shape[1:]) != tuple(expected):
         raise ValueError(f"input_shape {shape} does not fit the model, which takes images of shape {tuple(expected)}")
@@ -337,6 +488,8 @@ class Recorder:
         self.best: torch.Tensor | None = None
         self.best_labels: torch.Tensor | None = None
         self._t0 = time.perf_counter()
+        self.callback_error: BaseException | None = None
+        self.interrupted = False
         self.bar = None
         if progress:
             from tqdm.auto import tqdm
@@ -390,12 +543,52 @@ class Recorder:
             state = AttackState(
                 self.attack, iteration, self.evaluations, self.seconds, loss, est.clone(), labels.clone(), psnr, final
             )
-            stop = bool(self.callback(state))
+            stop = self._call(state)
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(loss=f"{loss:.2e}", **({"psnr": f"{psnr:.1f}"} if psnr is not None else {}))
         self.resume()
         return stop
+
+    def _call(self, state: AttackState) -> bool:
+        """Call the callback; an exception stops the attack (kept for :meth:`finish`), it never loses the estimate."""
+        try:
+            return bool(self.callback(state))
+        except Exception as exc:  # re-raised by finish() as CallbackError, with the best estimate
+            self.callback_error = exc
+            return True
+
+    @contextlib.contextmanager
+    def interruptible(self) -> Iterator[None]:
+        """Wrap the attack loop: Ctrl-C ends the loop (the attack then builds its result as usual,
+        and :meth:`finish` raises :class:`AttackInterrupted` carrying it)."""
+        try:
+            yield
+        except KeyboardInterrupt:
+            self.interrupted = True
+
+    def stop_note(self, iteration: int) -> str | None:
+        """Why the loop stopped early, if the callback or Ctrl-C stopped it."""
+        if self.interrupted:
+            return f"interrupted (Ctrl-C) at iteration {iteration}"
+        if self.callback_error is not None:
+            return f"stopped at iteration {iteration}: the callback raised {self.callback_error.__class__.__name__}"
+        return None
+
+    def finish(self, result: AttackResult) -> AttackResult:
+        """Return ``result``, or raise it inside :class:`AttackInterrupted` / :class:`CallbackError`."""
+        if self.interrupted:
+            result.interrupted = True
+            raise AttackInterrupted(f"{self.attack} interrupted (Ctrl-C) after {result.iterations} iterations; "
+                                    "the best estimate so far is in .result", result)
+        if self.callback_error is not None:
+            exc = self.callback_error
+            result.error = f"{exc.__class__.__name__}: {exc}"
+            raise CallbackError(
+                f"the callback raised {result.error} at iteration {result.iterations}; {self.attack} stopped there "
+                "and kept its best estimate (in .result)", result,
+            ) from exc
+        return result
 
     def close(self) -> None:
         """Stop the clock, add SSIM to the last history entry, close the progress bar."""
@@ -417,9 +610,9 @@ class Recorder:
             message=message, retries=retries,
         )
         result.metrics = self.final_metrics(recon, labels, true_labels)
-        if self.callback is not None:
+        if self.callback is not None and self.callback_error is None and not self.interrupted:
             psnr = result.metrics.get("psnr_mean")
-            self.callback(
+            self._call(
                 AttackState(self.attack, iterations, self.evaluations, self.seconds, self.best_loss, recon.clone(), labels.clone(), psnr, True)
             )
         return result

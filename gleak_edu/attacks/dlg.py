@@ -24,9 +24,12 @@ from gleak_edu.attacks._common import (
     RestartBook,
     check_input_shape,
     check_num_classes,
+    check_batchnorm,
+    check_hyper,
     check_restarts,
     fast_attack_mode,
     halving_points,
+    keeps_model,
 )
 from gleak_edu.attacks._lbfgs import batched_lbfgs
 from gleak_edu.fl import check_shared
@@ -98,8 +101,10 @@ def _run(
 ) -> AttackResult:
     b, c, h, w = check_input_shape(input_shape, model)
     restarts, retries = check_restarts(restarts, retries)
-    if iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
+    iterations = check_hyper(iterations, lr)
+    if isinstance(max_evals_per_step, bool) or not isinstance(max_evals_per_step, int) or not 1 <= max_evals_per_step <= 1000:
+        raise ValueError(f"max_evals_per_step must be a whole number in 1..1000, got {max_evals_per_step!r}")
+    check_batchnorm(model, restarts)
     if truth is not None and tuple(truth.shape) != (b, c, h, w):
         raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
     check_num_classes(model, num_classes)
@@ -147,64 +152,66 @@ def _run(
         # in float64: half the memory traffic of the two history products of every evaluation
         opt = batched_lbfgs(z, lr=lr, max_iter=max_evals_per_step, history_dtype=torch.float32)
         rec.resume()
-        for it in range(1, iterations + 1):
-            z = opt.x
-            live = ~finished
-            info = opt.step(fn, rows=live)
-            last = info.loss
-            run_steps += live.long()
-            run_start = torch.where(live & torch.isnan(run_start), last, run_start)
-            finite = torch.isfinite(z).all(1) & torch.isfinite(last)
-            # DLG's known failure modes: the loss explodes (L-BFGS with lr 1 and no
-            # line search overshoots), or the sigmoids saturate and the run freezes
-            # far from zero loss. The attacker sees both in the matching loss alone.
-            exploded = finite & (last > 10 * run_start)
-            frozen = info.converged & (info.evaluations <= 2) & (last > 1e-4 * scale)
-            stalled = (run_steps == 50) & (last > 0.01 * run_start)
-            failed = live & (~finite | exploded | frozen | stalled)
-            notes = []
-            for row in torch.nonzero(failed).flatten().tolist():
-                r = int(ids[row])
-                why = (
-                    "non-finite loss" if not finite[row] else "exploding loss" if exploded[row]
-                    else "frozen run" if frozen[row] else "stalled run"
-                )
-                who = f"restart {r}: " if R > 1 else ""
-                if book.retries[r] < retries and it < iterations:
-                    book.retries[r] += 1
-                    notes.append(f"{who}retry {int(book.retries[r])} ({why})")
-                    z[row] = torch.randn(z.shape[1], generator=gen)
-                    opt.reset(torch.arange(len(ids)) == row)
-                    run_start[row] = math.nan
-                    run_steps[row] = 0
-                else:
-                    notes.append(f"{who}stopped ({why})")
-                    finished[row] = True
-                    book.diverged[r] = (not finite[row]) or bool(exploded[row])
-                    book.stop_reason([r], f"{why} at iteration {it}, no retries left")
-            done = live & ~failed & info.converged & (info.evaluations <= 2)
-            for row in torch.nonzero(done).flatten().tolist():
-                book.stop_reason([int(ids[row])], f"converged at iteration {it}")
-            finished |= done
-            cur = torch.where(finished & ~done, torch.full_like(last, math.inf), torch.nan_to_num(last, nan=math.inf))
-            show = int(cur.argmin())
-            if rec.record(it, float(last[show]), z[show, :nx].view(b, c, h, w), labels_of(z[show]), note="; ".join(notes) or None):
-                message = f"stopped by the callback at iteration {it}"
-                break
-            if bool(finished.all()):
-                reasons = sorted({book.reasons[int(r)] for r in ids})
-                message = "; ".join(reasons)
-                break
-            if it in halve_at and len(ids) > 1:  # successive halving: keep the better half
-                order = book.ranking(ids)
-                kept = order[: math.ceil(len(ids) / 2)]
-                for r in order[len(kept):].tolist():
-                    book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
-                rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
-                ids = ids[rows]
-                opt.keep(rows)
-                run_start, run_steps, finished = run_start[rows], run_steps[rows], finished[rows]
+        with rec.interruptible():
+            for it in range(1, iterations + 1):
+                z = opt.x
+                live = ~finished
+                info = opt.step(fn, rows=live)
+                last = info.loss
+                run_steps += live.long()
+                run_start = torch.where(live & torch.isnan(run_start), last, run_start)
+                finite = torch.isfinite(z).all(1) & torch.isfinite(last)
+                # DLG's known failure modes: the loss explodes (L-BFGS with lr 1 and no
+                # line search overshoots), or the sigmoids saturate and the run freezes
+                # far from zero loss. The attacker sees both in the matching loss alone.
+                exploded = finite & (last > 10 * run_start)
+                frozen = info.converged & (info.evaluations <= 2) & (last > 1e-4 * scale)
+                stalled = (run_steps == 50) & (last > 0.01 * run_start)
+                failed = live & (~finite | exploded | frozen | stalled)
+                notes = []
+                for row in torch.nonzero(failed).flatten().tolist():
+                    r = int(ids[row])
+                    why = (
+                        "non-finite loss" if not finite[row] else "exploding loss" if exploded[row]
+                        else "frozen run" if frozen[row] else "stalled run"
+                    )
+                    who = f"restart {r}: " if R > 1 else ""
+                    if book.retries[r] < retries and it < iterations:
+                        book.retries[r] += 1
+                        notes.append(f"{who}retry {int(book.retries[r])} ({why})")
+                        z[row] = torch.randn(z.shape[1], generator=gen)
+                        opt.reset(torch.arange(len(ids)) == row)
+                        run_start[row] = math.nan
+                        run_steps[row] = 0
+                    else:
+                        notes.append(f"{who}stopped ({why})")
+                        finished[row] = True
+                        book.diverged[r] = (not finite[row]) or bool(exploded[row])
+                        book.stop_reason([r], f"{why} at iteration {it}, no retries left")
+                done = live & ~failed & info.converged & (info.evaluations <= 2)
+                for row in torch.nonzero(done).flatten().tolist():
+                    book.stop_reason([int(ids[row])], f"converged at iteration {it}")
+                finished |= done
+                cur = torch.where(finished & ~done, torch.full_like(last, math.inf), torch.nan_to_num(last, nan=math.inf))
+                show = int(cur.argmin())
+                if rec.record(it, float(last[show]), z[show, :nx].view(b, c, h, w), labels_of(z[show]), note="; ".join(notes) or None):
+                    message = f"stopped by the callback at iteration {it}"
+                    break
+                if bool(finished.all()):
+                    reasons = sorted({book.reasons[int(r)] for r in ids})
+                    message = "; ".join(reasons)
+                    break
+                if it in halve_at and len(ids) > 1:  # successive halving: keep the better half
+                    order = book.ranking(ids)
+                    kept = order[: math.ceil(len(ids) / 2)]
+                    for r in order[len(kept):].tolist():
+                        book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
+                    rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
+                    ids = ids[rows]
+                    opt.keep(rows)
+                    run_start, run_steps, finished = run_start[rows], run_steps[rows], finished[rows]
         rec.close()
+    message = rec.stop_note(it) or message
     best = book.best_row()
     if best is None:  # not even the first evaluation was finite
         rec.best = opt.x[0, :nx].view(b, c, h, w).detach().clone()
@@ -224,9 +231,10 @@ def _run(
     result = rec.result(it, bool(book.diverged[best]), message, true_labels, used)
     result.restarts = R
     result.per_restart = book.report(truth, lambda zz: zz[:nx].view(b, c, h, w))
-    return result
+    return rec.finish(result)
 
 
+@keeps_model
 def dlg(
     model: nn.Module,
     shared: Mapping[str, torch.Tensor],
@@ -308,8 +316,16 @@ def dlg(
     Raises:
         SharedGradientError: if ``shared`` does not match the model (names,
             shapes) or contains NaN/inf.
-        ValueError: for a malformed ``input_shape``, ``iterations < 1``,
-            ``restarts < 1`` or ``retries < 0``.
+        ValueError: for a malformed ``input_shape``, ``iterations`` outside
+            1..MAX_ITERATIONS, ``lr`` not finite and > 0, ``restarts`` outside
+            1..MAX_RESTARTS, ``retries < 0``, or batched restarts on a model
+            with BatchNorm in train mode.
+        CallbackError: if the callback raised; the attack stopped there and
+            ``exc.result`` holds its best estimate.
+        AttackInterrupted: on Ctrl-C; ``exc.result`` holds the best estimate.
+
+    The model is left exactly as it was (parameters, buffers such as
+    BatchNorm's running statistics, train/eval mode).
     """
     return _run(
         "DLG", model, shared, input_shape, num_classes, None, iterations, lr, max_evals_per_step,
@@ -318,6 +334,7 @@ def dlg(
     )
 
 
+@keeps_model
 def idlg(
     model: nn.Module,
     shared: Mapping[str, torch.Tensor],

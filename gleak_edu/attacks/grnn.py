@@ -16,7 +16,16 @@ import torch.nn.functional as F
 from torch import nn
 
 from gleak_edu.attacks._chain import gradient_fn
-from gleak_edu.attacks._common import AttackResult, Callback, Recorder, check_input_shape, check_num_classes, fast_attack_mode
+from gleak_edu.attacks._common import (
+    AttackResult,
+    Callback,
+    Recorder,
+    check_hyper,
+    check_input_shape,
+    check_num_classes,
+    fast_attack_mode,
+    keeps_model,
+)
 from gleak_edu.attacks.dlg import _params_and_target
 
 __all__ = ["GRNNGenerator", "grnn", "total_variation"]
@@ -84,6 +93,7 @@ def total_variation(x: torch.Tensor, per_first: bool = False) -> torch.Tensor:
     return dh.mean() + dw.mean()
 
 
+@keeps_model
 def grnn(
     model: nn.Module,
     shared: Mapping[str, torch.Tensor],
@@ -139,10 +149,9 @@ def grnn(
         ValueError: for a malformed ``input_shape`` or bad hyperparameters.
     """
     b, c, h, w = check_input_shape(input_shape, model)
-    if iterations < 1:
-        raise ValueError(f"iterations must be at least 1, got {iterations}")
-    if not (lr > 0 and tv_weight >= 0):
-        raise ValueError(f"lr must be > 0 and tv_weight >= 0, got lr={lr}, tv_weight={tv_weight}")
+    iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
+    if isinstance(z_dim, bool) or not isinstance(z_dim, int) or not 1 <= z_dim <= 4096:
+        raise ValueError(f"z_dim must be a whole number in 1..4096, got {z_dim!r}")
     if truth is not None and tuple(truth.shape) != (b, c, h, w):
         raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
     check_num_classes(model, num_classes)
@@ -161,29 +170,33 @@ def grnn(
     it = 0
     with fast_attack_mode(model, num_threads):
         rec.resume()
-        for it in range(1, iterations + 1):
-            fake, soft = gen_net(z)
-            grads = param_grads(fake, soft)
-            sq = F.mse_loss(torch.cat([g.reshape(-1) for g in grads]), target, reduction="sum")
-            objective = sq + sq.sqrt() + tv_weight * total_variation(fake)
-            rec.evaluations += 1
-            value = float(objective.detach())
-            labels = soft.detach().argmax(1)
-            if not math.isfinite(value):
-                rec.record(it, value, fake, labels, note="stopped (non-finite loss)")
-                diverged = True
-                message = f"the loss became non-finite at iteration {it}; kept the best output (loss {rec.best_loss:.3g})"
-                break
-            rec.offer(value, fake, lambda: labels)
-            ggrads = torch.autograd.grad(objective, gparams)
-            for p, g in zip(gparams, ggrads):
-                p.grad = g
-            opt.step()
-            if rec.record(it, value, fake, labels):
-                message = f"stopped by the callback at iteration {it}"
-                break
+        with rec.interruptible():
+            for it in range(1, iterations + 1):
+                fake, soft = gen_net(z)
+                grads = param_grads(fake, soft)
+                sq = F.mse_loss(torch.cat([g.reshape(-1) for g in grads]), target, reduction="sum")
+                objective = sq + sq.sqrt() + tv_weight * total_variation(fake)
+                rec.evaluations += 1
+                value = float(objective.detach())
+                labels = soft.detach().argmax(1)
+                if not math.isfinite(value):
+                    rec.record(it, value, fake, labels, note="stopped (non-finite loss)")
+                    diverged = True
+                    message = f"the loss became non-finite at iteration {it}; kept the best output (loss {rec.best_loss:.3g})"
+                    break
+                rec.offer(value, fake, lambda: labels)
+                ggrads = torch.autograd.grad(objective, gparams)
+                for p, g in zip(gparams, ggrads):
+                    p.grad = g
+                opt.step()
+                if rec.record(it, value, fake, labels):
+                    message = f"stopped by the callback at iteration {it}"
+                    break
         rec.close()
-    if rec.best is None:
+    message = rec.stop_note(it) or message
+    if rec.best is None:  # no finite loss yet (or Ctrl-C before the first one): the generator's output
+        with torch.no_grad():
+            fake, soft = gen_net(z)
         rec.best = fake.detach().clone()
         rec.best_labels = soft.detach().argmax(1)
-    return rec.result(it, diverged, message, true_labels)
+    return rec.finish(rec.result(it, diverged, message, true_labels))

@@ -23,10 +23,13 @@ from gleak_edu.attacks._common import (
     Recorder,
     RestartBook,
     check_input_shape,
+    check_batchnorm,
+    check_hyper,
     check_num_classes,
     check_restarts,
     fast_attack_mode,
     halving_points,
+    keeps_model,
 )
 from gleak_edu.attacks.dlg import idlg_label
 from gleak_edu.fl import check_shared
@@ -49,6 +52,7 @@ def _label_from_output_gradient(model: nn.Module, shared: Mapping[str, torch.Ten
     return int(shared[f"{name}.bias"].argmin())
 
 
+@keeps_model
 def inverting_gradients(
     model: nn.Module,
     shared: Mapping[str, torch.Tensor],
@@ -115,8 +119,8 @@ def inverting_gradients(
     b, c, h, w = check_input_shape(input_shape, model)
     check_num_classes(model, num_classes)
     restarts = check_restarts(restarts)[0]
-    if iterations < 1 or not lr > 0 or tv_weight < 0:
-        raise ValueError("iterations must be >= 1, lr > 0 and tv_weight >= 0")
+    iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
+    check_batchnorm(model, restarts)
     check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     selected = list(names) if layers is None else list(layers)
@@ -148,41 +152,46 @@ def inverting_gradients(
         x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         rec.resume()
-        for it in range(1, iterations + 1):
-            n = x.shape[0]
-            _, gg, gt = terms(x, soft.expand(n, b, num_classes))
-            cos = 1 - gt / (gg.sqrt() * target_norm + 1e-12)
-            tv = total_variation(x, per_first=True)
-            objective = cos.float() + tv_weight * tv
-            (gx,) = torch.autograd.grad(objective.sum(), x)
-            rec.evaluations += 1
-            value = cos.detach()
-            with torch.no_grad():
-                x.grad = gx.sign()
-                opt.param_groups[0]["lr"] = lr * 0.1 ** sum(it > m_ for m_ in milestones)
-                opt.step()
-                x.clamp_(0, 1)
-            book.current(value, x.detach().reshape(n, -1), ids)  # IG keeps each run's final iterate
-            show = int(value.argmin())
-            if rec.record(it, float(value[show]), x[show], labels):
-                message = f"stopped by the callback at iteration {it}"
-                break
-            if it in halve_at and n > 1:  # successive halving: keep the better half
-                order = book.ranking(ids)
-                kept = order[: math.ceil(n / 2)]
-                for r in order[len(kept):].tolist():
-                    book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
-                rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
-                ids = ids[rows]
-                state = opt.state[x]
-                x = x.detach()[rows].clone().requires_grad_(True)
-                new_opt = torch.optim.Adam([x], lr=lr)
-                new_opt.state[x] = {
-                    "step": state["step"], "exp_avg": state["exp_avg"][rows].clone(), "exp_avg_sq": state["exp_avg_sq"][rows].clone(),
-                }
-                opt = new_opt
+        with rec.interruptible():
+            for it in range(1, iterations + 1):
+                n = x.shape[0]
+                _, gg, gt = terms(x, soft.expand(n, b, num_classes))
+                cos = 1 - gt / (gg.sqrt() * target_norm + 1e-12)
+                tv = total_variation(x, per_first=True)
+                objective = cos.float() + tv_weight * tv
+                (gx,) = torch.autograd.grad(objective.sum(), x)
+                rec.evaluations += 1
+                value = cos.detach()
+                with torch.no_grad():
+                    x.grad = gx.sign()
+                    opt.param_groups[0]["lr"] = lr * 0.1 ** sum(it > m_ for m_ in milestones)
+                    opt.step()
+                    x.clamp_(0, 1)
+                book.current(value, x.detach().reshape(n, -1), ids)  # IG keeps each run's final iterate
+                show = int(value.argmin())
+                if rec.record(it, float(value[show]), x[show], labels):
+                    message = f"stopped by the callback at iteration {it}"
+                    break
+                if it in halve_at and n > 1:  # successive halving: keep the better half
+                    order = book.ranking(ids)
+                    kept = order[: math.ceil(n / 2)]
+                    for r in order[len(kept):].tolist():
+                        book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
+                    rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
+                    ids = ids[rows]
+                    state = opt.state[x]
+                    x = x.detach()[rows].clone().requires_grad_(True)
+                    new_opt = torch.optim.Adam([x], lr=lr)
+                    new_opt.state[x] = {
+                        "step": state["step"], "exp_avg": state["exp_avg"][rows].clone(), "exp_avg_sq": state["exp_avg_sq"][rows].clone(),
+                    }
+                    opt = new_opt
         rec.close()
+    message = rec.stop_note(it) or message
     best = book.best_row()
+    if best is None:  # interrupted before the first step ended: the random start
+        book.current(torch.full((len(ids),), math.inf), x.detach().reshape(len(ids), -1), ids)
+        best = int(ids[0])
     rec.best = book.best_z[best].view(b, c, h, w).clone()
     rec.best_labels, rec.best_loss = labels.clone(), float(book.best_loss[best])
     message += f"; kept the lowest final matching loss ({rec.best_loss:.3g})" + (f": restart {best}" if R > 1 else "")
@@ -191,9 +200,10 @@ def inverting_gradients(
     result.per_restart = book.report(truth, lambda zz: zz.view(b, c, h, w))
     for row in result.per_restart:
         row.pop("retries"), row.pop("diverged")
-    return result
+    return rec.finish(result)
 
 
+@keeps_model
 def precode_bypass(
     model: nn.Module,
     shared: Mapping[str, torch.Tensor],

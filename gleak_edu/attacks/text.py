@@ -33,6 +33,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gleak_edu.attacks._common import AttackInterrupted, CallbackError, check_hyper, check_restarts, keeps_model
+from gleak_edu.fl import check_shared
+
 __all__ = ["TextAttackResult", "TextState", "recovered_token_set", "text_metrics", "text_recovery"]
 
 _TOKEN, _POSITION = "token_embedding.weight", "position_embedding.weight"
@@ -63,6 +66,10 @@ class TextAttackResult:
             order_accuracy (share of the true positions holding the right word),
             label_correct.
         history: ``{"iteration", "loss"}`` every ``callback_every`` steps.
+        interrupted: True if Ctrl-C stopped the run (the result then travels in
+            :class:`~gleak_edu.attacks.AttackInterrupted`).
+        error: the callback's exception if it raised (the result then travels
+            in :class:`~gleak_edu.attacks.CallbackError`).
     """
 
     tokens: list[int]
@@ -77,6 +84,8 @@ class TextAttackResult:
     start: str
     metrics: dict = field(default_factory=dict)
     history: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+    error: str | None = None
 
 
 def recovered_token_set(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> tuple[list[int], int]:
@@ -111,6 +120,7 @@ def text_metrics(recovered: list[int], truth: list[int], token_set: list[int] | 
     }
 
 
+@keeps_model
 def text_recovery(
     model: nn.Module,
     shared: Mapping[str, torch.Tensor],
@@ -147,14 +157,21 @@ def text_recovery(
     Raises:
         ValueError: if the model has no token/position embeddings, ``shared``
             does not match it, or bad hyperparameters.
-    """
-    from gleak_edu.fl import check_shared
+        CallbackError: if the callback raised (``exc.result`` holds the best
+            estimate up to then). AttackInterrupted: on Ctrl-C (the same).
 
+    The model is left as it was (parameters, their ``.grad``, buffers, mode).
+    """
     if not hasattr(model, "token_embedding") or not hasattr(model, "position_embedding"):
         raise ValueError("text_recovery needs a model with token_embedding and position_embedding (TinyTransformer)")
     check_shared(model, shared)
-    if iterations < 0 or restarts < 1 or not lr > 0 or start not in ("similarity", "random"):
-        raise ValueError("need iterations >= 0, restarts >= 1, lr > 0 and start 'similarity' or 'random'")
+    if start not in ("similarity", "random"):
+        raise ValueError(f"start must be 'similarity' or 'random', got {start!r}")
+    restarts = check_restarts(restarts)[0]
+    if iterations != 0:
+        iterations = check_hyper(iterations, lr)
+    if isinstance(callback_every, bool) or not isinstance(callback_every, int) or callback_every < 1:
+        raise ValueError(f"callback_every must be a whole number >= 1, got {callback_every!r}")
     t0 = time.perf_counter()
     token_set, length = recovered_token_set(model, shared)
     S = torch.tensor(token_set, dtype=torch.int64)
@@ -192,38 +209,90 @@ def text_recovery(
     similarity = pos_rows @ tok_rows.t()  # [length, |S|]
     gen = torch.Generator().manual_seed(int(seed))
     best_loss, best_z, history, it_total = math.inf, None, [], 0
-    for r in range(restarts):
-        noise = torch.randn(similarity.shape, generator=gen)
-        z0 = 30.0 * similarity + (0.5 * noise if r else 0.0) if start == "similarity" else 0.1 * noise
-        for z_candidate in ([z0.clone()] if start == "similarity" else []):
-            value = float(matching_loss(hard(z_candidate), False).detach())
-            if value < best_loss:
-                best_loss, best_z = value, z_candidate
-        z = z0.clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=lr)
-        for it in range(1, iterations + 1):
-            loss = matching_loss(torch.softmax(z, dim=1), True)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            it_total += 1
-            if it % callback_every == 0 or it == iterations:
-                history.append({"iteration": it_total, "loss": float(loss.detach())})
-                if callback is not None:
-                    callback(TextState(it_total, float(loss.detach()), [vocab.words[int(S[k])] for k in z.detach().argmax(1)]))
-        value = float(matching_loss(hard(z.detach()), False).detach())
-        if value < best_loss:
-            best_loss, best_z = value, z.detach().clone()
+    failure: list[BaseException] = []  # the callback's exception, if it raised
+    interrupted = False
+
+    def call(state: TextState) -> None:
+        try:
+            callback(state)
+        except Exception as exc:  # kept; re-raised below with the best estimate
+            failure.append(exc)
+
+    try:
+        best_loss, best_z, it_total = _restarts(
+            restarts, iterations, lr, start, similarity, gen, matching_loss, hard, history, callback and call,
+            callback_every, vocab, S, failure,
+        )
+    except _Stopped as stop:
+        best_loss, best_z, it_total, interrupted = stop.best_loss, stop.best_z, stop.it_total, True
+    if best_z is None:  # Ctrl-C before anything was scored: the similarity start
+        best_z = 30.0 * similarity
     tokens = [int(S[k]) for k in best_z.argmax(1)]
     words = [vocab.words[t] for t in tokens]
     result = TextAttackResult(
         tokens, words, " ".join(words), token_set, length, label, best_loss, it_total, time.perf_counter() - t0, start,
-        history=history,
+        history=history, interrupted=interrupted,
     )
     if truth is not None:
         result.metrics = text_metrics(tokens, [int(t) for t in truth], token_set)
     if true_label is not None:
         result.metrics["label_correct"] = label == int(true_label)
-    if callback is not None:
-        callback(TextState(it_total, best_loss, words, done=True))
+    if interrupted:
+        raise AttackInterrupted(f"text recovery interrupted (Ctrl-C) after {it_total} steps; the best estimate is in .result", result)
+    if callback is not None and not failure:
+        call(TextState(it_total, best_loss, words, done=True))
+    if failure:
+        result.error = f"{failure[0].__class__.__name__}: {failure[0]}"
+        raise CallbackError(
+            f"the callback raised {result.error}; text recovery stopped there and kept its best estimate (in .result)", result
+        ) from failure[0]
     return result
+
+
+class _Stopped(Exception):
+    """Ctrl-C inside :func:`_restarts`, with what it had found."""
+
+    def __init__(self, best_loss: float, best_z: torch.Tensor | None, it_total: int) -> None:
+        self.best_loss, self.best_z, self.it_total = best_loss, best_z, it_total
+
+
+def _restarts(restarts, iterations, lr, start, similarity, gen, matching_loss, hard, history, callback, callback_every, vocab, S, failure):
+    """The restarts of :func:`text_recovery`'s order matching.
+
+    Returns (best loss, best z, steps run); stops early once ``failure`` holds
+    the callback's exception; Ctrl-C raises :class:`_Stopped` with the best so far.
+    """
+    best_loss, best_z, it_total = math.inf, None, 0
+
+    def score(z: torch.Tensor) -> None:
+        nonlocal best_loss, best_z
+        value = float(matching_loss(hard(z), False).detach())
+        if value < best_loss:
+            best_loss, best_z = value, z.detach().clone()
+
+    try:
+        for r in range(restarts):
+            noise = torch.randn(similarity.shape, generator=gen)
+            z0 = 30.0 * similarity + (0.5 * noise if r else 0.0) if start == "similarity" else 0.1 * noise
+            if start == "similarity":
+                score(z0)
+            z = z0.clone().requires_grad_(True)
+            opt = torch.optim.Adam([z], lr=lr)
+            for it in range(1, iterations + 1):
+                loss = matching_loss(torch.softmax(z, dim=1), True)
+                (gz,) = torch.autograd.grad(loss, [z])  # not loss.backward(): the model's .grad stays untouched
+                z.grad = gz
+                opt.step()
+                it_total += 1
+                if it % callback_every == 0 or it == iterations:
+                    history.append({"iteration": it_total, "loss": float(loss.detach())})
+                    if callback is not None:
+                        callback(TextState(it_total, float(loss.detach()), [vocab.words[int(S[k])] for k in z.detach().argmax(1)]))
+                        if failure:
+                            break
+            score(z.detach())
+            if failure:
+                break
+    except KeyboardInterrupt:
+        raise _Stopped(best_loss, best_z, it_total) from None
+    return best_loss, best_z, it_total

@@ -73,6 +73,10 @@ class VariationalBottleneck(nn.Module):
         return f"in_features={self.in_features}, bottleneck={self.bottleneck}, beta={self.beta:g}"
 
 
+#: The largest bottleneck size K accepted (PRECODE uses 256; checked before anything is allocated).
+MAX_BOTTLENECK = 16_384
+
+
 def add_precode(model: nn.Module, bottleneck: int = 256, beta: float = 1e-3, seed: int | None = 0) -> nn.Module:
     """Insert a :class:`VariationalBottleneck` directly before the model's output layer, in place.
 
@@ -83,8 +87,14 @@ def add_precode(model: nn.Module, bottleneck: int = 256, beta: float = 1e-3, see
     initialisation) are drawn from ``seed`` (None: the global RNG). Returns the model.
 
     Raises:
-        ValueError: if the model has no ``classifier`` linear layer, or already has a bottleneck.
+        ValueError: if the model has no ``classifier`` linear layer, already has a
+            bottleneck, ``bottleneck`` is not in 1..MAX_BOTTLENECK or ``beta`` is
+            not a finite number >= 0.
     """
+    if isinstance(bottleneck, bool) or not isinstance(bottleneck, int) or not 1 <= bottleneck <= MAX_BOTTLENECK:
+        raise ValueError(f"bottleneck must be a whole number in 1..{MAX_BOTTLENECK} (PRECODE uses 256), got {bottleneck!r}")
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not math.isfinite(beta) or beta < 0:
+        raise ValueError(f"beta must be a finite number >= 0 (PRECODE uses 1e-3), got {beta!r}")
     head = getattr(model, "classifier", None)
     if any(isinstance(m, VariationalBottleneck) for m in model.modules()):
         raise ValueError("the model already has a PRECODE bottleneck")
