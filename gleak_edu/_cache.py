@@ -420,43 +420,36 @@ def write_cell(path: Path, key: str, spec: dict, result: dict) -> None:
 # --------------------------------------------------------------------------- the folder
 
 
-def _cells(root: Path, experiment: str | None = None) -> list[tuple[Path, os.stat_result]]:
-    """The cache's cell files in ``root`` (of one experiment, or all) with their stats; [] when unreadable."""
+def _matching(root: Path, pattern: re.Pattern, keep: Callable[[re.Match, os.stat_result], bool]) -> list[tuple[Path, os.stat_result]]:
+    """The entries of ``root`` whose name matches ``pattern`` and that ``keep`` accepts, with their stats; [] when unreadable."""
     out = []
     try:
         entries = list(os.scandir(root))
     except OSError:
         return out
     for e in entries:
-        m = _CELL_RE.match(e.name)
-        if m is None or (experiment is not None and m["experiment"] != experiment):
+        m = pattern.match(e.name)
+        if m is None:
             continue
         try:
             st = e.stat(follow_symlinks=False)
         except OSError:
             continue
-        if stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode):
+        if keep(m, st):
             out.append((Path(e.path), st))
     return out
+
+
+def _cells(root: Path, experiment: str | None = None) -> list[tuple[Path, os.stat_result]]:
+    """The cache's cell files in ``root`` (of one experiment, or all) with their stats; [] when unreadable."""
+    return _matching(root, _CELL_RE, lambda m, st: (experiment is None or m["experiment"] == experiment)
+                     and (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)))
 
 
 def _temporaries(root: Path, experiment: str | None = None) -> list[tuple[Path, os.stat_result]]:
-    out = []
-    try:
-        entries = list(os.scandir(root))
-    except OSError:
-        return out
-    for e in entries:
-        m = _TMP_RE.match(e.name)
-        if m is None or (experiment is not None and m["experiment"] not in (None, experiment)):
-            continue
-        try:
-            st = e.stat(follow_symlinks=False)
-        except OSError:
-            continue
-        if not stat.S_ISDIR(st.st_mode):
-            out.append((Path(e.path), st))
-    return out
+    """The temporaries of interrupted writes in ``root`` (of one experiment, or all), folders excluded."""
+    return _matching(root, _TMP_RE, lambda m, st: (experiment is None or m["experiment"] in (None, experiment))
+                     and not stat.S_ISDIR(st.st_mode))
 
 
 def _check_experiment(experiment: str | None) -> None:

@@ -273,8 +273,13 @@ class ArenaSettings:
             raise ValueError(f"dynamic_updates must be at least 2, got {self.dynamic_updates}")
         if not 0 < self.success_ssim <= 1:
             raise ValueError(f"success_ssim must lie in (0, 1], got {self.success_ssim}")
-        if not 0 < self.delta < 1 or not 0 < self.test_fraction < 1:
-            raise ValueError(f"delta and test_fraction must lie strictly between 0 and 1, got {self.delta}, {self.test_fraction}")
+        from gleak_edu.defenses.accounting import check_delta, check_noise_multiplier
+
+        check_delta(self.delta)
+        for level in self.noise_levels:
+            check_noise_multiplier(level, "noise level")
+        if not 0 < self.test_fraction < 1:
+            raise ValueError(f"test_fraction must lie strictly between 0 and 1, got {self.test_fraction}")
         if self.activation not in ("sigmoid", "relu", "tanh"):
             raise ValueError(f"activation must be sigmoid, relu or tanh, got {self.activation!r}")
 

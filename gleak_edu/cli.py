@@ -91,14 +91,6 @@ def _seed(text: str) -> int:
     return v
 
 
-class _Interrupted(Exception):
-    """Ctrl-C during an attack, after its partial result was turned into output."""
-
-    def __init__(self, out: dict) -> None:
-        super().__init__("interrupted")
-        self.out = out
-
-
 def _check_output(path: Path | None, flag: str, png: bool = False) -> None:
     """Refuse an output path that cannot be written, before any work starts (UsageError).
 
@@ -302,7 +294,7 @@ def _run_text_attack(args) -> dict:
 
     from gleak_edu import fl, models, text
     from gleak_edu.attacks import AttackInterrupted, text_recovery
-    from gleak_edu.defenses import clip_and_noise, gaussian_epsilon
+    from gleak_edu.defenses import check_noise_multiplier, clip_and_noise, gaussian_epsilon
 
     if args.sentence is None:
         raise UsageError("the transformer attack needs --sentence TEXT")
@@ -322,6 +314,8 @@ def _run_text_attack(args) -> dict:
         )
     if args.noise > 0 and args.clip <= 0:
         raise UsageError(f"--clip must be > 0, got {args.clip}")
+    if args.noise > 0:
+        check_noise_multiplier(args.noise, "--noise (a noise multiplier here)")
     classes = 19 if args.classes is None else args.classes  # default: which of the 19 aphorisms
     if classes < 2:
         raise UsageError(f"--classes must be at least 2, got {classes}")
@@ -545,6 +539,10 @@ def _run_sweep(args) -> dict:
     }
     if overrides.get("clip", 1.0) <= 0:
         raise UsageError(f"--clip must be > 0, got {overrides['clip']}")
+    from gleak_edu.defenses import check_noise_multiplier
+
+    for level in overrides.get("noise_levels", ()):
+        check_noise_multiplier(level, "--noise-levels value")
     result = sweeps.ppp_sweep(cache_dir=args.cache, use_cache=not args.no_cache, progress=sys.stderr.isatty(), **overrides)
     print(result.table())
     claims = sweeps.claim_check(result)
@@ -589,6 +587,18 @@ def _run_arena(args) -> dict:
     return result.to_json()
 
 
+def _check_delta(delta: float) -> None:
+    """--delta in (0, 1) and below the course's limit (gleak_edu.defenses.check_delta), before any work."""
+    from gleak_edu.defenses.accounting import check_delta
+
+    if not 0 < delta < 1:
+        raise UsageError(f"--delta must lie strictly between 0 and 1, got {delta}")
+    try:
+        check_delta(delta)
+    except ValueError as exc:
+        raise UsageError(f"--delta: {exc}") from None
+
+
 def _parse_history(text: str) -> list[tuple[float, float, int]]:
     segments = []
     for part in [p.strip() for p in text.split(",") if p.strip()]:
@@ -607,8 +617,7 @@ def _parse_history(text: str) -> list[tuple[float, float, int]]:
 def _run_epsilon(args) -> float:
     from gleak_edu.defenses import epsilon
 
-    if not 0 < args.delta < 1:
-        raise UsageError(f"--delta must lie strictly between 0 and 1, got {args.delta}")
+    _check_delta(args.delta)
     return epsilon(_parse_history(args.history), args.delta, args.accountant)
 
 
@@ -631,8 +640,7 @@ def _run_train(args) -> dict:
         raise UsageError("--sigma-start must be > 0 with DP")
     if args.dp not in ("none", "fixed") and args.sigma_end <= 0:
         raise UsageError("--sigma-end must be > 0 for a schedule")
-    if not 0 < args.delta < 1:
-        raise UsageError(f"--delta must lie strictly between 0 and 1, got {args.delta}")
+    _check_delta(args.delta)  # before the data is loaded; train_dp warns if delta >= 1/n
     train, test = training.split(data.mnist_subset(), 0.2, seed=0)
     total = args.epochs * steps_per_epoch(len(train[0]), 64)
     steps = args.attack_steps if args.attack_steps is not None else (0, total // 2, total - 1)

@@ -9,6 +9,7 @@ prints a line per update instead.
 from __future__ import annotations
 
 import html
+import math
 from typing import Sequence
 
 import torch
@@ -538,13 +539,20 @@ class DPSchedulePanel(_Panel):
 
         sigmas = self.schedule(kind, start, end)
         hist = history_from_sigmas(sigmas, self.sample_rate)
-        self.epsilons = {acc: epsilon(hist, self.delta, acc) for acc in ("rdp", "prv")}
+        self.epsilons = {}
+        for acc in ("rdp", "prv"):
+            try:
+                self.epsilons[acc] = epsilon(hist, self.delta, acc)
+            except ValueError:  # e.g. PRV's grid too large at the sliders' extremes: say so, RDP still holds
+                self.epsilons[acc] = math.nan
         fig = viz.schedules_figure({kind: sigmas})
         self.curve.value = viz.fig_png_bytes(fig)
         plt.close(fig)
         self.readout.value = (
             f"{kind}, σ {sigmas[0]:.2f} → {sigmas[-1]:.2f} over {self.steps} steps at q = {self.sample_rate:.3f}: "
-            f"<b>ε = {self.epsilons['rdp']:.2f}</b> (RDP), {self.epsilons['prv']:.2f} (PRV) at δ = {self.delta:g}"
+            f"<b>ε = {self.epsilons['rdp']:.2f}</b> (RDP), "
+            + ("n/a (use RDP)" if math.isnan(self.epsilons["prv"]) else f"{self.epsilons['prv']:.2f}")
+            + f" (PRV) at δ = {self.delta:g}"
         )
         self.result.value = "training and attacking ..."
         steps = (0, self.steps // 2, self.steps - 1)

@@ -11,7 +11,15 @@
   (:func:`epsilon` over a noise history).
 """
 
-from gleak_edu.defenses.accounting import epsilon, gaussian_epsilon, history_from_sigmas
+from gleak_edu.defenses.accounting import (
+    DeltaWarning,
+    check_delta,
+    check_history,
+    check_noise_multiplier,
+    epsilon,
+    gaussian_epsilon,
+    history_from_sigmas,
+)
 from gleak_edu.defenses.dpsgd import (
     SCHEDULES,
     DPRun,
@@ -42,6 +50,10 @@ from gleak_edu.defenses.ppp import (
 
 __all__ = [
     "SCHEDULES",
+    "DeltaWarning",
+    "check_delta",
+    "check_history",
+    "check_noise_multiplier",
     "DPRun",
     "PerturbedTrainResult",
     "VariationalBottleneck",

@@ -28,6 +28,7 @@ stated delta, attack success rate (share of attacked images with SSIM >=
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -120,34 +121,72 @@ def noise_schedule(kind: str, steps: int, sigma_start: float, sigma_end: float |
 
 
 def schedule_epsilon(kind: str, steps: int, sigma_start: float, sigma_end: float | None, sample_rate: float,
-                     delta: float = 1e-5, accountant: str = "rdp", updates: int | None = None) -> float:
-    """Epsilon at ``delta`` of training along a schedule (Opacus accountant over its history)."""
-    from gleak_edu.defenses.accounting import epsilon, history_from_sigmas
+                     delta: float = 1e-5, accountant: str = "rdp", updates: int | None = None, *,
+                     dataset_size: int | None = None) -> float:
+    """Epsilon at ``delta`` of training along a schedule (Opacus accountant over its history).
 
+    The checks and the result are :func:`gleak_edu.defenses.epsilon`'s
+    (epsilon >= 0, finite; 0 < delta < 0.1; sigmas in [1e-6, 1e6]; at most
+    10**6 steps, checked before the schedule is built).
+
+    Raises:
+        ValueError: as :func:`noise_schedule` and :func:`gleak_edu.defenses.epsilon`.
+    """
+    from gleak_edu.defenses.accounting import check_delta, epsilon, history_from_sigmas
+
+    _check_steps(steps)
+    check_delta(delta)
     sigmas = noise_schedule(kind, steps, sigma_start, sigma_end, updates=updates)
-    return epsilon(history_from_sigmas(sigmas, sample_rate), delta, accountant)
+    return epsilon(history_from_sigmas(sigmas, sample_rate), delta, accountant, dataset_size=dataset_size)
+
+
+def _check_steps(steps) -> int:
+    """steps: a whole number in 1..MAX_STEPS (checked before anything of that length is built)."""
+    from gleak_edu.defenses.accounting import MAX_STEPS
+
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS:,}, got {steps!r}")
+    return int(steps)
 
 
 def match_fixed_sigma(target_epsilon: float, steps: int, sample_rate: float, delta: float = 1e-5,
-                      accountant: str = "rdp", *, low: float = 0.3, high: float = 50.0) -> float:
+                      accountant: str = "rdp", *, low: float = 0.3, high: float = 50.0,
+                      dataset_size: int | None = None) -> float:
     """The fixed noise multiplier whose ``steps`` steps spend ``target_epsilon`` (bisection on the accountant).
 
     Used to compare a schedule with fixed noise at *equal final epsilon*.
-    Returns a sigma within 1e-4 relative.
+    Returns a sigma within 1e-4 relative. The bracket [low, high] must lie
+    within the accountable range [1e-6, 1e6] (:data:`gleak_edu.defenses.accounting.SIGMA_RANGE`);
+    at most 60 bisection steps are taken, whatever the target.
 
     Raises:
-        ValueError: if the target is not reachable with sigma in [low, high].
+        ValueError: a target that is not a finite number > 0, a bad bracket,
+            bad steps, sample rate or delta (as :func:`gleak_edu.defenses.epsilon`),
+            or a target not reachable with sigma in [low, high].
     """
-    from gleak_edu.defenses.accounting import epsilon
+    from gleak_edu.defenses.accounting import check_delta, check_noise_multiplier, epsilon
+
+    try:
+        target = float(target_epsilon)
+    except (TypeError, ValueError):
+        raise ValueError(f"target_epsilon must be a number, got {target_epsilon!r}") from None
+    if isinstance(target_epsilon, bool) or not math.isfinite(target) or target <= 0:
+        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+    low = check_noise_multiplier(low, "bracket's low noise multiplier")
+    high = check_noise_multiplier(high, "bracket's high noise multiplier")
+    if not 0 < low < high:
+        raise ValueError(f"need 0 < low < high for the bracket, got low {low:g}, high {high:g}")
+    _check_steps(steps)
+    check_delta(delta, dataset_size)
 
     def eps(s: float) -> float:
         return epsilon([(s, sample_rate, steps)], delta, accountant)
 
-    if not eps(high) <= target_epsilon <= eps(low):
-        raise ValueError(f"epsilon {target_epsilon:g} is not reachable with a fixed sigma in [{low}, {high}]")
+    if not eps(high) <= target <= eps(low):
+        raise ValueError(f"epsilon {target:g} is not reachable with a fixed sigma in [{low:g}, {high:g}]")
     for _ in range(60):
         mid = math.sqrt(low * high)
-        if eps(mid) > target_epsilon:
+        if eps(mid) > target:
             low = mid
         else:
             high = mid
@@ -277,7 +316,10 @@ def train_dp(
         noise_updates: how many times sigma changes over training (None: every step; see :func:`noise_schedule`).
         clip: clipping bound C (> 0) or ``"dynamic"``; clipping: ``"flat"`` or ``"per_layer"``.
         epochs, batch_size, lr: the SGD schedule.
-        delta, accountant: of the reported epsilon (``"rdp"`` or ``"prv"``).
+        delta, accountant: of the reported epsilon (``"rdp"`` or ``"prv"``); 0 < delta < 0.1, and a
+            :class:`gleak_edu.defenses.accounting.DeltaWarning` when delta >= 1 / len(train). Both, and the
+            planned noise history (sigmas in [1e-6, 1e6], at most 10**6 steps, the PRV grid's bound), are
+            checked before training starts, so a run is never lost to its final accounting.
         attack_steps: steps (0-based) at which the shared gradient of each
             attack image is attacked, computed with that step's sigma and clip
             rule on the model as it is then.
@@ -294,10 +336,12 @@ def train_dp(
         :class:`DPRun`.
 
     Raises:
-        ValueError: unknown method or attack, bad sigmas/clip, attack steps past the end.
+        ValueError: unknown method or attack, bad sigmas/clip, attack steps past the end, a bad delta,
+            accountant or noise history (see :func:`gleak_edu.defenses.epsilon`); all before training.
     """
     from gleak_edu import metrics
     from gleak_edu.attacks import dlg, idlg, inverting_gradients
+    from gleak_edu.defenses.accounting import ACCOUNTANTS, MAX_STEPS, check_delta, check_history, history_from_sigmas
     from gleak_edu.defenses.ppp import steps_per_epoch, train_perturbed
     from gleak_edu.fl import client_gradient
 
@@ -306,7 +350,15 @@ def train_dp(
     unknown = [a for a in attacks if a not in ("idlg", "ig")]
     if unknown:
         raise ValueError(f"attacks must be among 'idlg' and 'ig', got {unknown}")
+    # everything the final accounting needs is checked before any training, so no run is lost to it
+    if accountant not in ACCOUNTANTS[:2]:
+        raise ValueError(f"accountant must be 'rdp' or 'prv' (a schedule changes sigma), got {accountant!r}")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"epochs and batch_size must be positive, got {epochs} and {batch_size}")
+    check_delta(delta, dataset_size=len(train[0]) or None)
     total = epochs * steps_per_epoch(len(train[0]), batch_size)
+    if method != "none" and total > MAX_STEPS:
+        raise ValueError(f"training would take {total:,} steps, more than this course accounts ({MAX_STEPS:,})")
     bad = [s for s in attack_steps if not 0 <= int(s) < total]
     if bad:
         raise ValueError(f"attack steps {bad} lie outside 0..{total - 1} (training takes {total} steps)")
@@ -317,6 +369,7 @@ def train_dp(
     else:
         sigmas = noise_schedule(method, total, sigma_start, sigma_end, updates=noise_updates)
         scope, start, end = "full", sigmas[0], sigmas[-1]
+        check_history(history_from_sigmas(sigmas, min(1.0, batch_size / len(train[0]))), delta, accountant)
     num_classes = getattr(model, "num_classes", None)
     checkpoints: list[dict] = []
     wanted = {int(s) for s in attack_steps}

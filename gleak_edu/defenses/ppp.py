@@ -321,21 +321,26 @@ def full_perturbation_gradient(model: nn.Module, x: torch.Tensor, y: torch.Tenso
     return perturbed_gradient(model, x, y, sigma=sigma, clip=clip, scope="full", seed=seed)
 
 
-def epsilon_spent(sigma: float, sample_rate: float, steps: int, delta: float = 1e-5) -> float:
+def epsilon_spent(sigma: float, sample_rate: float, steps: int, delta: float = 1e-5, *,
+                  dataset_size: int | None = None) -> float:
     """Epsilon at ``delta`` of ``steps`` DP-SGD steps with noise multiplier ``sigma`` and sample rate q (Opacus RDP).
 
-    Returns ``inf`` for sigma 0 (no noise, no guarantee) and 0 for no steps.
+    The checks and the result are :func:`gleak_edu.defenses.epsilon`'s: sigma 0
+    (``inf``: no noise, no guarantee) or in [1e-6, 1e6], 0 < q <= 1, steps a
+    whole number from 0 (epsilon 0: nothing released) to 10**6, 0 < delta < 0.1
+    (a :class:`gleak_edu.defenses.accounting.DeltaWarning` when delta >= 1 /
+    ``dataset_size``); the result is >= 0 and finite for sigma > 0.
 
     Raises:
-        ValueError: for sigma < 0, q outside (0, 1], negative steps, or delta outside (0, 1).
+        ValueError: for any of those out of range, or a failure inside Opacus's accountant.
     """
-    from gleak_edu.defenses.accounting import epsilon
+    from gleak_edu.defenses.accounting import check_history, epsilon
 
-    if not sigma >= 0 or not 0 < sample_rate <= 1 or steps < 0 or not 0 < delta < 1:
-        raise ValueError(
-            f"need sigma >= 0, 0 < sample_rate <= 1, steps >= 0, 0 < delta < 1; got {sigma}, {sample_rate}, {steps}, {delta}"
-        )
-    return epsilon([(sigma, sample_rate, steps)] if steps else [], delta, "rdp")
+    if not isinstance(steps, bool) and isinstance(steps, (int, float)) and steps == 0:
+        # nothing released: epsilon 0; the other arguments are still checked
+        check_history([(sigma, sample_rate, 1)], delta, "rdp", dataset_size=dataset_size)
+        return 0.0
+    return epsilon([(sigma, sample_rate, steps)], delta, "rdp", dataset_size=dataset_size)
 
 
 @dataclass
@@ -454,7 +459,7 @@ def train_perturbed(
     """
     from tqdm.auto import tqdm
 
-    from gleak_edu.defenses.accounting import ACCOUNTANTS, epsilon
+    from gleak_edu.defenses.accounting import ACCOUNTANTS, check_history, epsilon, history_from_sigmas
     from gleak_edu.training import accuracy
 
     if epochs < 1 or batch_size < 1:
@@ -473,6 +478,8 @@ def train_perturbed(
     _check_clipping(clipping)
     if accountant not in ACCOUNTANTS[:2]:
         raise ValueError(f"accountant must be 'rdp' or 'prv' (a schedule changes sigma), got {accountant!r}")
+    # the final accounting's checks, before any training: no run is lost to them
+    check_history(history_from_sigmas(sigmas, min(1.0, batch_size / len(x))), delta, accountant)
     perturbed = perturbation_scope(model, scope)
     gen = torch.Generator().manual_seed(int(seed))
     # on_step sees an unwrapped copy: Opacus's hooks on the model must not see its forward passes
