@@ -106,6 +106,8 @@ def _check_output(path: Path | None, flag: str, png: bool = False) -> None:
         raise UsageError(f"{flag} writes a PNG image: give a path ending in .png, not {path.suffix!r}")
     if path.is_dir():
         raise UsageError(f"{flag} {path}: that is a directory; give a file path, e.g. {path / ('out.png' if png else 'out.json')}")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{flag} {path}: that is not a regular file (a device, pipe or socket); give a file path")
     for parent in path.absolute().parents:
         if parent.exists():
             if not parent.is_dir():

@@ -470,3 +470,44 @@ def test_gleak_cache_refuses_a_file_and_misplaced_flags(tmp_path, capsys):
     assert status == 2 and "--experiment" in _one_clean_line(err)
     status, _, err = _run(["sweep", "ppp", "--cache", "", "--json", tmp_path / "s.json"], capsys)
     assert status == 2 and "empty" in _one_clean_line(err)
+
+
+def test_a_device_or_pipe_as_output_is_refused(tmp_path, capsys, no_work):
+    import os
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    status, _, err = _run(["attack", "dlg", "--sample", "photos:0", "--json", fifo], capsys)
+    assert status == 2 and "regular file" in _one_clean_line(err)
+    assert fifo.is_fifo()  # not replaced by a regular file
+
+
+def test_the_stop_exceptions_pickle_with_their_result(lenet_case):
+    import pickle
+
+    model, x, y, shared = lenet_case
+
+    def crash(state):
+        raise ValueError("boom")
+
+    with pytest.raises(attacks.CallbackError) as info:
+        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=4, callback=crash, callback_every=1)
+    for exc in (info.value, attacks.AttackInterrupted("stopped", info.value.result)):
+        back = pickle.loads(pickle.dumps(exc))
+        assert type(back) is type(exc) and str(back) == str(exc)
+        assert torch.equal(back.result.reconstruction, exc.result.reconstruction)
+
+
+def test_a_nan_truth_is_refused(lenet_case):
+    model, x, _, shared = lenet_case
+    with pytest.raises(ValueError, match="truth"):
+        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=2, truth=torch.full_like(x, math.nan))
+
+
+def test_a_history_written_step_by_step_costs_one_segment():
+    from gleak_edu.defenses import epsilon
+
+    start = time.perf_counter()
+    step_by_step = epsilon([(1.0, 0.01, 1)] * 5000, 1e-5)
+    assert time.perf_counter() - start < 10.0  # one accountant call, not 5,000 (about 20 ms each)
+    assert step_by_step == pytest.approx(epsilon([(1.0, 0.01, 5000)], 1e-5), rel=1e-12)

@@ -152,6 +152,9 @@ class CallbackError(RuntimeError):
         super().__init__(message)
         self.result = result
 
+    def __reduce__(self):  # picklable with its result (e.g. across worker processes)
+        return (type(self), (str(self), self.result))
+
 
 class AttackInterrupted(KeyboardInterrupt):
     """Ctrl-C (KeyboardInterrupt) during an attack. Subclasses KeyboardInterrupt, so code that
@@ -165,6 +168,9 @@ class AttackInterrupted(KeyboardInterrupt):
     def __init__(self, message: str, result: AttackResult) -> None:
         super().__init__(message)
         self.result = result
+
+    def __reduce__(self):  # picklable with its result (e.g. across worker processes)
+        return (type(self), (str(self), self.result))
 
 
 def _whole(value: Any, name: str, low: int, high: int, what: str) -> int:
@@ -477,6 +483,8 @@ class Recorder:
         if callback_every < 1 or metrics_every < 1:
             raise ValueError("callback_every and metrics_every must be at least 1")
         self.attack = attack
+        if truth is not None and (not torch.is_tensor(truth) or not bool(torch.isfinite(truth).all())):
+            raise ValueError("truth must be a finite tensor of images in [0, 1] (it is only used for the reported metrics)")
         self.truth = truth.detach().float() if truth is not None else None
         self.callback = callback
         self.callback_every = int(callback_every)

@@ -248,7 +248,15 @@ def _validate(history, delta, accountant, dataset_size) -> tuple[list[tuple[floa
             "the GDP accountant cannot compose a changing noise multiplier or sample rate "
             "(Opacus keeps one (sigma, q)); use accountant 'rdp' or 'prv'"
         )
-    return segments, delta
+    # adjacent segments with the same (sigma, q) are one segment (as Opacus's own history keeps them):
+    # exact, and a history written step by step costs one accountant call instead of thousands
+    merged: list[tuple[float, float, int]] = []
+    for s, q, n in segments:
+        if merged and merged[-1][:2] == (s, q):
+            merged[-1] = (s, q, merged[-1][2] + n)
+        else:
+            merged.append((s, q, n))
+    return merged, delta
 
 
 def _prv_domain(segments, delta: float):
