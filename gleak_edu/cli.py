@@ -747,6 +747,25 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
     print(f"gleak: warning: {str(message).strip().splitlines()[0]}", file=sys.stderr if file is None else file)
 
 
+def _load_libraries() -> None:
+    """Import torch, numpy and the package with Ctrl-C held back: an interrupt that lands inside a
+    C extension's import leaves it half-loaded (RecursionError, aborts, or a swallowed Ctrl-C).
+    A Ctrl-C pressed meanwhile is delivered right after, as a clean KeyboardInterrupt (exit 130)."""
+    import signal
+
+    try:
+        held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    except (AttributeError, OSError, ValueError):  # no POSIX signal masks (Windows) or not the main thread
+        held = None
+    try:
+        import gleak_edu.attacks  # noqa: F401  (torch, numpy)
+        import gleak_edu.data  # noqa: F401  (PIL, scikit-image)
+        import gleak_edu.defenses  # noqa: F401  (opacus)
+    finally:
+        if held is not None:
+            signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _outputs(args) -> list[tuple[Path | None, str, bool]]:
     """(path, flag, is_png) of every output file the command will write."""
     return [(getattr(args, "json", None), "--json", False), (getattr(args, "png", None), "--png", True)]
@@ -788,6 +807,8 @@ def main(argv: list[str] | None = None) -> int:
         paths = [p.absolute() for p, _, _ in outputs if p is not None]
         if len(paths) == 2 and paths[0] == paths[1]:
             raise UsageError("--json and --png name the same file; give two paths")
+        if args.command != "cache":
+            _load_libraries()
         if args.command == "attack":
             out = _run_text_attack(args) if args.attack == "transformer" else _run_attack(args)
             print(_attack_summary(out))
