@@ -798,7 +798,7 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = _build_parser()
     args = None
-    warnings.showwarning = _show_warning
+    shown, warnings.showwarning = warnings.showwarning, _show_warning  # restored below (main may run in-process)
     try:
         args = parser.parse_args(argv)
         outputs = _outputs(args)
@@ -845,6 +845,8 @@ def main(argv: list[str] | None = None) -> int:
             msg = msg.strip("'\"")
         print(f"gleak: error: {msg}", file=sys.stderr)
         return 2
+    finally:
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":  # pragma: no cover
