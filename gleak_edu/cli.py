@@ -159,7 +159,7 @@ def _build_parser() -> argparse.ArgumentParser:
     att.add_argument("--retries", type=int, default=10, help="dlg/idlg: fresh starts after a failed run, within the budget (0: plain recipe; at most 10,000)")
     att.add_argument("--noise", type=_nonneg_float("--noise"), default=0.0, help="Gaussian noise std on the shared gradient")
     att.add_argument("--prune", type=_nonneg_float("--prune"), default=0.0, help="fraction of gradient entries zeroed per layer, in [0, 1)")
-    att.add_argument("--size", type=_positive_int("--size", 256), default=32, help="side of an --image after resizing (32; 8 to 256)")
+    att.add_argument("--size", type=_positive_int("--size", 256), default=32, help="side of an --image after resizing (32; 7 to 256)")
     att.add_argument(
         "--defense", choices=["none", "noise", "ppp"], default="none",
         help="per-example clipping + Gaussian noise on every gradient (noise = full perturbation) or, with PRECODE, "
