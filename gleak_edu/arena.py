@@ -314,7 +314,7 @@ def _train_plain(model, train, test, settings: ArenaSettings, seed: int, transfo
     replaces each step's mean gradient (noise, pruning). Used for none, noise, pruning and PRECODE."""
     import torch.nn.functional as F
 
-    from gleak_edu.defenses.precode import precode_loss
+    from gleak_edu.precode import precode_loss
     from gleak_edu.training import accuracy
 
     x, y = train

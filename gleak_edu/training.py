@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from gleak_edu.data import ImageSet
-from gleak_edu.defenses.precode import precode_loss
+from gleak_edu.precode import precode_loss
 
 __all__ = ["TrainResult", "split", "train_classifier", "accuracy", "noisy_sgd"]
 

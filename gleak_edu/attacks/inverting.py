@@ -35,6 +35,7 @@ from gleak_edu.attacks.dlg import idlg_label
 from gleak_edu.fl import check_shared
 from gleak_edu.attacks.grnn import total_variation
 from gleak_edu.models import output_layer
+from gleak_edu.precode import deterministic_parameters
 
 __all__ = ["inverting_gradients", "precode_bypass"]
 
@@ -226,8 +227,6 @@ def precode_bypass(
     photos 0-2, untrained MLP, 1,000 steps). Other arguments as for
     :func:`inverting_gradients`; ``result.attack`` is ``"bypass"``.
     """
-    from gleak_edu.defenses.precode import deterministic_parameters
-
     layers = kwargs.pop("layers", None) or deterministic_parameters(model)
     was_training = model.training
     model.eval()

@@ -30,7 +30,7 @@ from gleak_edu.defenses.dpsgd import (
     train_dp,
 )
 from gleak_edu.defenses.perturbation import clip_and_noise, gaussian_noise, prune_gradients
-from gleak_edu.defenses.precode import (
+from gleak_edu.precode import (
     VariationalBottleneck,
     add_precode,
     deterministic_parameters,

@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gleak_edu.defenses.precode import VariationalBottleneck, deterministic_parameters, precode_loss
+from gleak_edu.precode import VariationalBottleneck, deterministic_parameters, precode_loss
 
 __all__ = [
     "CLIPPINGS",

@@ -1,4 +1,9 @@
-"""PRECODE: a variational bottleneck before the output layer (Scheliga, Maeder, Seeland, WACV 2022)."""
+"""PRECODE: a variational bottleneck before the output layer (Scheliga, Maeder, Seeland, WACV 2022).
+
+A model-level module, below the attacks and the defenses (both use it: the
+bypass reads which layers are deterministic, training adds the KL term), so
+the layers import only downward; :mod:`gleak_edu.defenses` re-exports it.
+"""
 
 from __future__ import annotations
 
