@@ -481,7 +481,8 @@ def package_attack(case: str, v: dict, seed: int, settings: Case, **extra) -> di
     }[case]
     t0 = time.perf_counter()
     r = fn(model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=settings.iterations, seed=seed,
-           truth=x, true_labels=y, callback=stop_at_target, callback_every=1, **extra)
+           truth=(x, y), callback=stop_at_target, options=gleak_edu.attacks.AttackOptions(callback_every=1),
+           **extra)
     wall = time.perf_counter() - t0
     out = _result(r.history, r.seconds, r.evaluations, r.iterations, target, threads_seen[0] if threads_seen else None,
                   r.message, (r.metrics or {}).get("psnr_mean"), r.loss)
@@ -496,7 +497,7 @@ def _package_analytic(v: dict, repeats: int) -> dict:
     fn = functools.partial(gleak_edu.attacks.analytic_recovery, v["model"], v["shared"], input_shape=shape)
     t0 = time.perf_counter()
     out, per_call, total = _timed_repeats(fn, repeats)
-    res = _analytic_result(out, v["x"], per_call, total, repeats, torch.get_num_threads(), None)
+    res = _analytic_result(out.reconstruction, v["x"], per_call, total, repeats, torch.get_num_threads(), None)
     res["wall_s"] = time.perf_counter() - t0
     return res
 
@@ -539,9 +540,8 @@ def run_restarts(attack: str, restarts: int, seed: int, photo_index: int, iterat
     kwargs = dict(input_shape=tuple(v["x"].shape), num_classes=NUM_CLASSES, iterations=iterations, seed=seed)
     try:
         t0 = time.perf_counter()
-        if restarts > 1:
-            kwargs["successive_halving"] = halving
-        r = fn(v["model"], v["shared"], restarts=restarts, **kwargs)
+        options = gleak_edu.attacks.AttackOptions(restarts=restarts, successive_halving=halving if restarts > 1 else True)
+        r = fn(v["model"], v["shared"], options=options, **kwargs)
         wall = time.perf_counter() - t0
     except TypeError as exc:  # an API in between
         return {"skipped": f"{SKIPPED_RESTARTS} ({exc})"}

@@ -30,7 +30,6 @@ outside the clock. ms/evaluation = compute seconds / closure calls.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -179,15 +178,12 @@ def package_dlg(model, shared, x, y, seed, restarts, iterations=ITERATIONS, targ
             threads_seen.append(torch.get_num_threads())
         return state.psnr is not None and state.psnr >= target_db
 
-    if restarts is None:
-        kwargs = {}
-    elif restarts == 0 and "retries" in inspect.signature(gleak_edu.attacks.dlg).parameters:
-        kwargs = {"retries": 0}  # restarts now counts independent runs; retries the runs after a failure
-    else:
-        kwargs = {"restarts": restarts}
+    # restarts=0 is the plain recipe: no retries after a failed run (independent restarts are
+    # options.restarts; this benchmark times one run)
+    options = gleak_edu.attacks.AttackOptions(callback_every=1, **({"retries": 0} if restarts == 0 else {}))
     r = gleak_edu.attacks.dlg(
         model, shared, input_shape=x.shape, num_classes=NUM_CLASSES, iterations=iterations, seed=seed,
-        truth=x, true_labels=y, callback=stop_at_target, callback_every=1, **kwargs,
+        truth=(x, y), callback=stop_at_target, options=options,
     )
     s_to, e_to = r.seconds_to(target_db), r.evaluations_to(target_db)
     it_to = next((h["iteration"] for h in r.history if h.get("psnr") is not None and h["psnr"] >= target_db), None)

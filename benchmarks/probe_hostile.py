@@ -28,7 +28,7 @@ Expected outcome per case:
 - ``ok``: exit 0, no traceback, every ``--json``/``--png`` file written, and
   the case's own check of the output passes.
 - ``either``: a clean ``error`` or a clean ``ok`` (for inputs where both a
-  refusal and a correct answer are acceptable, e.g. ``sigma = 1e300``).
+  refusal and a correct answer are acceptable, e.g. a noise multiplier of 1e300).
 - ``interrupt``: the process is started, left to get into the attack (its CPU
   time passes a threshold), then sent SIGINT (to its process group, as a
   terminal's Ctrl-C); expected exit 130, one stderr line, no traceback and,
@@ -468,7 +468,7 @@ def lost(msg):
 
 VICTIM = r'''
 from gleak_edu import fl, models
-from gleak_edu.attacks import CallbackError, dlg, grnn, idlg, inverting_gradients, analytic_recovery
+from gleak_edu.attacks import AttackOptions, CallbackError, dlg, grnn, idlg, inverting_gradients, analytic_recovery
 model = models.build_model("lenet-zhu", (3, 32, 32), 10, seed=0)
 torch.manual_seed(0)
 x = torch.rand(1, 3, 32, 32); y = torch.tensor([3])
@@ -479,7 +479,7 @@ kw = dict(input_shape=(1, 3, 32, 32), num_classes=10, iterations=2)
 BN_MODEL = r'''
 import torch.nn as nn
 from gleak_edu import fl
-from gleak_edu.attacks import dlg, grnn, idlg, inverting_gradients
+from gleak_edu.attacks import AttackOptions, dlg, grnn, idlg, inverting_gradients
 torch.manual_seed(0)
 bn = nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.Sigmoid(), nn.Flatten(), nn.Linear(4 * 8 * 8, 10))
 bn.train()
@@ -500,9 +500,9 @@ def same_model():
 def callback_case(attack: str, final_only: bool) -> str:
     cond = "state.done" if final_only else "True"
     call = {
-        "dlg": "dlg(model, shared, callback=cb, callback_every=1, **dict(kw, iterations=6))",
-        "ig": "inverting_gradients(model, shared, callback=cb, callback_every=1, **dict(kw, iterations=6))",
-        "grnn": "grnn(model, shared, callback=cb, callback_every=1, **dict(kw, iterations=6))",
+        "dlg": "dlg(model, shared, callback=cb, options=AttackOptions(callback_every=1), **dict(kw, iterations=6))",
+        "ig": "inverting_gradients(model, shared, callback=cb, options=AttackOptions(callback_every=1), **dict(kw, iterations=6))",
+        "grnn": "grnn(model, shared, callback=cb, options=AttackOptions(callback_every=1), **dict(kw, iterations=6))",
     }[attack]
     return VICTIM + textwrap.dedent(f'''
         def cb(state):
@@ -597,8 +597,8 @@ def build_cases() -> list[Case]:
     cli("#4 epsilon --delta 0.5", ["epsilon", "--history", "5:0.01:10", "--delta", "0.5"], "error")
     cli("#4 train --delta 0.9", base["train"] + ["--delta", "0.9", "--json", "{W}/out.json"], "error",
         check=check_json_epsilon())
-    cli("#4 epsilon sigma 1e-300", ["epsilon", "--history", "1e-300:0.01:10"], "either", check=check_epsilon_stdout)
-    cli("#4 epsilon sigma 1e300", ["epsilon", "--history", "1e300:0.01:10"], "either", check=check_epsilon_stdout)
+    cli("#4 epsilon noise multiplier 1e-300", ["epsilon", "--history", "1e-300:0.01:10"], "either", check=check_epsilon_stdout)
+    cli("#4 epsilon noise multiplier 1e300", ["epsilon", "--history", "1e300:0.01:10"], "either", check=check_epsilon_stdout)
     cli("#4 epsilon PRV 100000 steps q 0.5", ["epsilon", "--history", "2:0.5:100000", "--accountant", "prv"], "either",
         check=check_epsilon_stdout, timeout=180, heavy=True)
     api("#4 API epsilon with delta 0.5", textwrap.dedent('''
@@ -628,7 +628,7 @@ def build_cases() -> list[Case]:
 
     # ---- point 7: the user's model (API)
     api("#7 API BatchNorm in train mode, restarts=2", BN_MODEL + textwrap.dedent('''
-        expect_error(lambda: dlg(bn, sb, input_shape=(1, 3, 8, 8), num_classes=10, iterations=3, restarts=2))
+        expect_error(lambda: dlg(bn, sb, input_shape=(1, 3, 8, 8), num_classes=10, iterations=3, options=AttackOptions(restarts=2)))
     '''), "error")
     for attack, call in (("dlg", "dlg(bn, sb, input_shape=(1, 3, 8, 8), num_classes=10, iterations=20)"),
                          ("ig", "inverting_gradients(bn, sb, input_shape=(1, 3, 8, 8), num_classes=10, iterations=20)"),
@@ -645,9 +645,9 @@ def build_cases() -> list[Case]:
     api("#8 API grnn callback raises on the final call", callback_case("grnn", True), "ok")
 
     # ---- point 9
-    tr = ["attack", "transformer", "--sentence", "beautiful is better than ugly", "--iterations", "5"]
+    tr = ["attack", "text", "--sentence", "beautiful is better than ugly", "--iterations", "5"]
     cli("#9 transformer --png", tr + ["--png", "{W}/out.png"], "error")
-    cli("#9 transformer --restarts 2", tr + ["--restarts", "2"], "error")
+    cli("#9 text --restarts 2 (the text attack takes restarts now)", tr + ["--restarts", "2"], "ok")
     cli("#9 transformer --precode", tr + ["--precode"], "error")
     cli("#9 transformer --defense ppp", tr + ["--defense", "ppp"], "error")
     cli("#9 transformer --batch 2", tr + ["--batch", "2"], "error")
@@ -681,8 +681,8 @@ def build_cases() -> list[Case]:
 
     # ---- our own: the CLI, odd numbers
     dl = ["attack", "dlg", "--sample", "photos:0", "--iterations", "2"]
-    for flag, value in (("--noise", "nan"), ("--noise", "inf"), ("--noise", "1e309"), ("--noise", "0x10"), ("--noise", ""),
-                        ("--noise", "-1e-9"), ("--prune", "1"), ("--prune", "nan"), ("--tv", "nan"), ("--tv", "-1"),
+    for flag, value in (("--noise-std", "nan"), ("--noise-std", "inf"), ("--noise-std", "1e309"), ("--noise-std", "0x10"), ("--noise-std", ""),
+                        ("--noise-std", "-1e-9"), ("--prune", "1"), ("--prune", "nan"), ("--tv", "nan"), ("--tv", "-1"),
                         ("--label", "-1"), ("--label", "1000"), ("--label", "99999999999999999999999"),
                         ("--seed", "-1"), ("--seed", str(2**32)), ("--seed", "1.5"), ("--seed", "0x10"),
                         ("--iterations", "-5"), ("--iterations", "0"), ("--iterations", "1e3"), ("--iterations", "100001"),
@@ -690,11 +690,11 @@ def build_cases() -> list[Case]:
                         ("--classes", "-3"), ("--classes", "99999999999999999999999999999"), ("--size", "257"),
                         ("--batch", "0"), ("--batch", "257")):
         cli(f"own: dlg {flag} {value!r}", dl + [flag, value], "error")
-    cli("own: dlg --noise -0 (a valid zero)", dl + ["--noise", "-0", "--json", "{W}/out.json"], "ok")
+    cli("own: dlg --noise-std -0 (a valid zero)", dl + ["--noise-std", "-0", "--json", "{W}/out.json"], "ok")
     cli("own: dlg --prune 0.999999", dl + ["--prune", "0.999999", "--json", "{W}/out.json"], "either")
-    cli("own: dlg --defense noise --clip 0", dl + ["--defense", "noise", "--clip", "0"], "error")
-    cli("own: dlg --defense noise --sigma inf", dl + ["--defense", "noise", "--sigma", "inf"], "error")
-    cli("own: dlg --defense ppp --noise 0.1", dl + ["--defense", "ppp", "--noise", "0.1"], "error")
+    cli("own: dlg --defense noise --max-grad-norm 0", dl + ["--defense", "noise", "--max-grad-norm", "0"], "error")
+    cli("own: dlg --defense noise --noise-multiplier inf", dl + ["--defense", "noise", "--noise-multiplier", "inf"], "error")
+    cli("own: dlg --defense ppp --noise-std 0.1", dl + ["--defense", "ppp", "--noise-std", "0.1"], "error")
     cli("own: bypass --precode --beta inf", ["attack", "bypass", "--sample", "photos:0", "--precode", "--beta", "inf", "--iterations", "2"], "error")
     cli("own: bypass --precode --beta nan", ["attack", "bypass", "--sample", "photos:0", "--precode", "--beta", "nan", "--iterations", "2"], "error")
     cli("own: bypass --precode --bottleneck 0", ["attack", "bypass", "--sample", "photos:0", "--precode", "--bottleneck", "0"], "error")
@@ -723,15 +723,15 @@ def build_cases() -> list[Case]:
     cli("own: --size 7 (the smallest)", ["attack", "analytic", "--image", "{F}/red.png", "--size", "7", "--classes", "2",
                                          "--json", "{W}/out.json"], "ok")
     cli("own: dlg --restarts 64 --iterations 2", dl + ["--restarts", "64", "--json", "{W}/out.json"], "ok")
-    cli("own: transformer with 17 words", ["attack", "transformer", "--sentence", " ".join(["better"] * 17)], "error")
-    cli("own: transformer --sentence ''", ["attack", "transformer", "--sentence", ""], "error")
-    cli("own: transformer --sentence whitespace only", ["attack", "transformer", "--sentence", " \t\n "], "error")
-    cli("own: transformer unicode sentence", ["attack", "transformer", "--sentence", "Beautiful ïs bëtter 🙂 than ugly"], "error")
-    cli("own: transformer RTL/zero-width text", ["attack", "transformer", "--sentence", "better\u200bthan \u202eugly", "--iterations", "5"],
+    cli("own: text with 17 words", ["attack", "text", "--sentence", " ".join(["better"] * 17)], "error")
+    cli("own: text --sentence ''", ["attack", "text", "--sentence", ""], "error")
+    cli("own: text --sentence whitespace only", ["attack", "text", "--sentence", " \t\n "], "error")
+    cli("own: text unicode sentence", ["attack", "text", "--sentence", "Beautiful ïs bëtter 🙂 than ugly"], "error")
+    cli("own: text RTL/zero-width text", ["attack", "text", "--sentence", "better\u200bthan \u202eugly", "--iterations", "5"],
         "either", note="a zero-width space read as a word break, a bidi override dropped: debatable")
-    cli("own: transformer --label 19", tr + ["--label", "19"], "error")
-    cli("own: transformer --noise 0.1 --clip 0", tr + ["--noise", "0.1", "--clip", "0"], "error")
-    cli("own: transformer ok (5 iterations)", tr + ["--json", "{W}/out.json"], "ok")
+    cli("own: text --label 19", tr + ["--label", "19"], "error")
+    cli("own: text --noise-multiplier 0.1 --max-grad-norm 0", tr + ["--noise-multiplier", "0.1", "--max-grad-norm", "0"], "error")
+    cli("own: text ok (5 iterations)", tr + ["--json", "{W}/out.json"], "ok")
 
     # ---- own: image files
     img = ["attack", "analytic", "--classes", "2", "--image"]
@@ -814,13 +814,13 @@ def build_cases() -> list[Case]:
 
     # ---- own: train
     t = ["train", "--dp", "fixed", "--epochs", "1", "--images", "1", "--iterations", "5"]
-    for flag, value in (("--delta", "0"), ("--delta", "1"), ("--delta", "nan"), ("--delta", "-1e-5"), ("--clip", "nan"),
-                        ("--clip", "-1"), ("--clip", "0"), ("--clip", "dynamicx"), ("--sigma-start", "0"),
+    for flag, value in (("--delta", "0"), ("--delta", "1"), ("--delta", "nan"), ("--delta", "-1e-5"), ("--max-grad-norm", "nan"),
+                        ("--max-grad-norm", "-1"), ("--max-grad-norm", "0"), ("--clipping", "dynamicx"), ("--noise-multiplier", "0"),
                         ("--attack-steps", "-1"), ("--attack-steps", "1000000"), ("--attack-steps", ","),
                         ("--lr", "inf"), ("--lr", "nan"), ("--epochs", "0"), ("--epochs", "1001"), ("--noise-updates", "0"),
                         ("--images", "0"), ("--images", "1001"), ("--seed", "-3")):
         cli(f"own: train {flag} {value!r}", t + [flag, value, "--json", "{W}/out.json"], "error")
-    cli("own: train --dp linear --sigma-end 0", ["train", "--dp", "linear", "--sigma-end", "0", "--json", "{W}/out.json"], "error")
+    cli("own: train --dp linear --noise-multiplier-end 0", ["train", "--dp", "linear", "--noise-multiplier-end", "0", "--json", "{W}/out.json"], "error")
     cli("own: train --dp bogus", ["train", "--dp", "bogus", "--json", "{W}/out.json"], "error")
     cli("own: train without --json", ["train", "--dp", "none"], "error")
 
@@ -831,15 +831,15 @@ def build_cases() -> list[Case]:
             check=check_epsilon_stdout if hist == "1:0.1:99999999999999999999999" else None)
     for delta in ("0", "1", "nan", "-1e-5", "inf"):
         cli(f"own: epsilon --delta {delta}", ["epsilon", "--history", "2:0.01:100", "--delta", delta], "error")
-    cli("own: epsilon sigma 0 (no noise: inf)", ["epsilon", "--history", "0:0.01:10"], "either",
+    cli("own: epsilon noise multiplier 0 (no noise: inf)", ["epsilon", "--history", "0:0.01:10"], "either",
         check=lambda F, W, rec: None if rec["stdout"].strip().endswith("inf") else check_epsilon_stdout(F, W, rec))
-    cli("own: epsilon gdp with a changing sigma", ["epsilon", "--history", "1:0.01:10,2:0.01:10", "--accountant", "gdp"], "error")
+    cli("own: epsilon gdp with a changing noise multiplier", ["epsilon", "--history", "1:0.01:10,2:0.01:10", "--accountant", "gdp"], "error")
     cli("own: epsilon 10000 segments", ["epsilon", "--history", "1:0.01:1," * 10000], "either", check=check_epsilon_stdout,
         timeout=60, note="one segment takes ~20 ms: 1000 segments ~24 s, 10000 ~4 min")
     cli("own: epsilon 1e12 steps (rdp)", ["epsilon", "--history", "1:0.01:1000000000000"], "either", check=check_epsilon_stdout)
-    cli("own: epsilon sigma 1e-5, q 1", ["epsilon", "--history", "1e-5:1:10"], "either", check=check_epsilon_stdout)
+    cli("own: epsilon noise multiplier 1e-5, q 1", ["epsilon", "--history", "1e-5:1:10"], "either", check=check_epsilon_stdout)
     cli("own: epsilon ok", ["epsilon", "--history", "2:0.01:100", "--delta", "1e-5"], "ok", check=check_epsilon_stdout)
-    api("own: API epsilon sigma 1e-300", textwrap.dedent('''
+    api("own: API epsilon noise multiplier 1e-300", textwrap.dedent('''
         from gleak_edu.defenses import epsilon
         v = run_or_error(lambda: epsilon([(1e-300, 0.01, 10)], 1e-5))
         if not (v >= 0): fail(f"epsilon {v}")
@@ -853,7 +853,7 @@ def build_cases() -> list[Case]:
     sw = ["sweep", "ppp", "--json", "{W}/out.json", "--cache", "{W}/cache"]
     for flag, value in (("--noise-levels", "nan"), ("--noise-levels", "inf"), ("--noise-levels", "-1"),
                         ("--noise-levels", ",".join(["1"] * 101)), ("--seeds", "-1"), ("--seeds", "1.5"),
-                        ("--clip", "0"), ("--images", "0"), ("--train-images", "0"), ("--iterations", "0")):
+                        ("--max-grad-norm", "0"), ("--images", "0"), ("--train-images", "0"), ("--iterations", "0")):
         cli(f"own: sweep {flag} {value[:20]!r}", sw + [flag, value], "error")
     cli("own: sweep --noise-levels 0", SWEEP_TINY[:2] + ["--noise-levels", "0"] + SWEEP_TINY[4:] + ["--cache", "{W}/cache", "--json", "{W}/out.json"],
         "either", check=check_sweep_output(None), heavy=True, timeout=240)
@@ -885,14 +885,14 @@ def build_cases() -> list[Case]:
         bad = dict(shared); k = next(iter(bad)); bad[k] = bad[k].flatten()
         expect_error(lambda: dlg(model, bad, **kw))
     '''), "error")
-    api("own: API dlg restarts=10**9", VICTIM + "expect_error(lambda: dlg(model, shared, restarts=10**9, **kw))\n", "error")
-    api("own: API dlg restarts=0", VICTIM + "expect_error(lambda: dlg(model, shared, restarts=0, **kw))\n", "error")
+    api("own: API dlg restarts=10**9", VICTIM + "expect_error(lambda: dlg(model, shared, options=AttackOptions(restarts=10**9), **kw))\n", "error")
+    api("own: API dlg restarts=0", VICTIM + "expect_error(lambda: dlg(model, shared, options=AttackOptions(restarts=0), **kw))\n", "error")
     api("own: API dlg input_shape batch 10**6", VICTIM + "expect_error(lambda: dlg(model, shared, **dict(kw, input_shape=(10**6, 3, 32, 32))))\n", "error")
     api("own: API dlg input_shape of another size", VICTIM + "expect_error(lambda: dlg(model, shared, **dict(kw, input_shape=(1, 3, 16, 16))))\n", "error")
     api("own: API dlg truth full of NaN", VICTIM + "expect_error(lambda: dlg(model, shared, truth=torch.full((1, 3, 32, 32), float('nan')), **kw))\n", "error")
     api("own: API ig tv_weight=-1", VICTIM + "expect_error(lambda: inverting_gradients(model, shared, tv_weight=-1.0, **kw))\n", "error")
     api("own: API analytic_recovery on a conv model", VICTIM + "expect_error(lambda: analytic_recovery(model, shared, input_shape=(1, 3, 32, 32)))\n", "error")
-    api("own: API gaussian_noise sigma nan", VICTIM + textwrap.dedent('''
+    api("own: API gaussian_noise noise_std nan", VICTIM + textwrap.dedent('''
         from gleak_edu.defenses import gaussian_noise
         expect_error(lambda: gaussian_noise(shared, float("nan")))
     '''), "error")
@@ -900,7 +900,7 @@ def build_cases() -> list[Case]:
         from gleak_edu.defenses import prune_gradients
         expect_error(lambda: prune_gradients(shared, 1.0))
     '''), "error")
-    api("own: API clip_and_noise clip -1", VICTIM + textwrap.dedent('''
+    api("own: API clip_and_noise max_grad_norm -1", VICTIM + textwrap.dedent('''
         from gleak_edu.defenses import clip_and_noise
         expect_error(lambda: clip_and_noise(shared, 1.0, -1.0))
     '''), "error")
@@ -939,7 +939,7 @@ def build_cases() -> list[Case]:
                                               "--json", "{W}/out.json"], "interrupt", check=check_interrupted_json("out.json", None), heavy=True)
     cli("own: Ctrl-C during grnn", ["attack", "grnn", "--sample", "photos:0", "--iterations", "100000", "--json", "{W}/out.json",
                                     "--png", "{W}/out.png"], "interrupt", check=check_interrupted_json("out.json", "out.png"), heavy=True)
-    cli("own: Ctrl-C during transformer", ["attack", "transformer", "--sentence", "beautiful is better than ugly",
+    cli("own: Ctrl-C during text", ["attack", "text", "--sentence", "beautiful is better than ugly",
                                            "--iterations", "100000", "--json", "{W}/out.json"], "interrupt",
         check=check_interrupted_json("out.json", None), heavy=True)
     cli("own: Ctrl-C during train", ["train", "--dp", "fixed", "--epochs", "5", "--json", "{W}/out.json"], "interrupt",

@@ -1,31 +1,41 @@
 """The ``gleak`` command: run the course's attacks from a shell.
 
-    gleak attack transformer --sentence TEXT [--noise SIGMA] [--clip C] [--seed N] [--json OUT]
-    gleak attack {dlg,idlg,grnn,ig,bypass,analytic} (--image PATH | --sample SET:INDEX[,INDEX...])
+    gleak attack text --sentence TEXT [--noise-multiplier S] [--max-grad-norm C] [--seed N] [--json OUT]
+    gleak attack {dlg,idlg,ig,bypass,grnn,analytic} (--image PATH | --sample SET:INDEX[,INDEX...])
           [--label N] [--model lenet-zhu|lenet5|mlp] [--activation sigmoid|relu|tanh]
           [--classes N] [--seed N] [--iterations N] [--batch N] [--tv W]
-          [--precode [--beta B] [--bottleneck K]]
-          [--noise SIGMA] [--prune FRACTION] [--defense none|noise|ppp [--sigma S] [--clip C]]
+          [--precode [--beta B] [--bottleneck K]] [--restarts R] [--no-halving] [--retries N]
+          [--noise-std STD] [--prune FRACTION]
+          [--defense none|noise|ppp [--noise-multiplier S] [--max-grad-norm C]]
           [--json OUT] [--png OUT]
-    gleak train --dp none|fixed|linear|staircase|exponential|cyclic [--clip C | --clip dynamic]
-          [--clipping flat|per_layer] [--sigma-start S --sigma-end E] [--noise-updates K] [--epochs N] [--delta D]
-          [--accountant rdp|prv] [--attack-steps N,N,...] [--images N] [--iterations N] [--seed N] --json OUT
-    gleak epsilon --history "SIGMA:Q:STEPS,..." [--delta D] [--accountant rdp|prv|gdp]
+    gleak train --dp none|fixed|linear|staircase|exponential|cyclic [--max-grad-norm C]
+          [--clipping flat|per_layer|dynamic] [--noise-multiplier S --noise-multiplier-end E] [--noise-updates K]
+          [--epochs N] [--delta D] [--accountant rdp|prv] [--attack-steps N,N,...] [--images N] [--iterations N]
+          [--seed N] --json OUT
+    gleak epsilon --history "NOISE_MULTIPLIER:SAMPLE_RATE:STEPS,..." [--delta D] [--accountant rdp|prv|gdp]
     gleak sweep ppp [--noise-levels S,S,...] [--seeds N,N,...] [--images N] [--iterations N]
-          [--epochs N] [--clip C] [--cache DIR | --no-cache] --json OUT [--png OUT]
+          [--epochs N] [--max-grad-norm C] [--cache DIR | --no-cache] --json OUT [--png OUT]
     gleak arena [--noise-levels S,S,...] [--prune-fractions P,P,...] [--images N] [--seeds N,N,...]
-          [--workers N] [--cache DIR | --no-cache] --json OUT [--png OUT]
+          [--max-grad-norm C] [--workers N] [--cache DIR | --no-cache] --json OUT [--png OUT]
     gleak cache info|clear [--cache DIR] [--experiment arena|ppp] [--json OUT]
 
+Two noise units, two flags: ``--noise-std`` is the absolute standard deviation of the
+Gaussian noise added to each entry of the shared gradient (image attacks); ``--noise-multiplier``
+is sigma relative to the clipping bound ``--max-grad-norm`` C (noise std = sigma * C; the
+``--defense noise|ppp`` perturbations, the text attack and DP-SGD training). The attacks and
+their defaults come from the registry :data:`gleak_edu.attacks.ATTACKS`.
+
 Bad input exits with status 2 and one line on stderr saying what is wrong, before any
-computation starts (output paths included). Ctrl-C exits with status 130 and one line;
-an interrupted attack first writes what it has (best estimate, history, flagged
-``"interrupted": true``) to its --json/--png paths.
+computation starts (output paths included); a renamed flag (``--noise``, ``--sigma``,
+``--sigma-start``, ``--sigma-end``, ``--clip``) is refused that way, naming its new flag.
+Ctrl-C exits with status 130 and one line; an interrupted attack first writes what it has
+(best estimate, history, flagged ``"interrupted": true``) to its --json/--png paths.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -40,8 +50,38 @@ class UsageError(Exception):
     """Bad command-line input: reported in one line, exit status 2."""
 
 
+# The attack registry's keys, in its order. A static copy: the parser must not import torch (the
+# registry lives in gleak_edu.attacks), so bad input is refused fast; tests/test_cli.py checks that
+# it equals tuple(gleak_edu.attacks.ATTACKS). Dispatch and defaults come from the registry itself.
+ATTACK_CHOICES: tuple[str, ...] = ("dlg", "idlg", "ig", "grnn", "bypass", "analytic", "text")
+
+# Flags that were renamed (issue 15: one name per noise unit), refused with their new names.
+RENAMED_FLAGS: dict[str, str] = {
+    "--noise": "use --noise-std (absolute std on the shared gradient, image attacks) or --noise-multiplier "
+    "(relative to --max-grad-norm: --defense noise|ppp, the text attack)",
+    "--sigma": "use --noise-multiplier (relative to --max-grad-norm)",
+    "--sigma-start": "use --noise-multiplier (the schedule's start, relative to --max-grad-norm)",
+    "--sigma-end": "use --noise-multiplier-end (the schedule's end, relative to --max-grad-norm)",
+    "--clip": "use --max-grad-norm (a number > 0; dynamic clipping is --clipping dynamic)",
+}
+RENAMED_ATTACKS: dict[str, str] = {"transformer": "text"}
+
+
+def _refuse_renamed(argv: list[str]) -> None:
+    """Refuse a renamed flag (or attack name) with one line naming the new one (UsageError), before parsing."""
+    for token in argv:
+        if token == "--":
+            break
+        flag = token.split("=", 1)[0]
+        if flag in RENAMED_FLAGS:
+            raise UsageError(f"{flag} was renamed: {RENAMED_FLAGS[flag]}")
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # one line, no usage dump
+        for old, new in RENAMED_ATTACKS.items():
+            if "invalid choice" in message and repr(old) in message:
+                raise UsageError(f"the {old} attack was renamed: use gleak attack {new} (the registry's key)")
         raise UsageError(message)
 
 
@@ -53,6 +93,19 @@ def _nonneg_float(name: str):
             raise argparse.ArgumentTypeError(f"{name} must be a number, got {text!r}") from None
         if not math.isfinite(v) or v < 0:
             raise argparse.ArgumentTypeError(f"{name} must be a finite number >= 0, got {text}")
+        return v
+
+    return parse
+
+
+def _positive_float(name: str):
+    """A finite number > 0 (a clipping bound: --max-grad-norm)."""
+    nonneg = _nonneg_float(name)
+
+    def parse(text: str) -> float:
+        v = nonneg(text)
+        if v <= 0:
+            raise argparse.ArgumentTypeError(f"{name} must be a finite number > 0, got {text}")
         return v
 
     return parse
@@ -129,35 +182,39 @@ def _build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     att = sub.add_parser("attack", help="reconstruct a private image from the gradient it produces")
     att.add_argument(
-        "attack", choices=["dlg", "idlg", "grnn", "ig", "bypass", "analytic", "transformer"],
-        help="DLG, iDLG, GRNN, Inverting Gradients, the PRECODE bypass, analytic recovery (first linear layer), "
-        "or text recovery from a tiny transformer's gradient",
+        "attack", choices=ATTACK_CHOICES,
+        help="the registry's key (gleak_edu.attacks.ATTACKS): DLG, iDLG, Inverting Gradients, the PRECODE bypass, GRNN, "
+        "analytic recovery (first linear layer), or text recovery from a tiny transformer's gradient",
     )
     src = att.add_mutually_exclusive_group()
     src.add_argument("--image", type=Path, help="a PNG/JPEG file, resized to the model's input")
     src.add_argument("--sample", help="offline samples: SET:INDEX or SET:I,J,... with SET in photos, lfw, digits, mnist")
-    src.add_argument("--sentence", help="transformer: the private sentence (words of the Zen of Python, at most 16)")
+    src.add_argument("--sentence", help="text: the private sentence (words of the Zen of Python, at most 16)")
     att.add_argument("--label", type=int, help="the private label (default: the sample's label, 0 for a file)")
     att.add_argument("--model", choices=["lenet-zhu", "lenet5", "mlp"], help="victim (default: lenet-zhu; lenet5 for grnn; mlp for ig, bypass, analytic)")
     att.add_argument("--precode", action="store_true", help="insert PRECODE's variational bottleneck before the output layer")
     att.add_argument("--beta", type=_nonneg_float("--beta"), default=1e-3, help="PRECODE's KL weight (1e-3)")
     att.add_argument("--bottleneck", type=_positive_int("--bottleneck", 16_384), default=256, help="PRECODE's bottleneck size K (256; at most 16,384)")
-    att.add_argument("--tv", type=_nonneg_float("--tv"), help="total-variation weight for ig (1e-4) and bypass (1e-3)")
+    att.add_argument("--tv", type=_nonneg_float("--tv"), help="total-variation weight of ig and bypass (default: the attack's own)")
     att.add_argument("--batch", type=_positive_int("--batch", 256), help="batch size: this many images from the --sample index on (at most 256)")
     att.add_argument("--activation", default="sigmoid", choices=["sigmoid", "relu", "tanh"])
-    att.add_argument("--classes", type=_positive_int("--classes", 10_000), help="output classes (100, as CIFAR-100; 19 for transformer; at most 10,000)")
+    att.add_argument("--classes", type=_positive_int("--classes", 10_000), help="output classes (100, as CIFAR-100; 19 for text; at most 10,000)")
     att.add_argument("--seed", type=_seed, default=0, help="seed of the model weights and the dummy start (0..2**32-1)")
-    att.add_argument("--iterations", type=_positive_int("--iterations", 100_000), help="L-BFGS iterations for dlg/idlg (300), generator updates for grnn (1500)")
+    att.add_argument("--iterations", type=_positive_int("--iterations", 100_000), help="the attack's iterations: L-BFGS steps (dlg, idlg), Adam steps (ig, bypass, text), generator updates (grnn); "
+        "default: the attack's own budget")
     att.add_argument(
-        "--restarts", type=_positive_int("--restarts", 64), default=1,
-        help="independent restarts run at once, vectorised (dlg, idlg, ig, bypass); the best by matching loss is kept (1)",
+        "--restarts", type=_positive_int("--restarts", 64),
+        help="independent restarts run at once, vectorised (the attacks that take restarts); the best by matching loss "
+        "is kept (default: AttackOptions', 1)",
     )
     att.add_argument(
         "--no-halving", action="store_true",
         help="run every restart to the end (default: successive halving keeps the better half at 1/16, 1/8, 1/4 of the budget)",
     )
-    att.add_argument("--retries", type=int, default=10, help="dlg/idlg: fresh starts after a failed run, within the budget (0: plain recipe; at most 10,000)")
-    att.add_argument("--noise", type=_nonneg_float("--noise"), default=0.0, help="Gaussian noise std on the shared gradient")
+    att.add_argument("--retries", type=int, help="dlg/idlg: fresh starts after a failed run, within the budget "
+                     "(0: plain recipe; at most 10,000; default: AttackOptions', 10)")
+    att.add_argument("--noise-std", type=_nonneg_float("--noise-std"), default=0.0,
+                     help="image attacks: absolute std of the Gaussian noise added to each shared gradient entry (0)")
     att.add_argument("--prune", type=_nonneg_float("--prune"), default=0.0, help="fraction of gradient entries zeroed per layer, in [0, 1)")
     att.add_argument("--size", type=_positive_int("--size", 256), default=32, help="side of an --image after resizing (32; 7 to 256)")
     att.add_argument(
@@ -165,19 +222,28 @@ def _build_parser() -> argparse.ArgumentParser:
         help="per-example clipping + Gaussian noise on every gradient (noise = full perturbation) or, with PRECODE, "
         "only on the deterministic ones (ppp; implies --precode)",
     )
-    att.add_argument("--sigma", type=_nonneg_float("--sigma"), default=1.0, help="noise multiplier of --defense, relative to --clip (1.0)")
-    att.add_argument("--clip", type=_nonneg_float("--clip"), default=1.0, help="clipping bound C of --defense (1.0)")
+    att.add_argument("--noise-multiplier", type=_nonneg_float("--noise-multiplier"),
+                     help="noise multiplier sigma, relative to --max-grad-norm (noise std = sigma * C): of --defense noise|ppp "
+                     "(1.0) and of the text attack (0: no noise)")
+    att.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), default=1.0,
+                     help="clipping bound C of --defense and of the text attack's noise (1.0)")
     att.add_argument("--json", type=_out_path, help="write the results as JSON here")
     att.add_argument("--png", type=_out_path, help="write original | reconstruction as a PNG here")
 
     tr = sub.add_parser("train", help="DP-SGD training on the MNIST subset, attacked along the way")
     tr.add_argument("--dp", required=True, choices=["none", "fixed", "linear", "staircase", "exponential", "cyclic"],
-                    help="no DP, fixed noise, or a noise schedule from --sigma-start to --sigma-end")
-    tr.add_argument("--clip", default="1.0", help="clipping bound C (1.0), or 'dynamic' (per example: its largest per-layer norm, clamped to [0.1, 32])")
-    tr.add_argument("--clipping", choices=["flat", "per_layer"], default="flat", help="one norm per example (flat) or per parameter tensor")
-    tr.add_argument("--sigma-start", type=_nonneg_float("--sigma-start"), default=3.0, help="noise multiplier at the first step (3.0; the fixed value for --dp fixed)")
-    tr.add_argument("--sigma-end", type=_nonneg_float("--sigma-end"), default=0.5, help="noise multiplier at the last step of a schedule (0.5)")
-    tr.add_argument("--noise-updates", type=_positive_int("--noise-updates"), help="change sigma only this many times over training (default: every step)")
+                    help="no DP, fixed noise, or a noise schedule from --noise-multiplier to --noise-multiplier-end")
+    tr.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), default=1.0,
+                    help="per-example clipping bound C (1.0; a number > 0)")
+    tr.add_argument("--clipping", choices=["flat", "per_layer", "dynamic"], default="flat",
+                    help="one norm per example (flat), one per parameter tensor (per_layer), or dynamic (Wei & Liu: "
+                    "each example's bound is its largest per-layer norm, clamped to the library's dynamic_clip_range)")
+    tr.add_argument("--noise-multiplier", type=_nonneg_float("--noise-multiplier"), default=3.0,
+                    help="noise multiplier sigma at the first step, relative to --max-grad-norm (3.0; the fixed value for --dp fixed)")
+    tr.add_argument("--noise-multiplier-end", type=_nonneg_float("--noise-multiplier-end"), default=0.5,
+                    help="noise multiplier at the last step of a schedule (0.5)")
+    tr.add_argument("--noise-updates", type=_positive_int("--noise-updates"),
+                    help="change the noise multiplier only this many times over training (default: every step)")
     tr.add_argument("--epochs", type=_positive_int("--epochs", 1000), default=2, help="training epochs (2; at most 1,000)")
     tr.add_argument("--delta", type=_nonneg_float("--delta"), default=1e-5, help="delta of the reported epsilon (1e-5)")
     tr.add_argument("--accountant", choices=["rdp", "prv"], default="rdp", help="Opacus accountant (rdp)")
@@ -189,18 +255,18 @@ def _build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--json", type=_out_path, required=True, help="write accuracy, epsilon, the noise history and the attacks here")
 
     ep = sub.add_parser("epsilon", help="epsilon of a DP-SGD noise history (Opacus accountant)")
-    ep.add_argument("--history", required=True, help='segments SIGMA:SAMPLE_RATE:STEPS separated by commas, e.g. "2.0:0.05:20,1.5:0.05:20"')
+    ep.add_argument("--history", required=True, help='segments NOISE_MULTIPLIER:SAMPLE_RATE:STEPS separated by commas, e.g. "2.0:0.05:20,1.5:0.05:20"')
     ep.add_argument("--delta", type=_nonneg_float("--delta"), default=1e-5, help="target delta (1e-5)")
-    ep.add_argument("--accountant", choices=["rdp", "prv", "gdp"], default="rdp", help="Opacus accountant (rdp; gdp only for one constant sigma)")
+    ep.add_argument("--accountant", choices=["rdp", "prv", "gdp"], default="rdp", help="Opacus accountant (rdp; gdp only for one constant noise multiplier)")
 
     sw = sub.add_parser("sweep", help="privacy-accuracy trade-off sweeps (cached)")
     sw.add_argument("sweep", choices=["ppp"], help="ppp: no defense, full perturbation, PRECODE, PPP over a noise grid")
-    sw.add_argument("--noise-levels", type=_float_list("--noise-levels"), help="noise multipliers, e.g. 0.1,1,3 (default 0.01,0.03,0.1,0.3,1,3)")
+    sw.add_argument("--noise-levels", type=_float_list("--noise-levels"), help="noise multipliers sigma (relative to --max-grad-norm), e.g. 0.1,1,3 (default 0.01,0.03,0.1,0.3,1,3)")
     sw.add_argument("--seeds", type=_int_list("--seeds"), help="training seeds, e.g. 0,1,2 (default)")
     sw.add_argument("--images", type=_positive_int("--images", 1000), help="test images attacked per model (3)")
     sw.add_argument("--iterations", type=_positive_int("--iterations", 100_000), help="attack steps per image (500)")
     sw.add_argument("--epochs", type=_positive_int("--epochs", 1000), help="training epochs (2)")
-    sw.add_argument("--clip", type=_nonneg_float("--clip"), help="clipping bound C (1.0)")
+    sw.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), help="per-example clipping bound C (1.0)")
     sw.add_argument("--train-images", type=_positive_int("--train-images", 4000), help="use only this many training images (all 4,000)")
     cache = sw.add_mutually_exclusive_group()
     cache.add_argument("--cache", type=_out_path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
@@ -210,11 +276,14 @@ def _build_parser() -> argparse.ArgumentParser:
 
     ar = sub.add_parser("arena", help="every attack against every defense on the same images (cached)")
     ar.add_argument("--noise-levels", type=_float_list("--noise-levels"),
-                    help="the shared noise axis (> 0; noise std with C = 1), e.g. 0.1,1 (default 0.01,0.1,1)")
+                    help="the noise slider's stops (> 0), each noisy defense reading them in its unit: a noise std (absolute) "
+                    "for noise, a noise multiplier sigma (std = sigma * C) for ppp and dp, e.g. 0.1,1 (default 0.01,0.1,1)")
     ar.add_argument("--prune-fractions", type=_float_list("--prune-fractions"),
                     help="fractions of each gradient tensor zeroed by pruning, in [0, 1) (default 0.9)")
     ar.add_argument("--images", type=_positive_int("--images", 1000), help="test images attacked per model (3)")
     ar.add_argument("--seeds", type=_int_list("--seeds"), help="training seeds, e.g. 0,1 (default 0)")
+    ar.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"),
+                    help="clipping bound C of the clipped defenses (1.0)")
     ar.add_argument("--workers", type=_positive_int("--workers", 64), default=2,
                     help="processes computing missing cells (2; the numbers do not depend on it)")
     ar_cache = ar.add_mutually_exclusive_group()
@@ -291,33 +360,49 @@ def _load_victim(args):
     return x, y, args.sample, image_set, idx
 
 
+def _options(args):
+    """The engine flags (--restarts, --no-halving, --retries) as an AttackOptions; unset ones keep its defaults."""
+    from gleak_edu.attacks import AttackOptions
+
+    given = {"restarts": args.restarts, "retries": args.retries, "successive_halving": False if args.no_halving else None}
+    return AttackOptions(**{k: v for k, v in given.items() if v is not None})
+
+
+def _check_restarts(args, spec, registry) -> None:
+    """--restarts > 1 only for an attack whose registry entry takes restarts (UsageError before any work)."""
+    if args.restarts is not None and args.restarts > 1 and not spec.takes_restarts:
+        takers = ", ".join(k for k, s in registry.items() if s.takes_restarts)
+        raise UsageError(f"--restarts is for {takers}; {spec.key} runs once")
+
+
 def _run_text_attack(args) -> dict:
     import torch
 
     from gleak_edu import fl, models, text
-    from gleak_edu.attacks import AttackInterrupted, text_recovery
+    from gleak_edu.attacks import ATTACKS, AttackInterrupted
     from gleak_edu.defenses import check_noise_multiplier, clip_and_noise, gaussian_epsilon
 
+    spec = ATTACKS[args.attack]
     if args.sentence is None:
-        raise UsageError("the transformer attack needs --sentence TEXT")
+        raise UsageError(f"the {spec.key} attack needs --sentence TEXT")
     ignored = [
         flag for flag, used in (
             ("--image", args.image is not None), ("--sample", args.sample is not None), ("--png", args.png is not None),
-            ("--restarts", args.restarts != 1), ("--no-halving", args.no_halving), ("--precode", args.precode),
-            ("--defense", args.defense != "none"), ("--batch", args.batch is not None), ("--model", args.model is not None),
-            ("--prune", args.prune > 0), ("--tv", args.tv is not None), ("--size", args.size != 32),
-            ("--activation", args.activation != "sigmoid"),
+            ("--precode", args.precode), ("--defense", args.defense != "none"), ("--batch", args.batch is not None),
+            ("--model", args.model is not None), ("--prune", args.prune > 0), ("--tv", args.tv is not None),
+            ("--size", args.size != 32), ("--activation", args.activation != "sigmoid"), ("--noise-std", args.noise_std > 0),
+            ("--retries", args.retries is not None),
         ) if used
     ]
     if ignored:
         raise UsageError(
-            f"{ignored[0]} does not apply to the transformer attack (it takes --sentence, --label, --classes, --noise, "
-            "--clip, --iterations, --seed, --json)"
+            f"{ignored[0]} does not apply to the {spec.key} attack (it takes --sentence, --label, --classes, "
+            "--noise-multiplier, --max-grad-norm, --iterations, --restarts, --seed, --json)"
         )
-    if args.noise > 0 and args.clip <= 0:
-        raise UsageError(f"--clip must be > 0, got {args.clip}")
-    if args.noise > 0:
-        check_noise_multiplier(args.noise, "--noise (a noise multiplier here)")
+    _check_restarts(args, spec, ATTACKS)
+    noise_multiplier = 0.0 if args.noise_multiplier is None else args.noise_multiplier
+    if noise_multiplier > 0:
+        check_noise_multiplier(noise_multiplier, "--noise-multiplier")
     classes = 19 if args.classes is None else args.classes  # default: which of the 19 aphorisms
     if classes < 2:
         raise UsageError(f"--classes must be at least 2, got {classes}")
@@ -326,82 +411,116 @@ def _run_text_attack(args) -> dict:
     label = 0 if args.label is None else args.label
     if not 0 <= label < classes:
         raise UsageError(f"--label must lie in 0..{classes - 1}")
+    options = _options(args)
     torch.manual_seed(args.seed)
     model = models.TinyTransformer(len(vocab), classes)
     shared = fl.client_text_gradient(model, tokens, torch.tensor([label]))
-    if args.noise > 0:
-        shared = clip_and_noise(shared, args.noise, args.clip, seed=args.seed)
+    if noise_multiplier > 0:
+        shared = clip_and_noise(shared, noise_multiplier, args.max_grad_norm, seed=args.seed)
+    knobs = {} if args.iterations is None else {"iterations": args.iterations}
     interrupted = False
     try:
-        result = text_recovery(model, shared, vocab, iterations=args.iterations or 200, seed=args.seed,
-                               truth=tokens, true_label=label)
+        result = spec.run(model, shared, vocab=vocab, seed=args.seed, truth=(tokens, label), options=options, **knobs)
     except AttackInterrupted as exc:
         result, interrupted = exc.result, True
     m = result.metrics
     delta = 1e-5
+    noisy = noise_multiplier > 0
     return {
-        "attack": "transformer", "model": f"TinyTransformer (vocabulary {len(vocab)} words, {classes} classes)",
+        "attack": spec.key, "model": f"TinyTransformer (vocabulary {len(vocab)} words, {classes} classes)",
         "seed": args.seed, "sentence_true": vocab.decode(tokens), "sentence_recovered": result.sentence,
         "words_recovered": result.words, "token_set_recovered": [vocab.words[t] for t in result.token_set],
         "length_recovered": result.length, "set_recall": m["set_recall"], "set_precision": m["set_precision"],
         "order_accuracy": m["order_accuracy"], "label_true": label, "label_pred": result.label,
-        "label_correct": m["label_correct"], "noise": args.noise, "clip": args.clip if args.noise > 0 else None,
-        "epsilon": gaussian_epsilon(args.noise, delta) if args.noise > 0 else None,
-        "delta": delta if args.noise > 0 else None,
-        "epsilon_note": "one release of the Gaussian mechanism, sqrt(2 ln(1.25/delta)) / sigma (Dwork & Roth; valid below 1)"
-        if args.noise > 0 else None,
-        "matching_loss": result.loss, "iterations": result.iterations, "seconds": result.seconds,
-        "interrupted": interrupted,
+        "label_correct": m.get("label_correct"), "noise_multiplier": noise_multiplier,
+        "max_grad_norm": args.max_grad_norm if noisy else None,
+        "epsilon": gaussian_epsilon(noise_multiplier, delta) if noisy else None,
+        "delta": delta if noisy else None,
+        "epsilon_note": "one release of the Gaussian mechanism, sqrt(2 ln(1.25/delta)) / noise_multiplier "
+        "(Dwork & Roth; valid below 1)" if noisy else None,
+        "matching_loss": result.loss, "iterations": result.iterations, "restarts": result.restarts,
+        "seconds": result.seconds, "interrupted": interrupted,
     }
+
+
+# The CLI's victim for each image attack (a choice of this command, not an attack default):
+# GRNN's paper attacks LeNet-5; the inverting attacks attack PyTorch-initialised MLPs.
+_VICTIM = {"grnn": "lenet5", "ig": "mlp", "bypass": "mlp", "analytic": "mlp"}
+_PYTORCH_INIT = ("ig", "bypass", "analytic")
+
+
+@dataclasses.dataclass(kw_only=True)
+class _AttackRun:
+    """One image attack: what was attacked, how, and its AttackResult (for the JSON record)."""
+
+    result: object
+    model_name: str
+    source: str
+    x: object
+    y: object
+    image_set: object = None
+    idx: list | None = None
+    layers_matched: list = dataclasses.field(default_factory=list)
+    noise_multiplier: float | None = None
+    interrupted: bool = False
 
 
 def _run_attack(args) -> dict:
     import torch
 
     from gleak_edu import fl, models
-    from gleak_edu.attacks import AttackInterrupted
+    from gleak_edu.attacks import ATTACKS, AttackInterrupted, first_linear_layer
     from gleak_edu.defenses import add_precode, deterministic_parameters, gaussian_noise, perturbed_gradient, prune_gradients
 
+    spec = ATTACKS[args.attack]
     if args.sentence is not None:
-        raise UsageError("--sentence is for the transformer attack; image attacks take --image or --sample")
+        raise UsageError("--sentence is for the text attack; image attacks take --image or --sample")
     if args.image is None and args.sample is None:
         raise UsageError("give the private image: --image PATH or --sample SET:INDEX")
     if not 0 <= args.prune < 1:
         raise UsageError(f"--prune must lie in [0, 1), got {args.prune}")
-    if not 0 <= args.retries <= 10_000:
+    if args.retries is not None and not 0 <= args.retries <= 10_000:
         raise UsageError(f"--retries must lie in 0..10,000, got {args.retries}")
     if args.classes is None:
         args.classes = 100
-    if args.restarts > 1 and args.attack in ("grnn", "analytic"):
-        raise UsageError(f"--restarts is for dlg, idlg, ig and bypass; {args.attack} runs once")
+    _check_restarts(args, spec, ATTACKS)
+    if args.tv is not None and "tv_weight" not in spec.defaults:
+        takers = ", ".join(k for k, s in ATTACKS.items() if "tv_weight" in s.defaults)
+        raise UsageError(f"--tv is for {takers}; {spec.key} has no total-variation term")
     if args.classes < 2:
         raise UsageError(f"--classes must be at least 2, got {args.classes}")
-    if args.defense != "none" and args.clip <= 0:
-        raise UsageError(f"--clip must be > 0, got {args.clip}")
-    if args.defense != "none" and args.noise > 0:
-        raise UsageError("--noise adds absolute-std noise; with --defense use --sigma (relative to --clip), not both")
+    noise_multiplier = None
+    if args.defense == "none":
+        if args.noise_multiplier is not None:
+            raise UsageError("--noise-multiplier is relative to --max-grad-norm and needs --defense noise|ppp; "
+                             "for absolute noise on the shared gradient use --noise-std")
+    else:
+        if args.noise_std > 0:
+            raise UsageError("--noise-std adds absolute-std noise; with --defense use --noise-multiplier "
+                             "(relative to --max-grad-norm), not both")
+        noise_multiplier = 1.0 if args.noise_multiplier is None else args.noise_multiplier
     if args.defense == "ppp":
         args.precode = True  # PPP is PRECODE with partial perturbation
+    if spec.needs_bottleneck and not args.precode:
+        raise UsageError(f"the {spec.name} needs PRECODE's bottleneck: add --precode (or --defense ppp); without one "
+                         "every layer is deterministic and the bypass would be Inverting Gradients (ig)")
+    options = _options(args)
     x, y, source, image_set, idx = _load_victim(args)
     if int(y.min()) < 0 or int(y.max()) >= args.classes:
         raise UsageError(f"label(s) {y.tolist()} outside 0..{args.classes - 1} (set --classes or --label)")
-    if args.attack == "idlg" and x.shape[0] > 1:
-        raise UsageError("iDLG's label rule needs a single image; use dlg or grnn for a batch")
-    inverting = args.attack in ("ig", "bypass", "analytic")
-    if inverting and x.shape[0] > 1 and args.attack == "analytic":
-        raise UsageError("analytic recovery works for a single image; give one index")
-    model_name = args.model or {"grnn": "lenet5", "ig": "mlp", "bypass": "mlp", "analytic": "mlp"}.get(args.attack, "lenet-zhu")
+    if spec.max_batch is not None and x.shape[0] > spec.max_batch:
+        takers = ", ".join(k for k, s in ATTACKS.items() if s.modality == "image" and s.max_batch is None)
+        limit = "works on a single image" if spec.max_batch == 1 else f"takes at most {spec.max_batch} images"
+        raise UsageError(f"{spec.name} {limit}; use {takers} for a batch")
+    model_name = args.model or _VICTIM.get(spec.key, "lenet-zhu")
     try:
-        # Inverting Gradients and the PRECODE papers attack PyTorch-initialised models.
         model = models.build_model(
             model_name, tuple(x.shape[1:]), args.classes, args.activation, seed=args.seed,
-            init="pytorch" if inverting else "uniform",
+            init="pytorch" if spec.key in _PYTORCH_INIT else "uniform",
         )
         if args.precode:
             add_precode(model, args.bottleneck, args.beta)
-        if args.attack == "analytic":
-            from gleak_edu.attacks import first_linear_layer
-
+        if spec.needs_first_linear:
             first_linear_layer(model)
     except ValueError as exc:
         raise UsageError(f"--model {model_name}: {exc}") from None
@@ -410,78 +529,59 @@ def _run_attack(args) -> dict:
         shared = fl.client_gradient(model, x, y)
     else:
         scope = "full" if args.defense == "noise" else "ppp"
-        shared = perturbed_gradient(model, x, y, sigma=args.sigma, clip=args.clip, scope=scope, seed=args.seed)
-    if args.noise > 0:
-        shared = gaussian_noise(shared, args.noise, seed=args.seed)
+        shared = perturbed_gradient(model, x, y, noise_multiplier=noise_multiplier, max_grad_norm=args.max_grad_norm,
+                                    scope=scope, seed=args.seed)
+    if args.noise_std > 0:
+        shared = gaussian_noise(shared, args.noise_std, seed=args.seed)
     if args.prune > 0:
         shared = prune_gradients(shared, args.prune)
-    common = dict(input_shape=tuple(x.shape), num_classes=args.classes, seed=args.seed, truth=x, true_labels=y)
-    restart_opts = dict(restarts=args.restarts, successive_halving=not args.no_halving)
     layers_matched = [n for n, p in model.named_parameters() if p.requires_grad]
-    if args.attack == "bypass":
+    if spec.key == "bypass":
         layers_matched = deterministic_parameters(model)
-    elif args.attack == "analytic":
+    elif spec.key == "analytic":
         layers_matched = [n for n in layers_matched if n.startswith("features.0.")]
-    known = None if x.shape[0] == 1 else y  # one image: the attack reads the label; a batch: labels assumed known
+    knobs = {"iterations": args.iterations, "tv_weight": args.tv}
+    if x.shape[0] > 1:  # one image: the attack reads the label; a batch: labels assumed known where it takes them
+        knobs["labels"] = y
+    knobs = {k: v for k, v in knobs.items() if v is not None and k in spec.defaults}
     interrupted = False
     try:
-        result = _attack(args, model, shared, x, y, known, restart_opts, common)
+        result = spec.run(model, shared, input_shape=tuple(x.shape), num_classes=args.classes, truth=(x, y),
+                          options=options, **({"seed": args.seed} if "seed" in spec.defaults else {}), **knobs)
     except AttackInterrupted as exc:  # Ctrl-C: report and write what the attack had
         result, interrupted = exc.result, True
-    return _attack_output(args, result, model_name, source, x, y, image_set, idx, layers_matched, interrupted)
+    run = _AttackRun(result=result, model_name=model_name, source=source, x=x, y=y, image_set=image_set, idx=idx,
+                     layers_matched=layers_matched, noise_multiplier=noise_multiplier, interrupted=interrupted)
+    return _attack_output(args, run)
 
 
-def _attack(args, model, shared, x, y, known, restart_opts, common):
-    """Run the chosen image attack on the shared gradient; returns its AttackResult."""
-    import time
+def _attack_output(args, run: _AttackRun) -> dict:
+    """The JSON record of an image attack (also for an interrupted one: its best estimate so far).
 
-    from gleak_edu import metrics
-    from gleak_edu.attacks import AttackResult, analytic_recovery, dlg, grnn, idlg, inverting_gradients, precode_bypass
-
-    if args.attack == "grnn":
-        result = grnn(model, shared, iterations=args.iterations or 1500, **common)
-    elif args.attack == "ig":
-        result = inverting_gradients(
-            model, shared, iterations=args.iterations or 1000, tv_weight=1e-4 if args.tv is None else args.tv, labels=known,
-            **restart_opts, **common,
-        )
-    elif args.attack == "bypass":
-        result = precode_bypass(
-            model, shared, iterations=args.iterations or 1000, tv_weight=1e-3 if args.tv is None else args.tv, labels=known,
-            **restart_opts, **common,
-        )
-    elif args.attack == "analytic":
-        start = time.perf_counter()
-        raw = analytic_recovery(model, shared, input_shape=tuple(x.shape))
-        result = AttackResult("analytic", raw.clamp(0, 1), y.clone(), 0.0, 0, 1, time.perf_counter() - start)
-        result.metrics = {
-            "order": [0], "psnr": metrics.psnr(raw, x).tolist(), "ssim": metrics.ssim(raw, x).tolist(),
-            "mse": metrics.mse(raw, x).tolist(), "label_accuracy": 1.0, "max_abs_error": float((raw - x).abs().max()),
-        }
-        for key in ("psnr", "ssim", "mse"):
-            result.metrics[f"{key}_mean"] = sum(result.metrics[key]) / len(result.metrics[key])
-        result.message = "labels are not recovered by this route; the true label is reported"
-    else:
-        attack = {"dlg": dlg, "idlg": idlg}[args.attack]
-        result = attack(model, shared, iterations=args.iterations or 300, retries=args.retries, **restart_opts, **common)
-    return result
-
-
-def _attack_output(args, result, model_name, source, x, y, image_set, idx, layers_matched, interrupted) -> dict:
-    """The JSON record of an image attack (also for an interrupted one: its best estimate so far)."""
+    Fields the attack does not produce are null, never filled from the truth: analytic recovery
+    reads no label, so its ``label_pred``, ``label_correct`` and ``label_accuracy`` are null.
+    """
     from gleak_edu import metrics
 
+    result, x, y = run.result, run.x, run.y
+    single = x.shape[0] == 1
     m = result.metrics
     order = m["order"]
-    labels_pred = result.labels[order] if x.shape[0] > 1 else result.labels
+    if result.labels is None:
+        label_pred = None
+    else:
+        labels_pred = result.labels if single else result.labels[order]
+        label_pred = int(labels_pred[0]) if single else labels_pred.tolist()
+    label_accuracy = m.get("label_accuracy")
+    defended = args.defense != "none"
     out = {
         "attack": result.attack,
-        "model": model_name,
+        "model": run.model_name,
         "activation": args.activation,
         "classes": args.classes,
-        "source": source,
+        "source": run.source,
         "seed": args.seed,
-        "noise": args.noise,
+        "noise_std": args.noise_std,
         "prune": args.prune,
         "batch": int(x.shape[0]),
         "psnr": m["psnr_mean"],
@@ -489,10 +589,10 @@ def _attack_output(args, result, model_name, source, x, y, image_set, idx, layer
         "mse": m["mse_mean"],
         "psnr_per_image": m["psnr"],
         "ssim_per_image": m["ssim"],
-        "label_true": int(y[0]) if x.shape[0] == 1 else y.tolist(),
-        "label_pred": int(labels_pred[0]) if x.shape[0] == 1 else labels_pred.tolist(),
-        "label_correct": bool(m["label_accuracy"] == 1.0),
-        "label_accuracy": m["label_accuracy"],
+        "label_true": int(y[0]) if single else y.tolist(),
+        "label_pred": label_pred,
+        "label_correct": None if label_accuracy is None else bool(label_accuracy == 1.0),
+        "label_accuracy": label_accuracy,
         "seconds": result.seconds,
         "evaluations": result.evaluations,
         "iterations": result.iterations,
@@ -504,25 +604,25 @@ def _attack_output(args, result, model_name, source, x, y, image_set, idx, layer
         "diverged": result.diverged,
         "message": result.message,
         "history": [
-            {k: rec[k] for k in ("iteration", "evaluations", "seconds", "loss", "psnr")} for rec in result.history
+            {k: rec.get(k) for k in ("iteration", "evaluations", "seconds", "loss", "psnr")} for rec in result.history
         ],
         "precode": args.precode,
         "defense": args.defense,
-        "sigma": args.sigma if args.defense != "none" else None,
-        "clip": args.clip if args.defense != "none" else None,
-        "layers_matched": layers_matched,
-        "interrupted": interrupted,
+        "noise_multiplier": run.noise_multiplier if defended else None,
+        "max_grad_norm": args.max_grad_norm if defended else None,
+        "layers_matched": run.layers_matched,
+        "interrupted": run.interrupted,
     }
-    if "max_abs_error" in m:
-        out["max_abs_error"] = m["max_abs_error"]
-    if image_set is not None and image_set.name == "lfw":
-        ranks = metrics.reid_ranks(result.reconstruction[order], image_set.images, idx)
+    if args.attack == "analytic":  # exact recovery: how far from exact
+        out["max_abs_error"] = m.get("max_abs_error", float((result.reconstruction[order] - x).abs().max()))
+    if run.image_set is not None and run.image_set.name == "lfw":
+        ranks = metrics.reid_ranks(result.reconstruction[order], run.image_set.images, run.idx)
         out["reid_ranks"] = ranks.tolist()
         out["reid_top1"] = metrics.rank1_accuracy(ranks)
     if args.png is not None:
         from gleak_edu import viz
 
-        title = f"{result.attack} on {source}" + (" (interrupted)" if interrupted else "")
+        title = f"{result.attack} on {run.source}" + (" (interrupted)" if run.interrupted else "")
         _save_figure(viz.compare_figure(x, result.reconstruction[order], title=title), args.png)
     return out
 
@@ -534,13 +634,11 @@ def _run_sweep(args) -> dict:
         name: value
         for name, value in (
             ("noise_levels", args.noise_levels), ("seeds", args.seeds), ("images", args.images),
-            ("iterations", args.iterations), ("epochs", args.epochs), ("clip", args.clip),
+            ("iterations", args.iterations), ("epochs", args.epochs), ("max_grad_norm", args.max_grad_norm),
             ("train_images", args.train_images),
         )
         if value is not None
     }
-    if overrides.get("clip", 1.0) <= 0:
-        raise UsageError(f"--clip must be > 0, got {overrides['clip']}")
     from gleak_edu.defenses import check_noise_multiplier
 
     for level in overrides.get("noise_levels", ()):
@@ -550,7 +648,7 @@ def _run_sweep(args) -> dict:
     claims = sweeps.claim_check(result)
     for c in claims:
         print(
-            f"sigma {c['sigma']:g}: PPP bypass SSIM {c['ppp_bypass_ssim']:.3f}, accuracy lost: full "
+            f"noise multiplier {c['noise_multiplier']:g}: PPP bypass SSIM {c['ppp_bypass_ssim']:.3f}, accuracy lost: full "
             f"{100 * c['full_loss']:.1f} pts vs PPP {100 * c['ppp_loss']:.1f} pts (x{c['loss_ratio']:.2f}) -> "
             + ("claim holds" if c["holds"] else "claim does not hold")
         )
@@ -575,7 +673,7 @@ def _run_arena(args) -> dict:
     overrides = {
         name: value
         for name, value in (("noise_levels", args.noise_levels), ("prune_fractions", args.prune_fractions),
-                            ("images", args.images), ("seeds", args.seeds))
+                            ("images", args.images), ("seeds", args.seeds), ("max_grad_norm", args.max_grad_norm))
         if value is not None
     }
     result = arena.arena(cache_dir=args.cache, use_cache=not args.no_cache, progress=sys.stderr.isatty(),
@@ -610,9 +708,9 @@ def _parse_history(text: str) -> list[tuple[float, float, int]]:
                 raise ValueError
             segments.append((float(fields[0]), float(fields[1]), int(fields[2])))
         except ValueError:
-            raise UsageError(f"--history: segment {part!r} is not SIGMA:SAMPLE_RATE:STEPS (e.g. 2.0:0.05:20)") from None
+            raise UsageError(f"--history: segment {part!r} is not NOISE_MULTIPLIER:SAMPLE_RATE:STEPS (e.g. 2.0:0.05:20)") from None
     if not segments:
-        raise UsageError("--history needs at least one segment SIGMA:SAMPLE_RATE:STEPS")
+        raise UsageError("--history needs at least one segment NOISE_MULTIPLIER:SAMPLE_RATE:STEPS")
     return segments
 
 
@@ -627,54 +725,52 @@ def _run_train(args) -> dict:
     import torch
 
     from gleak_edu import data, models, training
-    from gleak_edu.defenses import history_from_sigmas, steps_per_epoch, train_dp
+    from gleak_edu.attacks import ATTACKS
+    from gleak_edu.defenses import AttackPlan, history_from_noise_multipliers, noise_schedule, steps_per_epoch, train_dp
 
-    if args.clip == "dynamic":
-        clip: float | str = "dynamic"
-    else:
-        try:
-            clip = float(args.clip)
-        except ValueError:
-            raise UsageError(f"--clip must be a number > 0 or 'dynamic', got {args.clip!r}") from None
-        if not math.isfinite(clip) or clip <= 0:
-            raise UsageError(f"--clip must be a number > 0 or 'dynamic', got {args.clip}")
-    if args.dp != "none" and args.sigma_start <= 0:
-        raise UsageError("--sigma-start must be > 0 with DP")
-    if args.dp not in ("none", "fixed") and args.sigma_end <= 0:
-        raise UsageError("--sigma-end must be > 0 for a schedule")
+    if args.dp != "none" and args.noise_multiplier <= 0:
+        raise UsageError("--noise-multiplier must be > 0 with DP")
+    if args.dp not in ("none", "fixed") and args.noise_multiplier_end <= 0:
+        raise UsageError("--noise-multiplier-end must be > 0 for a schedule")
     _check_delta(args.delta)  # before the data is loaded; train_dp warns if delta >= 1/n
     train, test = training.split(data.mnist_subset(), 0.2, seed=0)
     total = args.epochs * steps_per_epoch(len(train[0]), 64)
     steps = args.attack_steps if args.attack_steps is not None else (0, total // 2, total - 1)
     torch.manual_seed(args.seed)
     model = models.MLP((1, 28, 28), 10, (128, 128), "tanh")
+    if args.dp == "none":
+        noise = None  # plain SGD on the same batches
+    elif args.dp == "fixed":
+        noise = args.noise_multiplier
+    else:
+        noise = noise_schedule(args.dp, total, args.noise_multiplier, args.noise_multiplier_end, updates=args.noise_updates)
+    plan = AttackPlan(steps=steps, images=(test[0][: args.images], test[1][: args.images]), iterations=args.iterations)
     run = train_dp(
-        model, train, test, method=args.dp, sigma_start=args.sigma_start, sigma_end=args.sigma_end,
-        noise_updates=args.noise_updates, clip=clip,
-        clipping=args.clipping, epochs=args.epochs, lr=args.lr, delta=args.delta, accountant=args.accountant,
-        attack_steps=steps, attack_images=(test[0][: args.images], test[1][: args.images]),
-        attack_iterations=args.iterations, seed=args.seed, progress=sys.stderr.isatty(),
+        model, train, test, noise_multiplier=noise, max_grad_norm=args.max_grad_norm, clipping=args.clipping,
+        epochs=args.epochs, lr=args.lr, delta=args.delta, accountant=args.accountant, attack_plan=plan, seed=args.seed,
     )
     summary = run.summary()
+    attackers = " and ".join(ATTACKS[a].name for a in plan.attacks)
     print(
         f"{args.dp}: test accuracy {run.test_accuracy:.1%}, epsilon {run.epsilon:.3g} at delta {args.delta:g} ({args.accountant}), "
-        f"attack success {summary['attack_success_rate']:.0%} (best of iDLG and IG, SSIM >= {run.success_ssim}), "
+        f"attack success {summary['attack_success_rate']:.0%} (best of {attackers}, SSIM >= {run.success_ssim}), "
         f"mean SSIM {summary['ssim']:.3f}, {run.steps} steps, {run.seconds:.1f} s"
     )
     checkpoints = [
-        {"step": cp["step"], "sigma": cp["sigma"],
-         **{a: {k: v for k, v in cp[a].items() if k != "reconstructions"} for a in ("idlg", "ig") if a in cp}}
+        {"step": cp["step"], "noise_multiplier": cp["noise_multiplier"], "max_grad_norm": cp["max_grad_norm"],
+         **{a: {k: v for k, v in cp[a].items() if k != "reconstructions"} for a in plan.attacks if a in cp}}
         for cp in run.checkpoints
     ]
     return {
-        "dp": args.dp, "clip": run.clip, "clipping": args.clipping, "sigma_start": run.sigma_start,
-        "sigma_end": run.sigma_end, "epochs": args.epochs, "steps": run.steps, "sample_rate": run.sample_rate,
+        "dp": args.dp, "max_grad_norm": run.max_grad_norm, "clipping": run.clipping,
+        "noise_multiplier": run.noise_multiplier_start, "noise_multiplier_end": run.noise_multiplier_end,
+        "epochs": args.epochs, "steps": run.steps, "sample_rate": run.sample_rate,
         "model": "mlp 784-128-128-10 tanh", "data": "mnist subset (4000 train / 1000 test)", "seed": args.seed,
         "accuracy": run.test_accuracy, "epsilon": run.epsilon, "delta": args.delta, "accountant": args.accountant,
-        "noise_history": run.noise_history, "clip_history": run.clip_history,
-        "history": [list(seg) for seg in history_from_sigmas(run.noise_history, run.sample_rate)],
+        "noise_multiplier_history": run.noise_multiplier_history, "max_grad_norm_history": run.max_grad_norm_history,
+        "history": [list(seg) for seg in history_from_noise_multipliers(run.noise_multiplier_history, run.sample_rate)],
         "attack_success_rate": summary["attack_success_rate"], "ssim": summary["ssim"], "psnr": summary["psnr"],
-        "success_rule": f"best of iDLG and IG reaches SSIM >= {run.success_ssim}",
+        "success_rule": f"best of {attackers} reaches SSIM >= {run.success_ssim}",
         "checkpoints": checkpoints, "diverged": run.diverged, "seconds": run.seconds,
     }
 
@@ -772,16 +868,17 @@ def _outputs(args) -> list[tuple[Path | None, str, bool]]:
 
 
 def _attack_summary(out: dict) -> str:
-    if out["attack"] == "transformer":
+    if "sentence_recovered" in out:
         return (
-            f"transformer: recovered \"{out['sentence_recovered']}\" (true \"{out['sentence_true']}\"): "
+            f"{out['attack']}: recovered \"{out['sentence_recovered']}\" (true \"{out['sentence_true']}\"): "
             f"word set recall {out['set_recall']:.0%}, precision {out['set_precision']:.0%}, "
             f"in order {out['order_accuracy']:.0%}" + (f", epsilon {out['epsilon']:.3g} per release" if out["epsilon"] else "")
         )
     return (
         f"{out['attack']}: PSNR {out['psnr']:.1f} dB, SSIM {out['ssim']:.3f}, "
-        f"label {out['label_pred']} ({'right' if out['label_correct'] else 'wrong'}, true {out['label_true']}), "
-        f"{out['iterations']} iterations, {out['evaluations']} evaluations, {out['seconds']:.1f} s"
+        + (f"label not recovered by this attack (true {out['label_true']}), " if out["label_correct"] is None else
+           f"label {out['label_pred']} ({'right' if out['label_correct'] else 'wrong'}, true {out['label_true']}), ")
+        + f"{out['iterations']} iterations, {out['evaluations']} evaluations, {out['seconds']:.1f} s"
         + (f", re-identified (rank 1) {out['reid_top1']:.0%}" if "reid_top1" in out else "")
         + (f", best of {out['restarts']} restarts" if out["restarts"] > 1 else "")
     )
@@ -800,6 +897,7 @@ def main(argv: list[str] | None = None) -> int:
     args = None
     shown, warnings.showwarning = warnings.showwarning, _show_warning  # restored below (main may run in-process)
     try:
+        _refuse_renamed(sys.argv[1:] if argv is None else list(argv))
         args = parser.parse_args(argv)
         outputs = _outputs(args)
         for path, flag, png in outputs:
@@ -810,7 +908,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command != "cache":
             _load_libraries()
         if args.command == "attack":
-            out = _run_text_attack(args) if args.attack == "transformer" else _run_attack(args)
+            out = _run_text_attack(args) if args.attack == "text" else _run_attack(args)
             print(_attack_summary(out))
             if args.json is not None:
                 _write_json(args.json, out)

@@ -13,6 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gleak_edu.fl import client_gradient
+
 __all__ = ["VariationalBottleneck", "add_precode", "deterministic_parameters", "gradient_stochasticity", "precode_loss"]
 
 
@@ -173,8 +175,6 @@ def gradient_stochasticity(model: nn.Module, x: torch.Tensor, y: torch.Tensor, s
     the sampling. Returns ``{parameter name: cosine}`` in ``named_parameters()``
     order; the model's mode is restored.
     """
-    from gleak_edu.fl import client_gradient
-
     was_training = model.training
     model.train()
     try:

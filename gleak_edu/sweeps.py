@@ -20,6 +20,9 @@ writes are atomic (a temporary file, then a rename). An unusable cache folder
 is found before any cell is computed (a warning; the run then does not write
 the cache), and the folder is kept within a size bound. The cache machinery
 is shared with :mod:`gleak_edu.arena` (:mod:`gleak_edu._cache`).
+
+Units: the sweep's noise levels are noise multipliers σ (Opacus's meaning:
+the noise std on the clipped gradient sum is σ·C, C = ``max_grad_norm``).
 """
 
 from __future__ import annotations
@@ -32,10 +35,16 @@ from typing import Iterable
 
 import torch
 
+from gleak_edu import data as gdata
+from gleak_edu import metrics, training
 from gleak_edu._cache import Array, Flag, ListOf, Number, Record, cell_key, default_cache_dir, open_cache
 from gleak_edu._cache import finite as _finite
 from gleak_edu._cache import number as _number
 from gleak_edu._cache import versions as _versions
+from gleak_edu.attacks import inverting_gradients, precode_bypass
+from gleak_edu.defenses import perturbed_gradient, train_perturbed
+from gleak_edu.models import MLP
+from gleak_edu.precode import add_precode
 
 __all__ = [
     "DEFENSES",
@@ -50,6 +59,9 @@ __all__ = [
 
 DEFENSES = ("none", "full", "precode", "ppp")
 _ATTACKS = ("bypass", "ig")
+# Bump when what a cell computes or holds changes without a version change (invalidates cached cells).
+# 2: sigma -> noise_multiplier, clip -> max_grad_norm, attacks with truth=(x, y).
+_CELL_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -57,10 +69,11 @@ class PPPSweepSettings:
     """Settings of the trade-off sweep (all of them the course's choices; the paper's were not available).
 
     Attributes:
-        noise_levels: noise multipliers sigma (relative to ``clip``) for full
-            perturbation and PPP; none and PRECODE alone are noise-free.
-        clip: clipping bound C on each example's gradient norm (over the
-            perturbed parameters).
+        noise_levels: noise multipliers σ (relative to ``max_grad_norm``: the
+            noise std is σ·C) for full perturbation and PPP; none and PRECODE
+            alone are noise-free.
+        max_grad_norm: the clipping bound C (> 0) on each example's gradient
+            norm (over the perturbed parameters; Opacus's meaning).
         seeds: training seeds; accuracies are averaged over them, and each
             seed's model is attacked.
         images: how many test images are attacked (the first ones of the test split).
@@ -77,7 +90,7 @@ class PPPSweepSettings:
     """
 
     noise_levels: tuple[float, ...] = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
-    clip: float = 1.0
+    max_grad_norm: float = 1.0
     seeds: tuple[int, ...] = (0, 1, 2)
     images: int = 3
     epochs: int = 2
@@ -102,19 +115,22 @@ class PPPSweepSettings:
         object.__setattr__(self, "hidden", tuple(int(h) for h in self.hidden))
         if not self.seeds:
             raise ValueError("seeds must name at least one training seed")
-        if not self.clip > 0 or self.images < 1 or self.epochs < 1 or self.iterations < 1:
-            raise ValueError("clip must be > 0 and images, epochs, iterations at least 1")
+        if not (math.isfinite(self.max_grad_norm) and self.max_grad_norm > 0):
+            raise ValueError(f"max_grad_norm (the clipping bound C) must be a finite number > 0, got {self.max_grad_norm}")
+        if self.images < 1 or self.epochs < 1 or self.iterations < 1:
+            raise ValueError("images, epochs and iterations must be at least 1")
         if self.train_images is not None and self.train_images < 1:
             raise ValueError(f"train_images must be at least 1 (or None for all), got {self.train_images}")
         if not 0 < self.success_ssim <= 1:
             raise ValueError(f"success_ssim must lie in (0, 1], got {self.success_ssim}")
 
 
-def _cell_key(settings: PPPSweepSettings, defense: str, sigma: float, seed: int) -> tuple[str, dict]:
+def _cell_key(settings: PPPSweepSettings, defense: str, noise_multiplier: float, seed: int) -> tuple[str, dict]:
     spec = dataclasses.asdict(settings)
     for name in ("noise_levels", "seeds"):
         spec.pop(name)
-    spec.update(kind="ppp-sweep-cell", defense=defense, sigma=float(sigma), seed=int(seed), versions=_versions())
+    spec.update(kind="ppp-sweep-cell", format=_CELL_FORMAT, defense=defense, noise_multiplier=float(noise_multiplier),
+                seed=int(seed), versions=_versions())
     return cell_key(spec), spec
 
 
@@ -144,10 +160,12 @@ def _cell_schema(settings: PPPSweepSettings) -> Record:
 
 
 def victim(settings: PPPSweepSettings, defense: str, seed: int = 0):
-    """The sweep's untrained victim for ``defense``: the MLP of ``settings`` (PyTorch init from ``seed``), with PRECODE for "precode" and "ppp"."""
-    from gleak_edu.defenses import add_precode
-    from gleak_edu.models import MLP
+    """The sweep's untrained victim for ``defense``: the MLP of ``settings`` (PyTorch init from ``seed``), with PRECODE for "precode" and "ppp".
 
+    ``settings`` is any object with ``hidden``, ``activation``, ``bottleneck`` and ``beta``
+    (:class:`PPPSweepSettings`, :class:`gleak_edu.arena.ArenaSettings`); ``defense`` names a
+    PRECODE model when it is "precode" or "ppp".
+    """
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         model = MLP((1, 28, 28), 10, settings.hidden, settings.activation)
@@ -159,8 +177,11 @@ def victim(settings: PPPSweepSettings, defense: str, seed: int = 0):
 _SCOPE = {"none": "none", "full": "full", "precode": "none", "ppp": "ppp"}
 
 
-def sweep_cell(settings: PPPSweepSettings, defense: str, sigma: float, seed: int, data=None) -> dict:
-    """Train one defense at one noise level and seed, attack it, return the cell's results (no cache).
+def sweep_cell(settings: PPPSweepSettings, defense: str, noise_multiplier: float, seed: int, data=None) -> dict:
+    """Train one defense at one noise multiplier and seed, attack it, return the cell's results (no cache).
+
+    ``noise_multiplier`` is σ of "full" and "ppp" (noise std σ·C, C =
+    ``settings.max_grad_norm``); 0 for "none" and "precode".
 
     Returns a dict: ``accuracy`` (test, in [0, 1]), ``epsilon`` (Opacus RDP at
     ``settings.delta``; inf without noise, nan with nothing perturbed),
@@ -173,33 +194,28 @@ def sweep_cell(settings: PPPSweepSettings, defense: str, sigma: float, seed: int
     Raises:
         ValueError: for an unknown defense.
     """
-    from gleak_edu import data as gdata
-    from gleak_edu import metrics
-    from gleak_edu.attacks import inverting_gradients, precode_bypass
-    from gleak_edu.defenses import perturbed_gradient, train_perturbed
-    from gleak_edu.training import split
-
     if defense not in DEFENSES:
         raise ValueError(f"defense must be one of {DEFENSES}, got {defense!r}")
-    train, test = data or split(gdata.mnist_subset(), settings.test_fraction, seed=0)
+    train, test = data or training.split(gdata.mnist_subset(), settings.test_fraction, seed=0)
     if settings.train_images is not None:
         train = (train[0][: settings.train_images], train[1][: settings.train_images])
     model = victim(settings, defense, seed)
     scope = _SCOPE[defense]
     trained = train_perturbed(
-        model, train, test, sigma=sigma, clip=settings.clip, scope=scope, epochs=settings.epochs,
-        batch_size=settings.batch_size, lr=settings.lr, delta=settings.delta, seed=seed,
+        model, train, test, noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm, scope=scope,
+        epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, delta=settings.delta, seed=seed,
     )
     model.train()  # the victim shares a training step's gradient (PRECODE samples)
     attacks = {name: {"ssim": [], "psnr": [], "reconstructions": []} for name in _ATTACKS}
     has_bottleneck = defense in ("precode", "ppp")
     for i in range(settings.images):
         x, y = test[0][i : i + 1], test[1][i : i + 1]
-        common = dict(input_shape=tuple(x.shape), num_classes=10, iterations=settings.iterations, seed=i, truth=x, true_labels=y)
+        common = dict(input_shape=tuple(x.shape), num_classes=10, iterations=settings.iterations, seed=i, truth=(x, y))
         # seeded: PRECODE's samples in the victim's step and in IG's train-mode forward passes
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(1000 * seed + i)
-            shared = perturbed_gradient(model, x, y, sigma=sigma, clip=settings.clip, scope=scope, seed=1000 * seed + i)
+            shared = perturbed_gradient(model, x, y, noise_multiplier=noise_multiplier, max_grad_norm=settings.max_grad_norm,
+                                        scope=scope, seed=1000 * seed + i)
             runs = {"ig": inverting_gradients(model, shared, **common)}
             runs["bypass"] = precode_bypass(model, shared, **common) if has_bottleneck else runs["ig"]
         for name, res in runs.items():
@@ -218,9 +234,9 @@ class SweepResult:
 
     Attributes:
         settings: the :class:`PPPSweepSettings` used.
-        cells: ``{(defense, sigma, seed): cell dict}`` (see :func:`sweep_cell`).
+        cells: ``{(defense, noise_multiplier, seed): cell dict}`` (see :func:`sweep_cell`).
         rows: the tidy table, one row per (defense, noise level, attack):
-            defense, sigma (noise multiplier; 0 for none/PRECODE), attack
+            defense, noise_multiplier (σ; noise std σ·C; 0 for none/PRECODE), attack
             ("bypass" or "ig"), accuracy (mean test accuracy over seeds, in
             [0, 1]), accuracy_loss (points of accuracy below "none", in [0, 1]),
             epsilon (at ``settings.delta``; inf without noise), ssim and psnr
@@ -238,25 +254,28 @@ class SweepResult:
     test_images: torch.Tensor | None = None
 
     def select(self, defense: str, attack: str = "bypass") -> list[dict]:
-        """Rows of one defense and attack, by increasing sigma."""
-        return sorted((r for r in self.rows if r["defense"] == defense and r["attack"] == attack), key=lambda r: r["sigma"])
+        """Rows of one defense and attack, by increasing noise multiplier."""
+        return sorted((r for r in self.rows if r["defense"] == defense and r["attack"] == attack),
+                      key=lambda r: r["noise_multiplier"])
 
-    def reconstructions(self, defense: str, sigma: float, attack: str = "bypass", seed: int | None = None) -> torch.Tensor:
+    def reconstructions(self, defense: str, noise_multiplier: float, attack: str = "bypass",
+                        seed: int | None = None) -> torch.Tensor:
         """The attack's reconstructions ``[images, 1, 28, 28]`` for one cell (default: the first seed)."""
         seed = self.settings.seeds[0] if seed is None else seed
-        cell = self.cells[(defense, 0.0 if defense in ("none", "precode") else float(sigma), seed)]
+        cell = self.cells[(defense, 0.0 if defense in ("none", "precode") else float(noise_multiplier), seed)]
         return torch.tensor(cell["attacks"][attack]["reconstructions"], dtype=torch.float32)
 
     def table(self) -> str:
         """The tidy table as aligned text."""
-        head = f"{'defense':8} {'sigma':>6} {'attack':6} {'accuracy':>8} {'loss':>6} {'epsilon':>8} {'SSIM':>6} {'PSNR':>6} {'success':>7}"
+        head = f"{'defense':8} {'σ (×C)':>6} {'attack':6} {'accuracy':>8} {'loss':>6} {'epsilon':>8} {'SSIM':>6} {'PSNR':>6} {'success':>7}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             eps = "inf" if math.isinf(r["epsilon"]) else ("-" if math.isnan(r["epsilon"]) else f"{r['epsilon']:.3g}")
             lines.append(
-                f"{r['defense']:8} {r['sigma']:6g} {r['attack']:6} {r['accuracy']:8.3f} {r['accuracy_loss']:6.3f} "
+                f"{r['defense']:8} {r['noise_multiplier']:6g} {r['attack']:6} {r['accuracy']:8.3f} {r['accuracy_loss']:6.3f} "
                 f"{eps:>8} {r['ssim']:6.3f} {r['psnr']:6.1f} {r['success_rate']:7.0%}" + ("  diverged" if r["diverged"] else "")
             )
+        lines.append(f"σ: the noise multiplier (noise std σ·C, C = {self.settings.max_grad_norm:g})")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
@@ -272,14 +291,14 @@ def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
     groups = [("none", 0.0), ("precode", 0.0)] + [(d, s) for s in settings.noise_levels for d in ("full", "ppp")]
     base = mean(_number(cells[("none", 0.0, seed)]["accuracy"]) for seed in settings.seeds)
     rows = []
-    for defense, sigma in groups:
-        group = [cells[(defense, sigma, seed)] for seed in settings.seeds]
+    for defense, noise_multiplier in groups:
+        group = [cells[(defense, noise_multiplier, seed)] for seed in settings.seeds]
         acc = mean(_number(c["accuracy"]) for c in group)
         for attack in _ATTACKS:
             ssims = [v for c in group for v in c["attacks"][attack]["ssim"]]
             psnrs = [v for c in group for v in c["attacks"][attack]["psnr"]]
             rows.append({
-                "defense": defense, "sigma": sigma, "attack": attack, "accuracy": acc,
+                "defense": defense, "noise_multiplier": noise_multiplier, "attack": attack, "accuracy": acc,
                 "accuracy_loss": base - acc, "epsilon": _number(group[0]["epsilon"]),
                 "ssim": mean(ssims), "psnr": mean(psnrs),
                 "success_rate": mean(float(v is not None and v >= settings.success_ssim) for v in ssims),
@@ -317,31 +336,28 @@ def ppp_sweep(
     """
     from tqdm.auto import tqdm
 
-    from gleak_edu import data as gdata
-    from gleak_edu.training import split
-
     settings = dataclasses.replace(settings or PPPSweepSettings(), **overrides)
     cache = open_cache(cache_dir, "ppp")  # an unusable folder: one warning now, before any cell is computed
     schema = _cell_schema(settings)
     todo = [(d, 0.0, s) for d in ("none", "precode") for s in settings.seeds]
-    todo += [(d, sigma, s) for sigma in settings.noise_levels for d in ("full", "ppp") for s in settings.seeds]
+    todo += [(d, nm, s) for nm in settings.noise_levels for d in ("full", "ppp") for s in settings.seeds]
     result = SweepResult(settings)
     loaded = None
-    for defense, sigma, seed in tqdm(todo, desc="sweep", disable=not progress, leave=False):
-        key, spec = _cell_key(settings, defense, sigma, seed)
+    for defense, noise_multiplier, seed in tqdm(todo, desc="sweep", disable=not progress, leave=False):
+        key, spec = _cell_key(settings, defense, noise_multiplier, seed)
         cell = cache.read(key, schema) if use_cache else None
         if cell is None:
             if loaded is None:
-                loaded = split(gdata.mnist_subset(), settings.test_fraction, seed=0)
-            cell = sweep_cell(settings, defense, sigma, seed, data=loaded)
+                loaded = training.split(gdata.mnist_subset(), settings.test_fraction, seed=0)
+            cell = sweep_cell(settings, defense, noise_multiplier, seed, data=loaded)
             cache.write(key, spec, cell)
             result.computed += 1
         else:
             result.cached += 1
-        result.cells[(defense, sigma, seed)] = cell
+        result.cells[(defense, noise_multiplier, seed)] = cell
     cache.close()  # the size bound: least recently used cells of other runs evicted
     result.rows = _rows(settings, result.cells)
-    _, (x_test, _) = loaded or split(gdata.mnist_subset(), settings.test_fraction, seed=0)
+    _, (x_test, _) = loaded or training.split(gdata.mnist_subset(), settings.test_fraction, seed=0)
     result.test_images = x_test[: settings.images]
     return result
 
@@ -354,7 +370,7 @@ def claim_check(result: SweepResult, *, ssim_max: float = 0.3, ratio: float = 2.
     same level loses at least ``ratio`` times as much test accuracy (against
     no defense) as PPP.
 
-    Returns one dict per noise level: sigma, ppp_bypass_ssim, full_ig_ssim,
+    Returns one dict per noise level: noise_multiplier, ppp_bypass_ssim, full_ig_ssim,
     ppp_loss, full_loss (accuracy points in [0, 1]), loss_ratio (full / PPP;
     inf when PPP loses nothing), holds (bool).
     """
@@ -363,7 +379,7 @@ def claim_check(result: SweepResult, *, ssim_max: float = 0.3, ratio: float = 2.
         ppp_loss, full_loss = ppp_row["accuracy_loss"], full_row["accuracy_loss"]
         r = full_loss / ppp_loss if ppp_loss > 0 else (math.inf if full_loss > 0 else math.nan)
         out.append({
-            "sigma": ppp_row["sigma"], "ppp_bypass_ssim": ppp_row["ssim"], "full_ig_ssim": full_row["ssim"],
+            "noise_multiplier": ppp_row["noise_multiplier"], "ppp_bypass_ssim": ppp_row["ssim"], "full_ig_ssim": full_row["ssim"],
             "ppp_loss": ppp_loss, "full_loss": full_loss, "loss_ratio": r,
             "holds": bool(ppp_row["ssim"] <= ssim_max and full_loss > 0 and r >= ratio),
         })

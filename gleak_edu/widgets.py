@@ -4,6 +4,13 @@ Both degrade gracefully: without a Jupyter front end (nbval, scripts) the
 widgets still build and their handlers still run once with the defaults, so a
 notebook executes headlessly; without ipywidgets installed, :class:`LiveView`
 prints a line per update instead.
+
+Every noise slider says its unit: ``"noise std (absolute)"`` (:data:`NOISE_STD_LABEL`:
+the standard deviation of the Gaussian noise added to each shared entry) or
+``"noise multiplier σ (std = σ·C)"`` (:data:`NOISE_MULTIPLIER_LABEL`: relative to
+the clipping bound C, ``max_grad_norm``). Attacks are run through the registry
+(:data:`gleak_edu.attacks.ATTACKS`); live views receive an :class:`AttackState`
+(:class:`TextState` for text), training curves a :class:`gleak_edu.training.TrainState`.
 """
 
 from __future__ import annotations
@@ -15,20 +22,40 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from gleak_edu import fl, metrics, viz
-from gleak_edu.attacks import AttackInterrupted, AttackResult, AttackState, CallbackError, dlg, grnn, idlg
-from gleak_edu.defenses import gaussian_noise, prune_gradients
+from gleak_edu import arena, data, fl, metrics, models, viz
+from gleak_edu.attacks import ATTACKS, AttackInterrupted, AttackOptions, AttackResult, AttackState, CallbackError, TextState
+from gleak_edu.defenses import (
+    SCHEDULES,
+    AttackPlan,
+    clip_and_noise,
+    epsilon,
+    epsilon_for_steps,
+    gaussian_epsilon,
+    gaussian_noise,
+    history_from_noise_multipliers,
+    noise_schedule,
+    perturbation_scope,
+    perturbed_gradient,
+    prune_gradients,
+    steps_per_epoch,
+    train_dp,
+)
+from gleak_edu.training import TrainState
 
 __all__ = [
     "ArenaPanel", "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
     "TextLiveView", "TextNoisePanel", "Playground", "TEXT_NOISE_LEVELS",
-    "NOISE_LEVELS", "PPP_NOISE_LEVELS",
+    "NOISE_LEVELS", "PPP_NOISE_LEVELS", "NOISE_STD_LABEL", "NOISE_MULTIPLIER_LABEL",
 ]
+
+# The two units of a noise slider, in its label (the package's vocabulary: noise_std, noise_multiplier).
+NOISE_STD_LABEL = viz.NOISE_STD_LABEL  # "noise std (absolute)"
+NOISE_MULTIPLIER_LABEL = viz.NOISE_MULTIPLIER_LABEL  # "noise multiplier σ (std = σ·C)"
 
 # The noise slider's stops (absolute std per gradient entry; see gaussian_noise).
 NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 1e-1)
 
-# The transformer notebook's slider: noise multipliers of the Gaussian mechanism (clip C = 1).
+# The text notebook's slider: noise multipliers of the Gaussian mechanism (std = σ·C, C = 1 there).
 TEXT_NOISE_LEVELS: tuple[float, ...] = (0.0, 1e-4, 3e-4, 1e-3, 3e-3, 1e-2, 3e-2, 0.1, 1.0)
 
 # PPP's slider: noise multipliers (relative to the clipping bound; see perturbed_gradient).
@@ -44,11 +71,15 @@ def _widgets():
         return None
 
 
-def _noise_slider(w, levels: Sequence[float], value: float | None = None, width: str = "420px"):
-    """The course's noise slider: one stop per level, labelled with ``:g``, sending its value on release."""
+def _noise_slider(w, levels: Sequence[float], *, description: str, value: float | None = None, width: str = "520px"):
+    """The course's noise slider: one stop per level, labelled with ``:g``, sending its value on release.
+
+    ``description`` names the unit (:data:`NOISE_STD_LABEL` or :data:`NOISE_MULTIPLIER_LABEL`), shown in full.
+    """
     return w.SelectionSlider(
         options=[(f"{v:g}", v) for v in levels], value=levels[0] if value is None else value,
-        description="noise σ", continuous_update=False, layout=w.Layout(width=width),
+        description=description, continuous_update=False, layout=w.Layout(width=width),
+        style={"description_width": "initial"},
     )
 
 
@@ -74,7 +105,7 @@ class LiveView(_Panel):
 
         view = LiveView(original=x)
         view.display()
-        result = dlg(model, shared, ..., callback=view, callback_every=5)
+        result = dlg(model, shared, ..., callback=view, options=AttackOptions(callback_every=5))
 
     Args:
         original: the true images ``[B, C, H, W]`` in [0, 1] (shown for
@@ -123,9 +154,9 @@ class LiveView(_Panel):
         self.last_psnr = psnr
         text = (
             f"{state.attack} · iteration {state.iteration} · {state.evaluations} evaluations · "
-            f"{state.seconds:.1f} s · loss {state.loss:.3g}"
+            f"{state.seconds:.1f} s" + (f" · loss {state.loss:.3g}" if state.loss is not None else "")
             + (f" · <b>PSNR {psnr:.1f} dB</b>" if psnr is not None else "")
-            + f" · label {state.labels.tolist()}"
+            + (f" · label {state.labels.tolist()}" if state.labels is not None else " · no label recovered")
             + (" · done" if state.done else "")
         )
         if self.widget is None:
@@ -136,30 +167,33 @@ class LiveView(_Panel):
 
 
 class DefensePanel(_Panel):
-    """Sliders for the noise sigma and the pruning fraction that re-run an attack on release.
+    """Sliders for the noise std and the pruning fraction that re-run an attack on release.
 
     The private batch's gradient is computed once; every slider release applies
-    the defense (:func:`gaussian_noise` with absolute std ``sigma``, then
+    the defense (:func:`gaussian_noise` with absolute std ``noise_std``, then
     :func:`prune_gradients`), re-runs the attack with a :class:`LiveView`, and
     shows the final reconstruction with its PSNR, SSIM and label.
 
     Args:
         model: the victim model.
         x: private images ``[B, C, H, W]`` in [0, 1]; y: labels int64 ``[B]``.
-        attack: ``"dlg"`` or ``"idlg"``.
-        iterations: L-BFGS iterations per run (fewer than 300 keeps the
-            slider responsive: about 5 s per run; the default gets to about
-            30 dB without a defense on the course's photos).
-        noise_levels: the sigma slider's stops.
+        attack: a key of :data:`gleak_edu.attacks.ATTACKS`, ``"dlg"`` or ``"idlg"``
+            (the L-BFGS attacks, fast enough for a slider).
+        iterations: L-BFGS iterations per run (fewer than the registry's
+            default keeps the slider responsive: about 5 s per run at 100;
+            that gets to about 30 dB without a defense on the course's photos).
+        noise_levels: the noise slider's stops (absolute stds, "noise std (absolute)").
         seed: seed of the noise and of the dummy start.
 
     Attributes:
-        widget: the ipywidgets box to display; ``results``: ``{(sigma, prune):
+        widget: the ipywidgets box to display; ``results``: ``{(noise_std, prune):
         AttackResult}`` of every run so far; ``last``: the latest result.
 
     The handler runs once with the defaults when the panel is built
     (``interactive_output``), so the panel works in a headless run.
     """
+
+    ATTACKS = ("dlg", "idlg")
 
     def __init__(
         self,
@@ -174,8 +208,8 @@ class DefensePanel(_Panel):
         seed: int = 0,
         num_classes: int | None = None,
     ) -> None:
-        if attack not in ("dlg", "idlg"):
-            raise ValueError(f"attack must be 'dlg' or 'idlg', got {attack!r}")
+        if attack not in self.ATTACKS:
+            raise ValueError(f"attack must be one of {self.ATTACKS} (keys of gleak_edu.attacks.ATTACKS), got {attack!r}")
         fl.check_batch(model, x, y)
         self.model, self.x, self.y = model, x, y
         self.attack = attack
@@ -186,35 +220,34 @@ class DefensePanel(_Panel):
         self.results: dict[tuple[float, float], AttackResult] = {}
         self.last: AttackResult | None = None
         w = _widgets()
-        self.noise = _noise_slider(w, noise_levels)
+        self.noise = _noise_slider(w, noise_levels, description=NOISE_STD_LABEL)
         self.prune = w.FloatSlider(
             value=0.0, min=0.0, max=0.9, step=prune_step, description="prune", readout_format=".0%",
-            continuous_update=False, layout=w.Layout(width="420px"),
+            continuous_update=False, layout=w.Layout(width="360px"),
         )
-        self.view = LiveView(original=x, title=f"{attack.upper()} against the defended gradient")
+        self.view = LiveView(original=x, title=f"{ATTACKS[attack].name} against the defended gradient")
         self.summary = w.HTML()
-        out = w.interactive_output(self.run, {"sigma": self.noise, "prune": self.prune})
+        out = w.interactive_output(self.run, {"noise_std": self.noise, "prune": self.prune})
         self.widget = w.VBox([w.HBox([self.noise, self.prune]), self.view.widget, self.summary, out])
 
-    def defended(self, sigma: float, prune: float):
-        """The shared gradient after noise ``sigma`` and pruning ``prune``."""
-        shared = gaussian_noise(self.shared, sigma, seed=self.seed) if sigma > 0 else self.shared
+    def defended(self, noise_std: float, prune: float):
+        """The shared gradient after Gaussian noise of absolute std ``noise_std`` and pruning ``prune``."""
+        shared = gaussian_noise(self.shared, noise_std, seed=self.seed) if noise_std > 0 else self.shared
         return prune_gradients(shared, prune) if prune > 0 else shared
 
-    def run(self, sigma: float, prune: float) -> AttackResult:
+    def run(self, noise_std: float, prune: float) -> AttackResult:
         """Apply the defense, run the attack (drawing the live view), summarise, return the result."""
-        fn = {"dlg": dlg, "idlg": idlg}[self.attack]
-        result = fn(
-            self.model, self.defended(sigma, prune), input_shape=tuple(self.x.shape), num_classes=self.num_classes,
-            iterations=self.iterations, seed=self.seed, truth=self.x, true_labels=self.y,
-            callback=self.view, callback_every=5,
+        result = ATTACKS[self.attack].run(
+            self.model, self.defended(noise_std, prune), input_shape=tuple(self.x.shape), num_classes=self.num_classes,
+            iterations=self.iterations, seed=self.seed, truth=(self.x, self.y), callback=self.view,
+            options=AttackOptions(callback_every=5),
         )
-        self.results[(float(sigma), float(prune))] = result
+        self.results[(float(noise_std), float(prune))] = result
         self.last = result
         m = result.metrics
         self.summary.value = (
-            f"noise σ = {sigma:g}, pruned {prune:.0%}: <b>PSNR {m['psnr_mean']:.1f} dB</b>, "
-            f"SSIM {m['ssim_mean']:.3f}, label {'recovered' if m['label_accuracy'] == 1 else 'wrong'} "
+            f"noise std = {noise_std:g} (absolute), pruned {prune:.0%}: <b>PSNR {m['psnr_mean']:.1f} dB</b>, "
+            f"SSIM {m['ssim_mean']:.3f}, label {'recovered' if m.get('label_accuracy') == 1 else 'wrong'} "
             f"({result.evaluations} evaluations, {result.seconds:.1f} s)"
         )
         return result
@@ -222,11 +255,11 @@ class DefensePanel(_Panel):
 
 
 class GRNNPanel(_Panel):
-    """Sliders for the batch size and the gradient noise sigma, re-running GRNN on release.
+    """Sliders for the batch size and the gradient noise std, re-running GRNN on release.
 
     The victim (a fresh model from ``model_factory``) shares the gradient of
-    the first ``B`` images of ``images``; Gaussian noise of std ``sigma`` (see
-    :func:`gleak_edu.defenses.gaussian_noise`) is added; GRNN then trains its
+    the first ``B`` images of ``images``; Gaussian noise of absolute std
+    ``noise_std`` (see :func:`gleak_edu.defenses.gaussian_noise`) is added; GRNN then trains its
     generator, and the live view shows the generator's output as it learns.
 
     Args:
@@ -235,9 +268,9 @@ class GRNNPanel(_Panel):
         num_classes: classes of the victim.
         iterations: generator updates per run.
         max_batch: the batch slider's top end (at most N).
-        noise_levels: the sigma slider's stops.
+        noise_levels: the noise slider's stops (absolute stds, "noise std (absolute)").
 
-    Attributes: ``widget``, ``results`` ``{(batch, sigma): AttackResult}``, ``last``.
+    Attributes: ``widget``, ``results`` ``{(batch, noise_std): AttackResult}``, ``last``.
     The handler runs once with the defaults (batch 1, no noise) when built.
     """
 
@@ -264,30 +297,31 @@ class GRNNPanel(_Panel):
         self.last: AttackResult | None = None
         w = _widgets()
         self.batch = w.IntSlider(value=1, min=1, max=max_batch, description="batch", continuous_update=False)
-        self.noise = _noise_slider(w, noise_levels)
+        self.noise = _noise_slider(w, noise_levels, description=NOISE_STD_LABEL)
         self.view_box = w.VBox()
         self.summary = w.HTML()
-        out = w.interactive_output(self.run, {"batch": self.batch, "sigma": self.noise})
+        out = w.interactive_output(self.run, {"batch": self.batch, "noise_std": self.noise})
         self.widget = w.VBox([w.HBox([self.batch, self.noise]), self.view_box, self.summary, out])
 
-    def run(self, batch: int, sigma: float) -> AttackResult:
-        """Share the gradient of the first ``batch`` images, add noise ``sigma``, run GRNN live."""
+    def run(self, batch: int, noise_std: float) -> AttackResult:
+        """Share the gradient of the first ``batch`` images, add noise of absolute std ``noise_std``, run GRNN live."""
         x, y = self.images[:batch], self.labels[:batch]
         shared = fl.client_gradient(self.model, x, y)
-        if sigma > 0:
-            shared = gaussian_noise(shared, sigma, seed=self.seed)
-        view = LiveView(original=x, scale=4, title=f"GRNN, batch {batch}, noise σ = {sigma:g}")
+        if noise_std > 0:
+            shared = gaussian_noise(shared, noise_std, seed=self.seed)
+        view = LiveView(original=x, scale=4, title=f"GRNN, batch {batch}, noise std = {noise_std:g} (absolute)")
         if view.widget is not None:
             self.view_box.children = (view.widget,)
-        result = grnn(
+        result = ATTACKS["grnn"].run(
             self.model, shared, input_shape=tuple(x.shape), num_classes=self.num_classes,
-            iterations=self.iterations, seed=self.seed, truth=x, true_labels=y, callback=view, callback_every=25,
+            iterations=self.iterations, seed=self.seed, truth=(x, y), callback=view,
+            options=AttackOptions(callback_every=25),
         )
-        self.results[(int(batch), float(sigma))] = result
+        self.results[(int(batch), float(noise_std))] = result
         self.last = result
         m = result.metrics
         self.summary.value = (
-            f"batch {batch}, noise σ = {sigma:g}: <b>mean PSNR {m['psnr_mean']:.1f} dB</b>, "
+            f"batch {batch}, noise std = {noise_std:g} (absolute): <b>mean PSNR {m['psnr_mean']:.1f} dB</b>, "
             f"SSIM {m['ssim_mean']:.3f}, labels recovered {m['label_accuracy']:.0%} ({result.seconds:.1f} s)"
         )
         return result
@@ -303,17 +337,15 @@ class LayerPanel(_Panel):
         default: the names selected at first (e.g. the bypass's deterministic ones).
         iterations: Inverting Gradients steps per run; tv_weight: its TV weight.
 
-    The attacker uses the model in eval mode (the bottleneck's mean), as
-    :func:`gleak_edu.attacks.precode_bypass` does. ``run(names)`` is the
+    The attacker uses the model in eval mode (the bottleneck's mean): the run
+    is :func:`gleak_edu.attacks.precode_bypass` with ``layers=names`` (the
+    registry's "bypass"). ``run(names)`` is the
     handler; it runs once with ``default`` when the panel is built.
     Attributes: ``widget``, ``results`` ``{tuple(names): AttackResult}``, ``last``.
     """
 
     def __init__(self, model: nn.Module, shared, x: torch.Tensor, *, default: Sequence[str], iterations: int = 300,
                  tv_weight: float = 1e-3, num_classes: int | None = None, seed: int = 0) -> None:
-        from gleak_edu.attacks import precode_bypass
-
-        self._attack = precode_bypass
         names = list(shared)
         unknown = [n for n in default if n not in names]
         if unknown:
@@ -336,10 +368,10 @@ class LayerPanel(_Panel):
         if not names:
             self.summary.value = "select at least one parameter"
             return None
-        result = self._attack(
+        result = ATTACKS["bypass"].run(
             self.model, self.shared, input_shape=tuple(self.x.shape), num_classes=self.num_classes, layers=list(names),
             iterations=self.iterations, tv_weight=self.tv_weight, seed=self.seed, truth=self.x,
-            callback=self.view, callback_every=25,
+            callback=self.view, options=AttackOptions(callback_every=25),
         )
         self.results[tuple(names)] = result
         self.last = result
@@ -356,20 +388,21 @@ class PPPPanel(_Panel):
     perturbation), attacked with Inverting Gradients on all layers (which is
     what the bypass is on a model without a bottleneck). Right: a PRECODE
     model whose client clips and noises only the deterministic gradients (PPP),
-    attacked with the PRECODE bypass. Both use the same noise multiplier sigma
-    and clipping bound C (:func:`gleak_edu.defenses.perturbed_gradient`); each
-    slider release recomputes both shared gradients and re-runs both attacks.
+    attacked with the PRECODE bypass. Both use the same noise multiplier σ
+    and clipping bound C = ``max_grad_norm`` (noise std σ·C;
+    :func:`gleak_edu.defenses.perturbed_gradient`); each slider release
+    recomputes both shared gradients and re-runs both attacks.
 
     Args:
         plain_model: the victim without a bottleneck; precode_model: with one
             (both in train mode, as a client is).
         x: one private image ``[1, C, H, W]`` in [0, 1]; y: its label ``[1]``.
-        clip: the clipping bound C.
+        max_grad_norm: the clipping bound C (> 0).
         iterations: attack steps per run (300: about 2 s per attack on the course's MLP).
-        noise_levels: the slider's stops (noise multipliers).
+        noise_levels: the slider's stops (noise multipliers, "noise multiplier σ (std = σ·C)").
         seed: seed of the noise, PRECODE's sample and the attacks' starts.
 
-    Attributes: ``widget``, ``results`` ``{sigma: (full_result, ppp_result)}``, ``last``.
+    Attributes: ``widget``, ``results`` ``{noise_multiplier: (full_result, ppp_result)}``, ``last``.
     The handler runs once with the first stop when the panel is built.
 
     Raises:
@@ -383,54 +416,49 @@ class PPPPanel(_Panel):
         x: torch.Tensor,
         y: torch.Tensor,
         *,
-        clip: float = 1.0,
+        max_grad_norm: float = 1.0,
         iterations: int = 300,
         noise_levels: Sequence[float] = PPP_NOISE_LEVELS,
         seed: int = 0,
         num_classes: int | None = None,
     ) -> None:
-        from gleak_edu.defenses import perturbation_scope
-
         if x.shape[0] != 1:
             raise ValueError(f"PPPPanel attacks one image; got a batch of {x.shape[0]}")
         fl.check_batch(plain_model, x, y)
         perturbation_scope(precode_model, "ppp")  # raises for a model without PRECODE
         self.plain, self.precode, self.x, self.y = plain_model, precode_model, x, y
-        self.clip, self.iterations, self.seed = float(clip), int(iterations), int(seed)
+        self.max_grad_norm, self.iterations, self.seed = float(max_grad_norm), int(iterations), int(seed)
         self.num_classes = num_classes or getattr(plain_model, "num_classes")
         self.results: dict[float, tuple[AttackResult, AttackResult]] = {}
         self.last: tuple[AttackResult, AttackResult] | None = None
         w = _widgets()
-        self.noise = _noise_slider(w, noise_levels, width="460px")
-        self.full_view = LiveView(original=x, scale=4, title="full perturbation · IG on all layers")
-        self.ppp_view = LiveView(original=x, scale=4, title="PPP · the PRECODE bypass")
+        self.noise = _noise_slider(w, noise_levels, description=NOISE_MULTIPLIER_LABEL)
+        self.full_view = LiveView(original=x, scale=4, title=f"full perturbation · {ATTACKS['ig'].name} on all layers")
+        self.ppp_view = LiveView(original=x, scale=4, title=f"PPP · the {ATTACKS['bypass'].name}")
         self.summary = w.HTML()
-        out = w.interactive_output(self.run, {"sigma": self.noise})
+        out = w.interactive_output(self.run, {"noise_multiplier": self.noise})
         self.widget = w.VBox([self.noise, w.HBox([self.full_view.widget, self.ppp_view.widget]), self.summary, out])
 
-    def shared(self, sigma: float):
-        """The two shared gradients at noise multiplier ``sigma``: (full perturbation, PPP)."""
-        from gleak_edu.defenses import perturbed_gradient
-
+    def shared(self, noise_multiplier: float):
+        """The two shared gradients at ``noise_multiplier`` (std σ·C): (full perturbation, PPP)."""
+        knobs = dict(noise_multiplier=noise_multiplier, max_grad_norm=self.max_grad_norm, seed=self.seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(self.seed)
-            full = perturbed_gradient(self.plain, self.x, self.y, sigma=sigma, clip=self.clip, scope="full", seed=self.seed)
-            ppp = perturbed_gradient(self.precode, self.x, self.y, sigma=sigma, clip=self.clip, scope="ppp", seed=self.seed)
+            full = perturbed_gradient(self.plain, self.x, self.y, scope="full", **knobs)
+            ppp = perturbed_gradient(self.precode, self.x, self.y, scope="ppp", **knobs)
         return full, ppp
 
-    def run(self, sigma: float) -> tuple[AttackResult, AttackResult]:
-        """Perturb both gradients at ``sigma``, run both attacks live, summarise; returns (full, PPP) results."""
-        from gleak_edu.attacks import inverting_gradients, precode_bypass
-
-        full, ppp = self.shared(sigma)
+    def run(self, noise_multiplier: float) -> tuple[AttackResult, AttackResult]:
+        """Perturb both gradients at ``noise_multiplier``, run both attacks live, summarise; returns (full, PPP) results."""
+        full, ppp = self.shared(noise_multiplier)
         common = dict(input_shape=tuple(self.x.shape), num_classes=self.num_classes, iterations=self.iterations,
-                      seed=self.seed, truth=self.x, true_labels=self.y, callback_every=25)
-        r_full = inverting_gradients(self.plain, full, callback=self.full_view, **common)
-        r_ppp = precode_bypass(self.precode, ppp, callback=self.ppp_view, **common)
-        self.results[float(sigma)] = (r_full, r_ppp)
+                      seed=self.seed, truth=(self.x, self.y), options=AttackOptions(callback_every=25))
+        r_full = ATTACKS["ig"].run(self.plain, full, callback=self.full_view, **common)
+        r_ppp = ATTACKS["bypass"].run(self.precode, ppp, callback=self.ppp_view, **common)
+        self.results[float(noise_multiplier)] = (r_full, r_ppp)
         self.last = (r_full, r_ppp)
         self.summary.value = (
-            f"noise multiplier σ = {sigma:g}, clipping bound C = {self.clip:g}: "
+            f"noise multiplier σ = {noise_multiplier:g} (std = σ·C), clipping bound C = {self.max_grad_norm:g}: "
             f"full perturbation <b>SSIM {r_full.metrics['ssim_mean']:.3f}</b> · "
             f"PPP <b>SSIM {r_ppp.metrics['ssim_mean']:.3f}</b> (0 = nothing recovered, 1 = the image)"
         )
@@ -438,7 +466,11 @@ class PPPPanel(_Panel):
 
 
 class TrainingCurves(_Panel):
-    """Live training-loss curves: pass :meth:`step_callback` as ``after_step`` of a training run.
+    """Live training-loss curves: pass :meth:`step_callback` as the ``callback`` of a training run.
+
+    Every training loop of the package (``train_dp``, ``train_perturbed``,
+    ``train_classifier``) calls its callback with a :class:`gleak_edu.training.TrainState`
+    after each step.
 
     Args:
         every: redraw every this many steps (and at the end of each run, via :meth:`finish`).
@@ -455,16 +487,16 @@ class TrainingCurves(_Panel):
         self.widget = w.VBox([self.image]) if w is not None else None
 
     def step_callback(self, label: str):
-        """The ``after_step(step, sigma, loss)`` callback for the run called ``label``."""
+        """The training callback (it receives a :class:`TrainState`) for the run called ``label``."""
         self.curves[label] = []
         self._label = label
 
-        def after_step(step: int, sigma: float, loss: float) -> None:
-            self.curves[label].append(loss)
-            if (step + 1) % self.every == 0:
+        def callback(state: TrainState) -> None:
+            self.curves[label].append(float(state.loss))
+            if (state.step + 1) % self.every == 0:
                 self.draw()
 
-        return after_step
+        return callback
 
     def draw(self) -> None:
         """Redraw the curves now."""
@@ -491,22 +523,21 @@ class DPSchedulePanel(_Panel):
     Args:
         model_factory: ``() -> model`` (a fresh, identically initialised model each run).
         train, test: the data (see train_dp); x, y: the attacked image ``[1, C, H, W]`` and label.
-        epochs, batch_size, lr, clip, noise_updates: the training (see train_dp; sigma changes
-            ``noise_updates`` times, which keeps the epsilon readout under a second).
+        epochs, batch_size, lr, max_grad_norm, noise_updates: the training (see train_dp; the noise
+            multiplier changes ``noise_updates`` times, which keeps the epsilon readout under a second).
         delta: of the epsilon readout. iterations: Inverting Gradients steps per checkpoint.
-        start, end, schedule: the controls' initial values.
+        start, end, schedule: the controls' initial values (noise multipliers σ, std = σ·C, C = ``max_grad_norm``).
 
     Attributes: ``widget``, ``runs`` ``{(schedule, start, end): DPRun}``, ``last``, ``epsilons``
     (the latest readout: ``{"rdp": eps, "prv": eps}``). The handler runs once when built.
     """
 
     def __init__(self, model_factory, train, test, x, y, *, epochs: int = 2, batch_size: int = 64, lr: float = 0.2,
-                 clip: float = 1.0, delta: float = 1e-5, iterations: int = 200, start: float = 3.0, end: float = 0.5,
+                 max_grad_norm: float = 1.0, delta: float = 1e-5, iterations: int = 200, start: float = 3.0, end: float = 0.5,
                  schedule: str = "linear", noise_updates: int | None = 21) -> None:
-        from gleak_edu.defenses import SCHEDULES, steps_per_epoch
-
         self.model_factory, self.train, self.test, self.x, self.y = model_factory, train, test, x, y
-        self.epochs, self.batch_size, self.lr, self.clip = int(epochs), int(batch_size), float(lr), clip
+        self.epochs, self.batch_size, self.lr = int(epochs), int(batch_size), float(lr)
+        self.max_grad_norm = float(max_grad_norm)
         self.delta, self.iterations, self.noise_updates = float(delta), int(iterations), noise_updates
         self.steps = self.epochs * steps_per_epoch(len(train[0]), self.batch_size)
         self.sample_rate = min(1.0, self.batch_size / len(train[0]))
@@ -515,58 +546,59 @@ class DPSchedulePanel(_Panel):
         self.epsilons: dict[str, float] = {}
         w = _widgets()
         self.kind = w.Dropdown(options=list(SCHEDULES), value=schedule, description="schedule")
-        opts = dict(min=0.1, max=8.0, step=0.1, continuous_update=False, readout_format=".1f", layout=w.Layout(width="360px"))
-        self.start = w.FloatSlider(value=start, description="σ start", **opts)
-        self.end = w.FloatSlider(value=end, description="σ end", **opts)
+        opts = dict(min=0.1, max=8.0, step=0.1, continuous_update=False, readout_format=".1f",
+                    layout=w.Layout(width="440px"), style={"description_width": "initial"})
+        self.start = w.FloatSlider(value=start, description=f"start: {NOISE_MULTIPLIER_LABEL}", **opts)
+        self.end = w.FloatSlider(value=end, description=f"end: {NOISE_MULTIPLIER_LABEL}", **opts)
         self.curve = w.Image(format="png")
         self.readout = w.HTML()
         self.result = w.HTML()
         self.recon = w.Image(format="png")
         out = w.interactive_output(self.run, {"kind": self.kind, "start": self.start, "end": self.end})
-        self.widget = w.VBox([w.HBox([self.kind, self.start, self.end]), w.HBox([self.curve, w.VBox([self.readout, self.result, self.recon])]), out])
+        self.widget = w.VBox([w.VBox([self.kind, self.start, self.end]),
+                              w.HBox([self.curve, w.VBox([self.readout, self.result, self.recon])]), out])
 
     def schedule(self, kind: str, start: float, end: float) -> list[float]:
         """The noise multipliers of the run's steps (a cyclic end above its start is capped at the start)."""
-        from gleak_edu.defenses import noise_schedule
-
         return noise_schedule(kind, self.steps, start, min(end, start) if kind == "cyclic" else end, updates=self.noise_updates)
 
     def run(self, kind: str, start: float, end: float):
         """Show the curve and epsilon at once, then train and attack; returns the :class:`DPRun`."""
         import matplotlib.pyplot as plt
 
-        from gleak_edu.defenses import epsilon, history_from_sigmas, train_dp
-
-        sigmas = self.schedule(kind, start, end)
-        hist = history_from_sigmas(sigmas, self.sample_rate)
+        multipliers = self.schedule(kind, start, end)
+        hist = history_from_noise_multipliers(multipliers, self.sample_rate)
         self.epsilons = {}
         for acc in ("rdp", "prv"):
             try:
                 self.epsilons[acc] = epsilon(hist, self.delta, acc)
             except ValueError:  # e.g. PRV's grid too large at the sliders' extremes: say so, RDP still holds
                 self.epsilons[acc] = math.nan
-        fig = viz.schedules_figure({kind: sigmas})
+        fig = viz.schedules_figure({kind: multipliers})
         self.curve.value = viz.fig_png_bytes(fig)
         plt.close(fig)
         self.readout.value = (
-            f"{kind}, σ {sigmas[0]:.2f} → {sigmas[-1]:.2f} over {self.steps} steps at q = {self.sample_rate:.3f}: "
+            f"{kind}, noise multiplier σ {multipliers[0]:.2f} → {multipliers[-1]:.2f} (std = σ·C, C = {self.max_grad_norm:g}) "
+            f"over {self.steps} steps at q = {self.sample_rate:.3f}: "
             f"<b>ε = {self.epsilons['rdp']:.2f}</b> (RDP), "
             + ("n/a (use RDP)" if math.isnan(self.epsilons["prv"]) else f"{self.epsilons['prv']:.2f}")
             + f" (PRV) at δ = {self.delta:g}"
         )
         self.result.value = "training and attacking ..."
-        steps = (0, self.steps // 2, self.steps - 1)
+        plan = AttackPlan(steps=(0, self.steps // 2, self.steps - 1), images=(self.x, self.y), attacks=("ig",),
+                          iterations=self.iterations)
         dp = train_dp(
-            self.model_factory(), self.train, self.test, method=kind, sigma_start=sigmas[0], sigma_end=sigmas[-1],
-            noise_updates=self.noise_updates, clip=self.clip, epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, delta=self.delta,
-            attack_steps=steps, attack_images=(self.x, self.y), attacks=("ig",), attack_iterations=self.iterations,
+            self.model_factory(), self.train, self.test, noise_multiplier=multipliers, max_grad_norm=self.max_grad_norm,
+            epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, delta=self.delta, attack_plan=plan,
         )
         self.runs[(kind, float(start), float(end))] = dp
         self.last = dp
         recons = torch.cat([torch.tensor(cp["ig"]["reconstructions"]) for cp in dp.checkpoints])
         self.recon.value = viz.png_bytes(torch.cat(list(torch.cat([self.x, recons])), dim=-1), scale=3)
-        ssims = ", ".join(f"step {cp['step']} (σ {cp['sigma']:.2f}): SSIM {cp['ig']['ssim'][0]:.2f}" for cp in dp.checkpoints)
-        self.result.value = f"test accuracy <b>{dp.test_accuracy:.1%}</b> · IG on the shared gradient: {ssims}<br>original, then the three reconstructions:"
+        ssims = ", ".join(f"step {cp['step']} (σ {cp['noise_multiplier']:.2f}): SSIM {cp['ig']['ssim'][0]:.2f}"
+                          for cp in dp.checkpoints)
+        self.result.value = (f"test accuracy <b>{dp.test_accuracy:.1%}</b> · {ATTACKS['ig'].name} on the shared gradient: "
+                             f"{ssims}<br>original, then the three reconstructions:")
         return dp
 
 
@@ -597,13 +629,15 @@ class TextLiveView(_Panel):
         self.title = title
         self.widget = w.VBox([self.html]) if w else None
 
-    def __call__(self, state) -> None:
+    def __call__(self, state: TextState) -> None:
+        """Attack callback: show ``state.words`` (a :class:`TextState`)."""
         self.updates += 1
         self.last_words = list(state.words)
         text = (
             (f"<b>{html.escape(self.title)}</b><br>" if self.title else "")
             + f"<span style='font-size:120%'>{_words_html(state.words, self.truth)}</span><br>"
-            + f"<small>step {state.iteration} · matching loss {state.loss:.3g}{' · done' if state.done else ''}</small>"
+            + f"<small>step {state.iteration}" + (f" · matching loss {state.loss:.3g}" if state.loss is not None else "")
+            + f"{' · done' if state.done else ''}</small>"
         )
         if self.html is None:
             print(" ".join(state.words))
@@ -612,56 +646,57 @@ class TextLiveView(_Panel):
 
 
 class TextNoisePanel(_Panel):
-    """A noise slider for the transformer: the recovered words, token accuracy and epsilon for each noise level.
+    """A noise slider for the tiny transformer: the recovered words, token accuracy and epsilon for each noise multiplier.
 
-    The sentence's gradient is computed once; each release clips it to C,
-    adds N(0, (sigma C)^2) (:func:`gleak_edu.defenses.clip_and_noise`), runs
-    :func:`gleak_edu.attacks.text_recovery` with a live view, and shows
+    The sentence's gradient is computed once; each release clips it to C =
+    ``max_grad_norm`` and adds N(0, (σC)²) (noise multiplier σ;
+    :func:`gleak_edu.defenses.clip_and_noise`), runs the registry's "text"
+    attack (:func:`gleak_edu.attacks.text_recovery`) with a live view, and shows
     token-set recall and precision, in-order accuracy, and epsilon: per
     release (Gaussian mechanism, closed form) and over ``steps`` training steps
-    at sample rate ``sample_rate`` (Opacus RDP).
+    at sample rate ``sample_rate`` (Opacus RDP, :func:`gleak_edu.defenses.epsilon_for_steps`).
 
-    Attributes: ``widget``, ``results`` ``{sigma: TextAttackResult}``, ``last``.
+    Attributes: ``widget``, ``results`` ``{noise_multiplier: TextAttackResult}``, ``last``.
     The handler runs once with the first stop when built.
     """
 
-    def __init__(self, model: nn.Module, vocab, sentence: str, label: int = 0, *, clip: float = 1.0,
+    def __init__(self, model: nn.Module, vocab, sentence: str, label: int = 0, *, max_grad_norm: float = 1.0,
                  noise_levels: Sequence[float] = TEXT_NOISE_LEVELS, iterations: int = 200, delta: float = 1e-5,
                  steps: int = 300, sample_rate: float = 0.2, seed: int = 0) -> None:
         self.model, self.vocab = model, vocab
         self.tokens = vocab.encode(sentence)
+        self.label = int(label)
         self.truth_words = [vocab.words[int(t)] for t in self.tokens]
-        self.shared = fl.client_text_gradient(model, self.tokens, torch.tensor([int(label)]))
-        self.clip, self.iterations, self.delta = float(clip), int(iterations), float(delta)
+        self.shared = fl.client_text_gradient(model, self.tokens, torch.tensor([self.label]))
+        self.max_grad_norm, self.iterations, self.delta = float(max_grad_norm), int(iterations), float(delta)
         self.steps, self.sample_rate, self.seed = int(steps), float(sample_rate), int(seed)
         self.results: dict = {}
         self.last = None
         w = _widgets()
-        self.noise = _noise_slider(w, noise_levels, width="460px")
+        self.noise = _noise_slider(w, noise_levels, description=NOISE_MULTIPLIER_LABEL)
         self.view = TextLiveView(self.truth_words, title="recovered sentence (green: right word in the right place)")
         self.summary = w.HTML()
-        out = w.interactive_output(self.run, {"sigma": self.noise})
+        out = w.interactive_output(self.run, {"noise_multiplier": self.noise})
         self.widget = w.VBox([self.noise, self.view.widget, self.summary, out])
 
-    def run(self, sigma: float):
-        """Noise the gradient at ``sigma``, attack it live, summarise; returns the TextAttackResult."""
-        from gleak_edu.attacks import text_recovery
-        from gleak_edu.defenses import clip_and_noise, epsilon, gaussian_epsilon
-
-        shared = clip_and_noise(self.shared, sigma, self.clip, seed=self.seed) if sigma > 0 else self.shared
-        result = text_recovery(self.model, shared, self.vocab, iterations=self.iterations, seed=self.seed,
-                               truth=self.tokens, callback=self.view, callback_every=20)
-        self.results[float(sigma)] = result
+    def run(self, noise_multiplier: float):
+        """Clip and noise the gradient at ``noise_multiplier``, attack it live, summarise; returns the TextAttackResult."""
+        noisy = noise_multiplier > 0
+        shared = clip_and_noise(self.shared, noise_multiplier, self.max_grad_norm, seed=self.seed) if noisy else self.shared
+        result = ATTACKS["text"].run(self.model, shared, vocab=self.vocab, iterations=self.iterations, seed=self.seed,
+                                     truth=(self.tokens, self.label), callback=self.view,
+                                     options=AttackOptions(callback_every=20))
+        self.results[float(noise_multiplier)] = result
         self.last = result
         m = result.metrics
         eps = ""
-        if sigma > 0:
-            composed = epsilon([(sigma, self.sample_rate, self.steps)], self.delta)
-            eps = (f" · <b>ε = {gaussian_epsilon(sigma, self.delta):.3g}</b> per release, {composed:.3g} over "
+        if noisy:
+            composed = epsilon_for_steps(noise_multiplier, self.sample_rate, self.steps, self.delta)
+            eps = (f" · <b>ε = {gaussian_epsilon(noise_multiplier, self.delta):.3g}</b> per release, {composed:.3g} over "
                    f"{self.steps} steps at q = {self.sample_rate:g} (δ = {self.delta:g})")
         self.summary.value = (
-            f"σ = {sigma:g}: word set recall {m['set_recall']:.0%}, precision {m['set_precision']:.0%}, "
-            f"<b>in order {m['order_accuracy']:.0%}</b>" + eps
+            f"noise multiplier σ = {noise_multiplier:g} (std = σ·C, C = {self.max_grad_norm:g}): word set recall "
+            f"{m['set_recall']:.0%}, precision {m['set_precision']:.0%}, <b>in order {m['order_accuracy']:.0%}</b>" + eps
         )
         return result
 
@@ -670,7 +705,10 @@ class ArenaPanel(_Panel):
     """The defense arena's heatmap with a noise slider, re-drawn from a computed result (nothing is recomputed).
 
     The slider's stops are the noise levels the result holds
-    (:func:`gleak_edu.arena.arena`); moving it re-renders
+    (:func:`gleak_edu.arena.arena`); its label says how each noisy defense
+    reads a stop, in the unit the arena declares for it
+    (:data:`gleak_edu.arena.DEFENSE_LEVEL`, :data:`gleak_edu.arena.KNOB_UNITS`:
+    a noise std for "noise", a noise multiplier σ for PPP and DP). Moving it re-renders
     :func:`gleak_edu.viz.arena_heatmap` at that level. A second slider picks
     the pruning cell when the result has more than one pruned fraction. Below,
     a reconstruction strip: pick a defense and an attack to see the attacked
@@ -688,21 +726,21 @@ class ArenaPanel(_Panel):
     """
 
     def __init__(self, result, *, defense: str = "ppp", attack: str = "bypass") -> None:
-        from gleak_edu.arena import ATTACK_NAMES, ATTACKS, DEFENSE_NAMES, DEFENSES
-
         self.result = result
         self.renders = 0
         self.last_level: float | None = None
         w = _widgets()
         levels = list(result.levels)
-        self.noise = _noise_slider(w, levels, width="460px")
+        self.noise = _noise_slider(w, levels, description=viz.arena_level_label(result.settings), width="820px")
         fractions = list(result.settings.prune_fractions)
         self.prune = None
         if len(fractions) > 1:
             self.prune = w.SelectionSlider(options=[(f"{v:.0%}", v) for v in fractions], value=fractions[0],
                                            description="pruned", continuous_update=False, layout=w.Layout(width="300px"))
-        self.defense = w.Dropdown(options=[(DEFENSE_NAMES[d], d) for d in DEFENSES], value=defense, description="defense")
-        self.attack = w.Dropdown(options=[(ATTACK_NAMES[a], a) for a in ATTACKS], value=attack, description="attack")
+        self.defense = w.Dropdown(options=[(arena.DEFENSE_NAMES[d], d) for d in arena.DEFENSES], value=defense,
+                                  description="defense")
+        self.attack = w.Dropdown(options=[(arena.ATTACK_NAMES[a], a) for a in arena.ATTACKS], value=attack,
+                                 description="attack")
         self.image = w.Image(format="png")
         self.strip = w.Image(format="png")
         self.caption = w.HTML()
@@ -717,17 +755,16 @@ class ArenaPanel(_Panel):
         """Draw the heatmap at ``level`` and the strip of ``attack`` against ``defense`` there."""
         import matplotlib.pyplot as plt
 
-        from gleak_edu.arena import ATTACK_NAMES, defense_label, impossible
-
         fig = viz.arena_heatmap(self.result, level, prune_fraction=prune_fraction)
         self.image.value = viz.fig_png_bytes(fig, dpi=80)
         plt.close(fig)
         self.renders += 1
         self.last_level = float(level)
-        reason = impossible(attack, defense)
+        reason = arena.impossible(attack, defense)
         knob = self.result.knob(defense, level, prune_fraction)
+        pair = f"{arena.ATTACK_NAMES[attack]} × {arena.defense_label(defense, knob, self.result.settings)}"
         if reason is not None:
-            self.caption.value = f"<b>{ATTACK_NAMES[attack]} × {defense_label(defense, knob, self.result.settings)}</b>: n/a, {html.escape(reason)}"
+            self.caption.value = f"<b>{html.escape(pair)}</b>: n/a, {html.escape(reason)}"
             self.strip.value = b""
             return
         rec = self.result.reconstructions(defense, attack, level, prune_fraction=prune_fraction)
@@ -736,7 +773,7 @@ class ArenaPanel(_Panel):
         grid = torch.cat([torch.cat(list(truth), dim=-1), torch.cat(list(rec), dim=-1)], dim=-2)
         self.strip.value = viz.png_bytes(grid, scale=3)
         self.caption.value = (
-            f"<b>{ATTACK_NAMES[attack]} × {defense_label(defense, knob, self.result.settings)}</b>: "
+            f"<b>{html.escape(pair)}</b>: "
             f"top the private digits, bottom the reconstructions (first seed) · success {row['success_rate']:.0%}, "
             f"mean SSIM {row['ssim']:.2f}, PSNR {row['psnr']:.1f} dB"
         )
@@ -750,17 +787,18 @@ class Playground(_Panel):
     (LeNet-Zhu with DLG's uniform init for DLG and iDLG, an MLP with PyTorch's
     init for Inverting Gradients, 100 classes); the shared gradient is the
     client's on the chosen image, then the defense (Gaussian noise of absolute
-    std sigma, or pruning) is applied, and the attack runs with a live view.
+    std ``noise_std``, the "noise std (absolute)" slider, or pruning) is
+    applied, and the attack runs with a live view. The attacks are the
+    registry's (:data:`gleak_edu.attacks.ATTACKS`), named as it names them.
 
     Attributes: ``widget``, ``x`` (the current image ``[1, 3, 32, 32]``),
     ``last`` (the latest :class:`AttackResult`), ``runs`` (how many).
     """
 
-    ATTACKS = (("iDLG", "idlg"), ("DLG", "dlg"), ("Inverting Gradients", "ig"))
+    ATTACKS = ("idlg", "dlg", "ig")  # keys of gleak_edu.attacks.ATTACKS
+    CALLBACK_EVERY = {"idlg": 5, "dlg": 5, "ig": 25}  # live-view refresh: L-BFGS steps are slower than Adam's
 
     def __init__(self, seed: int = 1) -> None:
-        from gleak_edu import data
-
         self.photos = data.photos()
         self.seed = int(seed)
         self.x = self.photos.images[:1]
@@ -769,10 +807,10 @@ class Playground(_Panel):
         w = _widgets()
         self.image = w.Dropdown(options=[(n, i) for i, n in enumerate(self.photos.item_names)], value=0, description="image")
         self.upload = w.FileUpload(accept="image/*", multiple=False, description="or upload")
-        self.attack = w.Dropdown(options=list(self.ATTACKS), value="idlg", description="attack")
+        self.attack = w.Dropdown(options=[(ATTACKS[k].name, k) for k in self.ATTACKS], value="idlg", description="attack")
         self.defense = w.ToggleButtons(options=[("none", "none"), ("noise", "noise"), ("pruning", "prune")], value="none",
                                        description="defense")
-        self.noise = _noise_slider(w, NOISE_LEVELS, value=1e-2)
+        self.noise = _noise_slider(w, NOISE_LEVELS, description=NOISE_STD_LABEL, value=1e-2)
         self.prune = w.FloatSlider(value=0.5, min=0.0, max=0.9, step=0.1, description="prune", readout_format=".0%",
                                    continuous_update=False)
         self.iterations = w.IntSlider(value=100, min=20, max=300, step=20, description="iterations", continuous_update=False)
@@ -807,8 +845,6 @@ class Playground(_Panel):
         image files: an unreadable file, one over the pixel limit or one that
         decodes to NaN leaves the current image in place and says why.
         """
-        from gleak_edu import data
-
         try:
             x = data.load_image_bytes(content, size=32, channels=3, name=name)
         except (ValueError, TypeError) as exc:
@@ -853,13 +889,10 @@ class Playground(_Panel):
             raise
         m = result.metrics
         self.status.value = (f"<b>PSNR {m['psnr_mean']:.1f} dB</b>, SSIM {m['ssim_mean']:.3f}, "
-                             f"label {'recovered' if m['label_accuracy'] == 1 else 'wrong'} ({result.seconds:.1f} s)")
+                             f"label {'recovered' if m.get('label_accuracy') == 1 else 'wrong'} ({result.seconds:.1f} s)")
         return result
 
     def _run(self) -> AttackResult:
-        from gleak_edu import models
-        from gleak_edu.attacks import inverting_gradients
-
         if not bool(torch.isfinite(self.x).all()):
             raise ValueError("the current image has NaN or infinite pixels; pick or upload another image")
         kind = self.attack.value
@@ -873,14 +906,12 @@ class Playground(_Panel):
             shared = gaussian_noise(shared, self.noise.value, seed=self.seed)
         elif self.defense.value == "prune" and self.prune.value > 0:
             shared = prune_gradients(shared, self.prune.value)
-        view = LiveView(original=self.x, title=f"{dict((v, k) for k, v in self.ATTACKS)[kind]} against the shared gradient")
+        spec = ATTACKS[kind]
+        view = LiveView(original=self.x, title=f"{spec.name} against the shared gradient")
         if view.widget is not None:
             self.view_box.children = (view.widget,)
-        common = dict(input_shape=tuple(self.x.shape), num_classes=100, iterations=self.iterations.value,
-                      seed=self.seed, truth=self.x, true_labels=label, callback=view)
-        if kind == "ig":
-            result = inverting_gradients(model, shared, callback_every=25, **common)
-        else:
-            result = {"dlg": dlg, "idlg": idlg}[kind](model, shared, callback_every=5, **common)
+        result = spec.run(model, shared, input_shape=tuple(self.x.shape), num_classes=100, iterations=self.iterations.value,
+                          seed=self.seed, truth=(self.x, label), callback=view,
+                          options=AttackOptions(callback_every=self.CALLBACK_EVERY[kind]))
         self.last, self.runs = result, self.runs + 1
         return result

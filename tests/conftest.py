@@ -82,7 +82,7 @@ def dlg_photo0(photo_set):
     model = lenet(seed=1)
     shared = fl.client_gradient(model, x, y)
     result = attacks.dlg(
-        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, truth=x, true_labels=y, seed=1
+        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, truth=(x, y), seed=1
     )
     return x, y, result
 
@@ -94,7 +94,7 @@ def idlg_photo1(photo_set):
     model = lenet(seed=1)
     shared = fl.client_gradient(model, x, y)
     result = attacks.idlg(
-        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, truth=x, true_labels=y, seed=1
+        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, truth=(x, y), seed=1
     )
     return x, y, result
 

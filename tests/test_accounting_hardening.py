@@ -16,10 +16,11 @@ import pytest
 from gleak_edu import cli
 from gleak_edu.defenses import (
     epsilon,
-    epsilon_spent,
+    epsilon_for_steps,
     gaussian_epsilon,
-    history_from_sigmas,
-    match_fixed_sigma,
+    get_noise_multiplier,
+    history_from_noise_multipliers,
+    noise_schedule,
     schedule_epsilon,
     train_dp,
 )
@@ -27,7 +28,7 @@ from gleak_edu.defenses.accounting import (
     DELTA_LIMIT,
     MAX_SEGMENTS,
     MAX_STEPS,
-    SIGMA_RANGE,
+    NOISE_MULTIPLIER_RANGE,
     DeltaWarning,
     check_delta,
     check_history,
@@ -57,10 +58,11 @@ def test_a_delta_without_meaningful_guarantee_is_refused_by_every_epsilon_functi
         lambda: epsilon(HISTORY, delta, "prv"),
         lambda: epsilon([(2.0, 0.05, 20)], delta, "gdp"),
         lambda: gaussian_epsilon(2.0, delta),
-        lambda: epsilon_spent(1.0, 0.1, 10, delta),
-        lambda: epsilon_spent(1.0, 0.1, 0, delta),
+        lambda: epsilon_for_steps(1.0, 0.1, 10, delta),
+        lambda: epsilon_for_steps(1.0, 0.1, 0, delta),
+        lambda: epsilon_for_steps(1.0, 0.1, 10, delta, accountant="prv"),
         lambda: schedule_epsilon("linear", 50, 3.0, 0.5, 0.02, delta),
-        lambda: match_fixed_sigma(1.0, 50, 0.02, delta),
+        lambda: get_noise_multiplier(1.0, 50, 0.02, delta),
         lambda: check_delta(delta),
     ]
     for call in calls:
@@ -82,7 +84,7 @@ def test_delta_at_or_above_one_over_n_warns_when_the_dataset_size_is_known():
     with pytest.warns(DeltaWarning):
         gaussian_epsilon(2.0, 1e-3, dataset_size=1000)
     with pytest.warns(DeltaWarning):
-        epsilon_spent(1.0, 0.01, 10, 1e-2, dataset_size=100)
+        epsilon_for_steps(1.0, 0.01, 10, 1e-2, dataset_size=100)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # far below 1/n: silent
         epsilon([(1.0, 0.01, 10)], 1e-5, dataset_size=4000)
@@ -111,26 +113,27 @@ def test_train_dp_checks_its_accounting_before_training(monkeypatch):
     """delta, the noise history's range and the PRV grid are checked before the first step."""
     import torch
 
-    from gleak_edu.defenses import ppp
+    from gleak_edu.defenses import dpsgd
 
     def no_training(*args, **kwargs):  # pragma: no cover - reached only if a check is missing
         raise AssertionError("training started before the accounting was checked")
 
-    monkeypatch.setattr(ppp, "train_perturbed", no_training)
+    monkeypatch.setattr(dpsgd, "train_perturbed", no_training)
     x, y = torch.rand(64, 1, 28, 28), torch.randint(0, 10, (64,))
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 10))
     with pytest.raises(ValueError, match="no meaningful guarantee"):
-        train_dp(model, (x, y), (x, y), method="fixed", delta=0.9, epochs=1, batch_size=32)
+        train_dp(model, (x, y), (x, y), noise_multiplier=1.0, delta=0.9, epochs=1, batch_size=32)
     with pytest.raises(ValueError, match="no meaningful guarantee"):
-        train_dp(model, (x, y), (x, y), method="none", delta=0.5, epochs=1, batch_size=32)
+        train_dp(model, (x, y), (x, y), noise_multiplier=None, delta=0.5, epochs=1, batch_size=32)
     with pytest.raises(ValueError, match="outside"):
-        train_dp(model, (x, y), (x, y), method="exponential", sigma_start=1.0, sigma_end=1e-9, epochs=1, batch_size=32)
+        train_dp(model, (x, y), (x, y), noise_multiplier=noise_schedule("exponential", 2, 1.0, 1e-9),
+                 epochs=1, batch_size=32)
     with pytest.raises(ValueError, match="PRV accountant would need a grid"):
-        train_dp(model, (x, y), (x, y), method="fixed", sigma_start=0.01, accountant="prv", epochs=1, batch_size=32)
+        train_dp(model, (x, y), (x, y), noise_multiplier=0.01, accountant="prv", epochs=1, batch_size=32)
     with pytest.raises(ValueError, match="PRV accountant .* returned epsilon inf"):  # found by computing it first
-        train_dp(model, (x, y), (x, y), method="fixed", sigma_start=0.04, accountant="prv", epochs=1, batch_size=32)
+        train_dp(model, (x, y), (x, y), noise_multiplier=0.04, accountant="prv", epochs=1, batch_size=32)
     with pytest.warns(DeltaWarning), pytest.raises(AssertionError, match="training started"):
-        train_dp(model, (x, y), (x, y), method="fixed", delta=0.05, epochs=1, batch_size=32)  # 0.05 >= 1/64
+        train_dp(model, (x, y), (x, y), noise_multiplier=1.0, delta=0.05, epochs=1, batch_size=32)  # 0.05 >= 1/64
 
 
 # --- epsilon is never negative
@@ -146,28 +149,28 @@ def test_epsilon_is_never_negative_over_a_grid_of_deltas_and_histories():
             assert eps >= 0 and math.isfinite(eps), (h, delta, eps)
     for delta in (0.01, 0.05):
         assert epsilon([(100.0, 0.01, 10)], delta, "prv") >= 0
-        assert epsilon_spent(1e4, 0.01, 10, delta) == 0.0  # clamped: (eps<0, delta)-DP implies (0, delta)-DP
+        assert epsilon_for_steps(1e4, 0.01, 10, delta) == 0.0  # clamped: (eps<0, delta)-DP implies (0, delta)-DP
         assert gaussian_epsilon(1e6, delta) > 0
 
 
 # --- noise multipliers: out of range is a clear ValueError, not ZeroDivision/Overflow
 
-@pytest.mark.parametrize("sigma", [1e-300, 1e-7, 1e7, 1e300, -1.0, math.inf, math.nan])
-def test_out_of_range_noise_multipliers_are_a_clear_value_error(sigma):
+@pytest.mark.parametrize("noise_multiplier", [1e-300, 1e-7, 1e7, 1e300, -1.0, math.inf, math.nan])
+def test_out_of_range_noise_multipliers_are_a_clear_value_error(noise_multiplier):
     """Before: 1e-300 raised ZeroDivisionError and 1e300 OverflowError from inside Opacus."""
     for accountant in ("rdp", "prv", "gdp"):
-        with pytest.raises(ValueError, match="noise multiplier"):
-            epsilon([(sigma, 0.01, 10)], 1e-5, accountant)
-    for call in (lambda: epsilon_spent(sigma, 0.01, 10), lambda: gaussian_epsilon(sigma),
-                 lambda: schedule_epsilon("fixed", 10, sigma, None, 0.01)):
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match="noise_multiplier"):
+            epsilon([(noise_multiplier, 0.01, 10)], 1e-5, accountant)
+    for call in (lambda: epsilon_for_steps(noise_multiplier, 0.01, 10), lambda: gaussian_epsilon(noise_multiplier),
+                 lambda: schedule_epsilon("fixed", 10, noise_multiplier, None, 0.01)):
+        with pytest.raises(ValueError, match="noise_multiplier"):
             call()
     with pytest.raises(ValueError, match="bad segment 0"):
-        epsilon([(sigma, 0.01, 10)], 1e-5)
+        epsilon([(noise_multiplier, 0.01, 10)], 1e-5)
 
 
 def test_the_ends_of_the_noise_range_are_accounted():
-    low, high = SIGMA_RANGE
+    low, high = NOISE_MULTIPLIER_RANGE
     assert epsilon([(low, 0.01, 10)], 1e-5) > 1e12  # no guarantee at all, but a finite, valid bound
     assert 0 < epsilon([(high, 0.01, 10)], 1e-5) < 0.11  # the RDP conversion's floor at delta 1e-5
     assert epsilon([(0.0, 0.1, 3)], 1e-5) == math.inf and gaussian_epsilon(0.0) == math.inf  # no noise
@@ -259,32 +262,34 @@ def test_normal_inputs_still_match_opacus():
         acc = cls()
         acc.history = list(HISTORY)
         assert epsilon(HISTORY, 1e-5, name) == pytest.approx(acc.get_epsilon(1e-5), rel=1e-12)
-    assert epsilon_spent(1.1, 0.016, 100) == pytest.approx(epsilon([(1.1, 0.016, 100)]), rel=1e-12)
-    sig = [3.0 - 2.5 * t / 125 for t in range(126)]
+    assert epsilon_for_steps(1.1, 0.016, 100) == pytest.approx(epsilon([(1.1, 0.016, 100)]), rel=1e-12)
+    assert epsilon_for_steps(1.1, 0.016, 100, accountant="prv") == pytest.approx(
+        epsilon([(1.1, 0.016, 100)], 1e-5, "prv"), rel=1e-12)
+    multipliers = [3.0 - 2.5 * t / 125 for t in range(126)]
     assert schedule_epsilon("linear", 126, 3.0, 0.5, 0.016) == pytest.approx(
-        epsilon(history_from_sigmas(sig, 0.016), 1e-5), rel=1e-9)
-    assert epsilon([], 1e-5) == 0.0 and epsilon_spent(1.0, 0.1, 0) == 0.0  # nothing released
+        epsilon(history_from_noise_multipliers(multipliers, 0.016), 1e-5), rel=1e-9)
+    assert epsilon([], 1e-5) == 0.0 and epsilon_for_steps(1.0, 0.1, 0) == 0.0  # nothing released
 
 
-def test_match_fixed_sigma_does_not_blow_up_for_extreme_targets():
+def test_get_noise_multiplier_does_not_blow_up_for_extreme_targets():
     for target in (1e-300, 1e300):
         with pytest.raises(ValueError, match="not reachable"):
-            match_fixed_sigma(target, 100, 0.01)
+            get_noise_multiplier(target, 100, 0.01)
     for target in (math.nan, math.inf, 0.0, -1.0):
         with pytest.raises(ValueError, match="target_epsilon"):
-            match_fixed_sigma(target, 100, 0.01)
+            get_noise_multiplier(target, 100, 0.01)
     with pytest.raises(ValueError, match="outside"):
-        match_fixed_sigma(1.0, 100, 0.01, low=1e-300)
+        get_noise_multiplier(1.0, 100, 0.01, low=1e-300)
     with pytest.raises(ValueError, match="low < high"):
-        match_fixed_sigma(1.0, 100, 0.01, low=5.0, high=1.0)
+        get_noise_multiplier(1.0, 100, 0.01, low=5.0, high=1.0)
     with pytest.raises(ValueError, match="steps"):
-        match_fixed_sigma(1.0, 10**9, 0.01)
-    sigma = match_fixed_sigma(1.0, 100, 0.01)
-    assert epsilon([(sigma, 0.01, 100)], 1e-5) == pytest.approx(1.0, rel=1e-3)
+        get_noise_multiplier(1.0, 10**9, 0.01)
+    matched = get_noise_multiplier(1.0, 100, 0.01)
+    assert epsilon([(matched, 0.01, 100)], 1e-5) == pytest.approx(1.0, rel=1e-3)
 
 
 def test_train_json_never_holds_a_negative_epsilon(tmp_path):
     out = tmp_path / "t.json"
-    assert cli.main(["train", "--dp", "fixed", "--sigma-start", "50", "--delta", "0.05", "--epochs", "1",
+    assert cli.main(["train", "--dp", "fixed", "--noise-multiplier", "50", "--delta", "0.05", "--epochs", "1",
                      "--attack-steps", "0", "--images", "1", "--iterations", "5", "--json", str(out)]) == 0
     assert json.loads(out.read_text())["epsilon"] >= 0

@@ -9,6 +9,9 @@ import shutil
 import pytest
 
 from gleak_edu import arena, viz
+from gleak_edu.arena import grid
+from gleak_edu.attacks import ATTACKS as REGISTRY
+from gleak_edu.attacks import IMAGE_ATTACKS
 
 # Small enough for a unit test: 300 training images, one epoch, a 784-32-32-10 MLP, one attacked digit,
 # few attack steps (Inverting Gradients needs about 60 to recover a digit from this untrained-ish model).
@@ -50,19 +53,69 @@ def test_rows_are_tidy_and_complete(tiny):
     for r in result.rows:
         if r["defense"] == "none":
             assert r["accuracy_cost"] == 0
-    # dynamic DP is attacked at its last, least noisy step
+    # dynamic DP is attacked at its last, least noisy step; its noise std depends on each example's bound
     dyn = result.row("dp_dynamic", "ig", 3.0)
-    assert dyn["attacked_sigma"] == pytest.approx(3.0 * result.settings.dynamic_end)
-    assert result.row("dp_fixed", "ig", 3.0)["attacked_sigma"] == 3.0
+    assert dyn["attacked_noise_multiplier"] == pytest.approx(3.0 * result.settings.dynamic_end)
+    assert dyn["attacked_noise_std"] is None and dyn["knob"] == "noise_multiplier"
+    fixed = result.row("dp_fixed", "ig", 3.0)
+    assert fixed["attacked_noise_multiplier"] == 3.0 and fixed["attacked_noise_std"] == 3.0  # σ·C with C = 1
+    noise = result.row("noise", "ig", 3.0)  # an absolute std: no noise multiplier at all
+    assert noise["attacked_noise_multiplier"] is None and noise["attacked_noise_std"] == 3.0 and noise["knob"] == "noise_std"
+    assert result.row("pruning", "ig")["knob"] == "prune_fraction" and result.row("none", "ig")["knob"] is None
+    assert result.row("none", "ig")["attacked_noise_std"] == 0.0
     assert result.test_images.shape == (1, 1, 28, 28) and result.test_labels.shape == (1,)
     assert result.reconstructions("ppp", "bypass", 3.0).shape == (1, 1, 28, 28)
     values, reasons = result.matrix(0.01)
     assert values.shape == (len(arena.ATTACKS), len(arena.DEFENSES))
     text = result.table()
-    assert "n/a" in text and "noise σ = 3" in text and "accuracy cost" in text
+    assert "n/a" in text and "noise level 3" in text and "accuracy cost" in text
+    assert "std 3" in text and "σ 3" in text and "noise std (absolute)" in text  # each column's unit
     out = result.to_json()
     json.dumps(out, allow_nan=False)  # JSON-ready
     assert out["cells_computed"] == N_CELLS and len(out["impossible"]) == 5
+    assert out["defense_levels"]["noise"] == "noise_std" and out["defense_levels"]["dp_fixed"] == "noise_multiplier"
+    assert "max_grad_norm" in out["settings"] and "clip" not in out["settings"]
+    assert all("attacked_sigma" not in r and "sigma" not in r for r in out["rows"])
+
+
+def test_the_attacks_are_the_registrys_image_attacks():
+    assert arena.ATTACKS == IMAGE_ATTACKS
+    assert arena.ATTACK_NAMES == {a: REGISTRY[a].name for a in IMAGE_ATTACKS}
+    for a in arena.ATTACKS:  # what an attack needs decides where it is impossible
+        for d in arena.DEFENSES:
+            needs = REGISTRY[a].needs_bottleneck and not arena.DEFENSE_SPECS[d].bottleneck
+            assert (arena.impossible(a, d) is not None) == needs
+    settings = arena.ArenaSettings()
+    # the arena's own budgets where it departs from the registry's defaults; analytic has none
+    assert settings.iterations("dlg") == settings.dlg_iterations < REGISTRY["dlg"].default_iterations
+    assert settings.iterations("bypass") == settings.ig_iterations < REGISTRY["bypass"].default_iterations
+    assert settings.iterations("analytic") is None and REGISTRY["analytic"].default_iterations is None
+    assert settings.restarts("dlg") == settings.dlg_restarts and settings.restarts("ig") == 1
+
+
+def test_analytic_reads_no_label(tiny):
+    _, result = tiny
+    assert not REGISTRY["analytic"].recovers_labels
+    for (defense, level, seed), cell in result.cells.items():
+        assert cell["attacks"]["analytic"]["label_correct"] is None, defense
+        assert all(isinstance(v, bool) for v in cell["attacks"]["dlg"]["label_correct"])
+    assert all(r["label_accuracy"] is None for r in result.rows if r["attack"] == "analytic")
+
+
+def test_each_defense_declares_the_unit_of_its_level():
+    assert arena.DEFENSE_LEVEL == {
+        "none": None, "noise": "noise_std", "pruning": "prune_fraction", "precode": None,
+        "ppp": "noise_multiplier", "dp_fixed": "noise_multiplier", "dp_dynamic": "noise_multiplier"}
+    assert set(arena.NOISY) == {"noise", "ppp", "dp_fixed", "dp_dynamic"}
+    assert arena.defense_label("noise", 0.1) == "noise std=0.1"
+    assert arena.defense_label("dp_fixed", 0.1) == "DP fixed σ=0.1 (×C)"
+    assert arena.defense_label("ppp", 0.1) == "PPP σ=0.1 (×C)"
+    assert arena.defense_label("dp_dynamic", 1.0).startswith("DP dynamic σ 1→0.32")
+    assert arena.defense_label("pruning", 0.9) == "pruning 90%" and arena.defense_label("precode", 0.0) == "PRECODE"
+    s2 = arena.ArenaSettings(max_grad_norm=2.0)
+    assert arena.attacked_noise_std(s2, "noise", 0.5) == 0.5  # absolute
+    assert arena.attacked_noise_std(s2, "dp_fixed", 0.5) == 1.0  # σ·C
+    assert arena.attacked_noise_std(s2, "dp_dynamic", 0.5) is None and arena.attacked_noise_std(s2, "none", 0.0) == 0.0
 
 
 def test_impossible_cells_have_a_reason_and_no_numbers(tiny):
@@ -113,14 +166,14 @@ def test_each_defense_reaches_the_shared_gradient():
     torch.manual_seed(0)
     x, y = torch.rand(1, 1, 28, 28), torch.tensor([3])
 
-    def shared(defense, level, attacked=None):
+    def shared(defense, level, settings=settings):
         model = sweeps.victim(settings, defense, seed=0).train()
         with torch.random.fork_rng():
             torch.manual_seed(7)
             clean = fl.client_gradient(model, x, y)
         with torch.random.fork_rng():
             torch.manual_seed(7)
-            out = arena._shared(settings, defense, level, level if attacked is None else attacked, model, x, y, 7)
+            out = arena.shared_gradient(settings, defense, level, model, x, y, noise_multiplier=level, seed=7)
         return clean, out, model
 
     clean, out, _ = shared("none", 0.0)
@@ -129,16 +182,27 @@ def test_each_defense_reaches_the_shared_gradient():
     assert all(int((out[n] == 0).sum()) >= int(0.9 * out[n].numel()) for n in out)
     clean, out, _ = shared("noise", 0.5)
     diff = torch.cat([(out[n] - clean[n]).reshape(-1) for n in out])
-    assert float(diff.std()) == pytest.approx(0.5, rel=0.05)  # absolute std sigma, no clipping
+    assert float(diff.std()) == pytest.approx(0.5, rel=0.05)  # an absolute noise std, no clipping
     clean, out, model = shared("ppp", 0.5)
     scope = set(deterministic_parameters(model))
     assert all(torch.equal(clean[n], out[n]) for n in out if n not in scope)  # PPP leaves the rest alone
     assert all(not torch.equal(clean[n], out[n]) for n in scope)
     clean, out, _ = shared("dp_fixed", 0.5)
     norm = float(torch.sqrt(sum(g.pow(2).sum() for g in clean.values())))
-    factor = min(1.0, 1.0 / norm)  # clipped to C = 1, then noise of std sigma C
+    factor = min(1.0, 1.0 / norm)  # clipped to C = 1, then noise of std σ·C
     diff = torch.cat([(out[n] - factor * clean[n]).reshape(-1) for n in out])
     assert float(diff.std()) == pytest.approx(0.5, rel=0.05)
+    # the same slider value is a different noise std once C is not 1: σ·C for DP, the value itself for noise
+    wide = arena.ArenaSettings(**{**TINY, "max_grad_norm": 4.0})
+    clean, out, _ = shared("dp_fixed", 0.5, wide)
+    factor = min(1.0, 4.0 / norm)
+    diff = torch.cat([(out[n] - factor * clean[n]).reshape(-1) for n in out])
+    assert float(diff.std()) == pytest.approx(2.0, rel=0.05)
+    clean, out, _ = shared("noise", 0.5, wide)
+    diff = torch.cat([(out[n] - clean[n]).reshape(-1) for n in out])
+    assert float(diff.std()) == pytest.approx(0.5, rel=0.05)
+    with pytest.raises(ValueError, match="dp_dynamic"):
+        arena.shared_gradient(settings, "dp_dynamic", 0.5, sweeps.victim(settings, "dp_dynamic"), x, y, seed=0)
 
 
 def test_cache_is_reused_then_invalidated_cell_by_cell(tiny, tmp_path):
@@ -161,9 +225,20 @@ def test_a_new_version_invalidates_the_cache(monkeypatch):
     from gleak_edu._cache import cell_key
 
     settings = arena.ArenaSettings(**TINY)
-    old = cell_key(arena._cell_spec(settings, "none", 0.0, 0))
+    old = cell_key(grid.cell_spec(settings, "none", 0.0, 0))
     monkeypatch.setattr(gleak_edu, "__version__", gleak_edu.__version__ + ".dev1")
-    assert cell_key(arena._cell_spec(settings, "none", 0.0, 0)) != old
+    assert cell_key(grid.cell_spec(settings, "none", 0.0, 0)) != old
+
+
+def test_the_cell_format_is_in_the_key(monkeypatch):
+    from gleak_edu._cache import cell_key
+
+    settings = arena.ArenaSettings(**TINY)
+    spec = grid.cell_spec(settings, "dp_fixed", 0.01, 0)
+    assert spec["format"] == grid.CELL_FORMAT >= 2 and spec["max_grad_norm"] == 1.0 and "clip" not in spec
+    assert "max_grad_norm" not in grid.cell_spec(settings, "noise", 0.01, 0)  # noise does not clip
+    monkeypatch.setattr(grid, "CELL_FORMAT", grid.CELL_FORMAT + 1)
+    assert cell_key(grid.cell_spec(settings, "dp_fixed", 0.01, 0)) != cell_key(spec)
 
 
 @pytest.mark.parametrize("damage", ["garbage", "wrong key", "missing attack"])
@@ -172,7 +247,7 @@ def test_a_corrupt_cache_file_warns_and_is_recomputed(tiny, tmp_path, damage):
 
     root, first = tiny
     local = _copy(root, tmp_path)
-    key = cell_key(arena._cell_spec(arena.ArenaSettings(**TINY), "none", 0.0, 0))
+    key = cell_key(grid.cell_spec(arena.ArenaSettings(**TINY), "none", 0.0, 0))
     path = local / f"arena-{key[:24]}.json"
     content = json.loads(path.read_text())
     if damage == "garbage":
@@ -198,7 +273,7 @@ def test_workers_give_the_same_numbers(tiny, tmp_path):
     local = _copy(root, tmp_path)
     settings = arena.ArenaSettings(**TINY)
     for cell in (("pruning", 0.9, 0), ("noise", 0.01, 0)):  # cheap cells: no Opacus in the workers
-        (local / f"arena-{cell_key(arena._cell_spec(settings, *cell))[:24]}.json").unlink()
+        (local / f"arena-{cell_key(grid.cell_spec(settings, *cell))[:24]}.json").unlink()
     result = arena.arena(cache_dir=local, workers=2, **TINY)
     assert result.computed == 2 and _numbers(result.rows) == _numbers(first.rows)
 
@@ -209,12 +284,15 @@ def test_settings_are_checked():
         (dict(noise_levels=(1.0, 1.0)), "repeat"), (dict(prune_fractions=(1.0,)), "prune_fractions"),
         (dict(seeds=()), "seeds"), (dict(images=0), "images"), (dict(dynamic_end=0.0), "dynamic_end"),
         (dict(dynamic_schedule="fixed"), "dynamic_schedule"), (dict(success_ssim=1.5), "success_ssim"),
-        (dict(train_images=0), "train_images"), (dict(clip=-1.0), "clip"),
+        (dict(train_images=0), "train_images"), (dict(max_grad_norm=-1.0), "max_grad_norm"),
+        (dict(max_grad_norm=float("inf")), "max_grad_norm"),
     ]:
         with pytest.raises(ValueError, match=match):
             arena.ArenaSettings(**bad)
     with pytest.raises(ValueError, match="unknown arena settings"):
         arena.arena(noise_level=(1.0,))
+    with pytest.raises(ValueError, match="unknown arena settings"):
+        arena.arena(clip=1.0)  # the old name of max_grad_norm
     with pytest.raises(ValueError, match="defense must be one of"):
         arena.arena_cell(arena.ArenaSettings(), "dropout", 0.0, 0)
     with pytest.raises(ValueError, match="workers"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gleak_edu.attacks import AttackOptions
+
 import math
 
 import numpy as np
@@ -187,7 +189,7 @@ def test_noise_at_the_sliders_top_end_stops_dlg(model_and_shared):
     sigma = widgets.NOISE_LEVELS[-1]
     noisy = defenses.gaussian_noise(shared, sigma, seed=0)
     result = attacks.dlg(
-        model, noisy, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, truth=x, true_labels=y, seed=1,
+        model, noisy, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, truth=(x, y), seed=1,
         iterations=100,
     )
     _check_result(result, x)
@@ -247,10 +249,10 @@ def test_input_shape_not_fitting_the_model_is_value_error(attack, input_shape, m
     "kwargs",
     [
         {"iterations": 0},
-        {"restarts": 0},
-        {"retries": -1},
-        {"callback_every": 0, "callback": lambda s: None},
-        {"metrics_every": 0},
+        {"options": AttackOptions(restarts=0)},
+        {"options": AttackOptions(retries=-1)},
+        {"options": AttackOptions(callback_every=0), "callback": lambda s: None},
+        {"options": AttackOptions(metrics_every=0)},
         {"truth": torch.zeros(2, 3, 32, 32)},
     ],
     ids=["iterations-0", "restarts-0", "retries-negative", "callback_every-0", "metrics_every-0", "truth-shape"],
@@ -278,8 +280,8 @@ def test_overflowing_gradient_distance_does_not_raise(retries, model_and_shared)
     huge = type(shared)((n, torch.full_like(g, 1e30)) for n, g in shared.items())
     fl.check_shared(model, huge)  # finite, so it is accepted ...
     result = attacks.dlg(
-        model, huge, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=20, truth=x, true_labels=y,
-        retries=retries,
+        model, huge, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=20, truth=(x, y),
+        options=AttackOptions(retries=retries),
     )
     # ... and the attack reports the failure instead of raising or returning NaN.
     _check_result(result, x)
@@ -307,8 +309,8 @@ def _exp_model_case():
 def test_loss_blowing_up_after_a_finite_start_keeps_the_best_estimate():
     model, x, y, shared = _exp_model_case()
     result = attacks.dlg(
-        model, shared, input_shape=(1, 1, 4, 4), num_classes=4, iterations=30, truth=x, true_labels=y, lr=10,
-        retries=0,
+        model, shared, input_shape=(1, 1, 4, 4), num_classes=4, iterations=30, truth=(x, y), lr=10,
+        options=AttackOptions(retries=0),
     )
     _check_result(result, x)
     assert result.diverged
@@ -322,7 +324,7 @@ def test_loss_blowing_up_after_a_finite_start_keeps_the_best_estimate():
 def test_history_has_one_record_per_iteration_when_a_run_fails():
     model, x, y, shared = _exp_model_case()
     result = attacks.dlg(
-        model, shared, input_shape=(1, 1, 4, 4), num_classes=4, iterations=30, truth=x, lr=10, retries=0,
+        model, shared, input_shape=(1, 1, 4, 4), num_classes=4, iterations=30, truth=x, lr=10, options=AttackOptions(retries=0),
     )
     assert result.diverged
     assert len(result.history) == result.iterations
@@ -338,7 +340,7 @@ def test_callback_returning_true_stops_the_attack(model_and_shared):
 
     result = attacks.dlg(
         model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=50, truth=x,
-        callback=stop_now, callback_every=1,
+        callback=stop_now, options=AttackOptions(callback_every=1),
     )
     assert result.iterations == 1
     assert "callback" in result.message
@@ -352,8 +354,8 @@ def test_callback_receives_attack_states(model_and_shared):
     model, x, y, shared = model_and_shared
     states: list[AttackState] = []
     result = attacks.idlg(
-        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=6, truth=x,
-        true_labels=y, callback=states.append, callback_every=2,
+        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=6, truth=(x, y),
+        callback=states.append, options=AttackOptions(callback_every=2),
     )
     assert all(isinstance(s, AttackState) for s in states)
     assert [s.iteration for s in states] == [2, 4, 6, result.iterations]
@@ -379,7 +381,7 @@ def test_callback_receives_attack_states(model_and_shared):
 def test_history_has_ssim_at_the_end(model_and_shared):
     model, x, _, shared = model_and_shared
     result = attacks.dlg(
-        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=3, truth=x, metrics_every=10,
+        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=3, truth=x, options=AttackOptions(metrics_every=10),
     )
     assert "ssim" in result.history[-1]
 
@@ -387,7 +389,7 @@ def test_history_has_ssim_at_the_end(model_and_shared):
 def test_history_has_ssim_every_metrics_every(model_and_shared):
     model, x, _, shared = model_and_shared
     result = attacks.dlg(
-        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=4, truth=x, metrics_every=2,
+        model, shared, input_shape=tuple(x.shape), num_classes=NUM_CLASSES, iterations=4, truth=x, options=AttackOptions(metrics_every=2),
     )
     assert len(result.history) >= 2
     for r in result.history:

@@ -123,10 +123,11 @@ def test_noise_slider_updates_the_live_reconstruction(lab):
         page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle'], .jp-Toolbar-kernelStatus", timeout=90_000)
         page.get_by_role("menuitem", name="Run", exact=True).click()
         page.get_by_role("menuitem", name=re.compile(r"^Run All Cells")).click()
-        # the noise panel: the output that holds the "noise σ" slider and a PSNR summary
-        panel = page.locator(".jp-OutputArea-output").filter(has=page.locator(".widget-slider", has_text="noise σ")).first
+        # the noise panel: the output that holds the "noise std (absolute)" slider and a PSNR summary
+        panel = page.locator(".jp-OutputArea-output").filter(
+            has=page.locator(".widget-slider", has_text="noise std (absolute)")).first
         panel.wait_for(timeout=150_000)
-        summary = panel.locator(".widget-html", has_text="noise σ =").first
+        summary = panel.locator(".widget-html", has_text="noise std =").first
         summary.wait_for(timeout=150_000)
         page.wait_for_function("el => /PSNR/.test(el.textContent)", arg=summary.element_handle(), timeout=150_000)
         # every cell done (no "[*]" prompt left), so the slider's message is not queued behind later cells
@@ -139,14 +140,14 @@ def test_noise_slider_updates_the_live_reconstruction(lab):
         recon = images.nth(images.count() - 1)
         before_src, before_psnr = recon.get_attribute("src"), _psnr(summary.inner_text())
         assert before_src and recon.evaluate("img => img.naturalWidth") > 0
-        handle = panel.locator(".widget-slider", has_text="noise σ").locator(".noUi-handle").first
+        handle = panel.locator(".widget-slider", has_text="noise std (absolute)").locator(".noUi-handle").first
         handle.focus()
         page.keyboard.press("End")  # the top stop; continuous_update=False: the value is sent on release
         released = time.monotonic()
         page.wait_for_function("([img, src]) => img.getAttribute('src') !== src", arg=[recon.element_handle(), before_src],
                                timeout=30_000, polling=20)
         first_frame = time.monotonic() - released
-        page.wait_for_function("el => /noise σ = 0\\.1[^0-9]/.test(el.textContent) && /PSNR/.test(el.textContent)",
+        page.wait_for_function("el => /noise std = 0\\.1[^0-9]/.test(el.textContent) && /PSNR/.test(el.textContent)",
                                arg=summary.element_handle(), timeout=120_000)
         after_psnr = _psnr(summary.inner_text())
         page.screenshot(path=str(ARTIFACTS / "notebook01.png"), full_page=False)

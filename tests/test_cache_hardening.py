@@ -18,6 +18,8 @@ import pytest
 import torch
 
 from gleak_edu import _cache, arena, sweeps
+from gleak_edu.arena import grid
+from gleak_edu.attacks import ATTACKS as REGISTRY
 
 IMG = [[[0.5] * 28 for _ in range(28)]]
 ARENA = dict(noise_levels=(0.5,), images=2)
@@ -28,15 +30,18 @@ N_SWEEP = 4  # none, PRECODE, full, PPP
 
 def fake_arena_cell(settings, defense, level, seed, data=None):
     n = settings.images
-    attacks = {a: {"ssim": [0.7] * n, "psnr": [20.0] * n, "label_correct": None if a == "analytic" else [True] * n,
+    attacks = {a: {"ssim": [0.7] * n, "psnr": [20.0] * n,
+                   "label_correct": [True] * n if REGISTRY[a].recovers_labels else None,
                    "seconds": [0.1] * n, "errors": [""] * n, "reconstructions": [IMG] * n}
-               for a in arena._possible(defense)}
+               for a in arena.possible_attacks(defense)}
+    multiplier = arena.DEFENSE_LEVEL[defense] == "noise_multiplier"
     return {"accuracy": 0.9, "epsilon": 2.0 if defense in ("dp_fixed", "dp_dynamic") else None, "diverged": False,
-            "train_seconds": 1.0, "steps": 5, "attacked_sigma": float(level) if defense in arena.NOISY else 0.0,
+            "train_seconds": 1.0, "steps": 5, "attacked_noise_multiplier": float(level) if multiplier else None,
+            "attacked_noise_std": arena.attacked_noise_std(settings, defense, level),
             "truth": [IMG] * n, "labels": [3] * n, "attacks": attacks}
 
 
-def fake_sweep_cell(settings, defense, sigma, seed, data=None):
+def fake_sweep_cell(settings, defense, noise_multiplier, seed, data=None):
     n = settings.images
     attack = {"ssim": [0.7] * n, "psnr": [20.0] * n, "reconstructions": [IMG] * n}
     return {"accuracy": 0.9, "epsilon": None if defense in ("none", "precode") else 3.0, "diverged": False,
@@ -58,10 +63,10 @@ def fake(monkeypatch):
 
     # fixed versions: a key that does not change when someone edits the package while the tests run
     fixed = {"gleak_edu": "test", "code": "0" * 16, "torch": "x", "opacus": "y"}
-    monkeypatch.setattr(arena, "versions", lambda: fixed)
+    monkeypatch.setattr(grid, "versions", lambda: fixed)
     monkeypatch.setattr(sweeps, "_versions", lambda: fixed)
-    monkeypatch.setattr(arena, "arena_cell", arena_cell)
-    monkeypatch.setattr(arena, "_data", lambda settings: None)
+    monkeypatch.setattr(grid, "arena_cell", arena_cell)
+    monkeypatch.setattr(grid, "_data", lambda settings: None)
     monkeypatch.setattr(sweeps, "sweep_cell", sweep_cell)
     import gleak_edu.data
     import gleak_edu.training
@@ -86,7 +91,7 @@ def cell_path(experiment: str, root, defense: str):
     if experiment == "arena":
         settings = arena.ArenaSettings(**ARENA)
         level = 0.5 if defense in arena.NOISY else 0.9 if defense == "pruning" else 0.0
-        return root / f"arena-{_cache.cell_key(arena._cell_spec(settings, defense, level, 0))[:24]}.json"
+        return root / f"arena-{_cache.cell_key(grid.cell_spec(settings, defense, level, 0))[:24]}.json"
     key, _ = sweeps._cell_key(sweeps.PPPSweepSettings(**SWEEP), defense, 0.5 if defense in ("full", "ppp") else 0.0, 0)
     return root / f"ppp-{key[:24]}.json"
 
@@ -129,6 +134,12 @@ WRONG_VALUES = {
     "reconstruction ragged": lambda r, exp: r["attacks"]["ig"].update(reconstructions=[[[[0.5] * 27] * 28]] * 2),
     "an extra attack": lambda r, exp: r["attacks"].update(extra=r["attacks"]["ig"]),
 }
+ARENA_WRONG_VALUES = {  # the arena's own fields (the damaged cell is DP fixed's)
+    "attacked_noise_multiplier null": lambda r: r.update(attacked_noise_multiplier=None),
+    "attacked_noise_multiplier negative": lambda r: r.update(attacked_noise_multiplier=-0.5),
+    "attacked_noise_std null": lambda r: r.update(attacked_noise_std=None),
+    "the old attacked_sigma": lambda r: r.update(attacked_sigma=r.pop("attacked_noise_multiplier")),
+}
 
 
 @pytest.mark.parametrize("exp", ["arena", "ppp"])
@@ -151,6 +162,31 @@ def test_a_cell_with_wrong_values_is_recomputed_and_rewritten(fake, tmp_path, ex
         assert run(exp, tmp_path).cached == N[exp]  # repaired: no warning the next time
 
 
+@pytest.mark.parametrize("damage", list(ARENA_WRONG_VALUES))
+def test_an_arena_cell_with_wrong_noise_fields_is_recomputed(fake, tmp_path, damage):
+    first = run("arena", tmp_path)
+    path = cell_path("arena", tmp_path, "dp_fixed")
+    content = json.loads(path.read_text())
+    ARENA_WRONG_VALUES[damage](content["result"])
+    path.write_text(json.dumps(content))
+    fake.clear()
+    with pytest.warns(UserWarning, match=re.escape(str(path)) + ".*recomputing"):
+        result = run("arena", tmp_path)
+    assert result.computed == 1 and len(fake) == 1 and result.rows == first.rows
+    assert json.loads(path.read_text())["result"]["attacked_noise_multiplier"] == 0.5
+
+
+def test_an_old_format_cell_is_recomputed(fake, tmp_path, monkeypatch):
+    """Cells of the previous format (attacked_sigma, clip) sit under other keys: never read, all recomputed."""
+    current = grid.CELL_FORMAT
+    monkeypatch.setattr(grid, "CELL_FORMAT", current - 1)
+    run("arena", tmp_path)
+    monkeypatch.setattr(grid, "CELL_FORMAT", current)
+    fake.clear()
+    result = run("arena", tmp_path)
+    assert result.computed == N_ARENA and result.cached == 0 and len(fake) == N_ARENA
+
+
 def test_arena_cell_fields_depend_on_the_defense(fake, tmp_path):
     """epsilon only for DP; label_correct null for analytic and bools elsewhere; labels are digits."""
     run("arena", tmp_path)
@@ -158,6 +194,8 @@ def test_arena_cell_fields_depend_on_the_defense(fake, tmp_path):
         ("none", {"epsilon": 1.0}),
         ("pruning", {"labels": [3, 10]}),
         ("dp_fixed", {"epsilon": "inf"}),  # allowed: a DP epsilon may be infinite
+        ("noise", {"attacked_noise_multiplier": 0.5}),  # an absolute noise std has no multiplier
+        ("dp_dynamic", {"attacked_noise_std": 0.2}),  # its std is per example: null
     ]:
         path = cell_path("arena", tmp_path, defense)
         content = json.loads(path.read_text())
@@ -170,8 +208,8 @@ def test_arena_cell_fields_depend_on_the_defense(fake, tmp_path):
     fake.clear()
     with pytest.warns(UserWarning, match="recomputing"):
         result = run("arena", tmp_path)
-    assert sorted(c[1] for c in fake) == ["none", "precode", "pruning"]  # not the infinite DP epsilon
-    assert result.computed == 3 and result.cached == N_ARENA - 3
+    assert sorted(c[1] for c in fake) == ["dp_dynamic", "noise", "none", "precode", "pruning"]  # not the infinite epsilon
+    assert result.computed == 5 and result.cached == N_ARENA - 5
 
 
 # --------------------------------------------------------------------------- schema: wrong types, malformed files
@@ -250,7 +288,7 @@ def test_an_unusable_cache_folder_is_found_before_any_cell_is_computed(fake, tmp
     blocker = tmp_path / "cache"
     blocker.write_text("not a folder")
     cache_dir = blocker if where == "a file in its place" else blocker / "sub" / "dir"
-    module, name = (arena, "arena_cell") if exp == "arena" else (sweeps, "sweep_cell")
+    module, name = (grid, "arena_cell") if exp == "arena" else (sweeps, "sweep_cell")
     compute = getattr(module, name)  # the fixture's fake, which counts
     warned_before_call = []
 
@@ -457,7 +495,7 @@ def test_schema_messages_say_where_and_why():
 def test_validation_of_a_default_size_cell_is_fast():
     settings = arena.ArenaSettings()
     cell = _cache.finite(fake_arena_cell(settings, "dp_fixed", 1.0, 0))
-    schema = arena._cell_schema(settings, "dp_fixed")
+    schema = grid.cell_schema(settings, "dp_fixed")
     start = time.perf_counter()
     for _ in range(15):  # a full default grid
         schema.check(cell, "result")
@@ -492,7 +530,7 @@ def test_random_damage_never_raises_and_accepted_cells_build_the_table(tmp_path,
     if exp == "arena":
         settings = arena.ArenaSettings(**ARENA)
         defense, level = "dp_fixed", 0.5
-        schema = arena._cell_schema(settings, defense)
+        schema = grid.cell_schema(settings, defense)
         valid = _cache.finite(fake_arena_cell(settings, defense, level, 0))
     else:
         settings = sweeps.PPPSweepSettings(**SWEEP)
@@ -519,7 +557,7 @@ def test_random_damage_never_raises_and_accepted_cells_build_the_table(tmp_path,
         if exp == "arena":
             cells = {c: fake_arena_cell(settings, *c) for c in arena.cells_of(settings)}
             cells[(defense, level, 0)] = got
-            res = arena.ArenaResult(settings, cells=cells, rows=arena._rows(settings, cells))
+            res = arena.ArenaResult(settings, cells=cells, rows=arena.results.rows_of(settings, cells))
             res.table(), res.matrix(), res.defense_summary(), json.dumps(res.to_json())
             res.reconstructions(defense, "ig", level)
         else:

@@ -120,8 +120,11 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "batch-and-list": (["--sample", "photos:0,1", "--batch", "2"], "not both"),
         "batch-with-label": (["--sample", "photos:0", "--batch", "2", "--label", "3"], "single image"),
         "batch-with-image": (["--image", str(text_file), "--batch", "2"], "--batch"),
-        "negative-noise": (["--sample", "photos:0", "--noise", "-0.1"], "--noise"),
-        "nan-noise": (["--sample", "photos:0", "--noise", "nan"], "--noise"),
+        "negative-noise": (["--sample", "photos:0", "--noise-std", "-0.1"], "--noise-std"),
+        "nan-noise": (["--sample", "photos:0", "--noise-std", "nan"], "--noise-std"),
+        "zero-max-grad-norm": (["--sample", "photos:0", "--defense", "noise", "--max-grad-norm", "0"], "--max-grad-norm"),
+        "multiplier-without-defense": (["--sample", "photos:0", "--noise-multiplier", "0.5"], "--noise-std"),
+        "std-with-defense": (["--sample", "photos:0", "--defense", "noise", "--noise-std", "0.1"], "--noise-multiplier"),
         "prune-1.5": (["--sample", "photos:0", "--prune", "1.5"], "--prune"),
         "prune-1": (["--sample", "photos:0", "--prune", "1"], "--prune"),
         "label-500": (["--sample", "photos:0", "--label", "500"], "500"),
@@ -137,7 +140,7 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
 BAD_CASES = [
     "missing-file", "non-image-file", "unknown-set", "index-out-of-range", "malformed-sample",
     "batch-past-end", "batch-and-list", "batch-with-label", "batch-with-image",
-    "negative-noise", "nan-noise", "prune-1.5", "prune-1", "label-500", "negative-label", "iterations-0",
+    "negative-noise", "nan-noise", "zero-max-grad-norm", "multiplier-without-defense", "std-with-defense", "prune-1.5", "prune-1", "label-500", "negative-label", "iterations-0",
     "classes-1", "unknown-model", "no-source", "both-sources",
 ]
 
@@ -200,10 +203,144 @@ def test_attack_image_file_with_defenses(tmp_path, capsys):
     out_json = tmp_path / "r.json"
     status = cli.main(
         ["attack", "idlg", "--image", str(path), "--label", "7", "--size", "16", "--iterations", "2",
-         "--noise", "0.001", "--prune", "0.2", "--json", str(out_json)]
+         "--noise-std", "0.001", "--prune", "0.2", "--json", str(out_json)]
     )
     assert status == 0, capsys.readouterr().err
     res = _strict_json(out_json)
-    assert res["label_true"] == 7 and res["noise"] == 0.001 and res["prune"] == 0.2
+    assert res["label_true"] == 7 and res["noise_std"] == 0.001 and res["prune"] == 0.2
+    assert res["noise_multiplier"] is None and res["max_grad_norm"] is None  # no --defense: no clipping, no multiplier
     assert res["source"] == str(path)
     assert res["iterations"] <= 2
+
+
+# --------------------------------------------------------------------------- issue 15: one vocabulary, one registry
+
+OLD_NAMES = {
+    # old flag: (command line using it, the new flags its one-line refusal must name)
+    "--noise": (["attack", "dlg", "--sample", "photos:0", "--noise", "0.1"], ["--noise-std", "--noise-multiplier"]),
+    "--noise=": (["attack", "idlg", "--sample", "photos:0", "--noise=0.1"], ["--noise-std"]),
+    "--sigma": (["attack", "ig", "--sample", "photos:0", "--defense", "noise", "--sigma", "1"], ["--noise-multiplier"]),
+    "--sigma-start": (["train", "--dp", "linear", "--sigma-start", "2", "--json", "{out}"], ["--noise-multiplier"]),
+    "--sigma-end": (["train", "--dp", "linear", "--sigma-end", "0.5", "--json", "{out}"], ["--noise-multiplier-end"]),
+    "--clip": (["sweep", "ppp", "--clip", "1", "--json", "{out}"], ["--max-grad-norm"]),
+    "--clip dynamic": (["train", "--dp", "fixed", "--clip", "dynamic", "--json", "{out}"], ["--max-grad-norm", "--clipping dynamic"]),
+    "--clip (attack)": (["attack", "dlg", "--sample", "photos:0", "--defense", "ppp", "--clip", "2"], ["--max-grad-norm"]),
+    "transformer": (["attack", "transformer", "--sentence", "Now is better than never."], ["gleak attack text"]),
+}
+
+
+@pytest.mark.parametrize("old", list(OLD_NAMES))
+def test_renamed_flags_are_refused_naming_the_new_one(old, tmp_path, capsys):
+    argv, new_names = OLD_NAMES[old]
+    out = tmp_path / "never.json"
+    status = cli.main([a.replace("{out}", str(out)) for a in argv])
+    captured = capsys.readouterr()
+    assert status == 2
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, captured.err
+    assert lines[0].startswith("gleak: error:") and "renamed" in lines[0]
+    for name in new_names:
+        assert name in lines[0], lines[0]
+    assert captured.out == "" and not out.exists()
+
+
+def test_renamed_flag_is_refused_before_torch_is_imported():
+    """The refusal comes before any heavy import: a fresh interpreter never loads torch for it."""
+    code = (
+        "import sys; from gleak_edu import cli; "
+        "status = cli.main(['train', '--dp', 'fixed', '--sigma-start', '2', '--json', 'never.json']); "
+        "print(status, 'torch' in sys.modules, 'numpy' in sys.modules)"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, MPLBACKEND="Agg"))
+    assert proc.stdout.split() == ["2", "False", "False"], (proc.stdout, proc.stderr)
+    assert proc.stderr.strip().splitlines() == [
+        "gleak: error: --sigma-start was renamed: use --noise-multiplier (the schedule's start, relative to --max-grad-norm)"
+    ]
+
+
+def test_attack_choices_are_the_registry():
+    """The parser's static copy (kept so that refusing bad input never imports torch) is the registry's keys, in order."""
+    from gleak_edu.attacks import ATTACKS
+
+    assert cli.ATTACK_CHOICES == tuple(ATTACKS)
+    attack_parser = cli._build_parser()._subparsers._group_actions[0].choices["attack"]
+    action = next(a for a in attack_parser._actions if a.dest == "attack")
+    assert tuple(action.choices) == tuple(ATTACKS)
+
+
+def test_analytic_json_reports_no_label(tmp_path, capsys, cached_photos):
+    """Analytic recovery reads no label: the JSON says null, never a label taken from the truth."""
+    out = tmp_path / "analytic.json"
+    assert cli.main(["attack", "analytic", "--sample", "photos:3", "--json", str(out)]) == 0
+    captured = capsys.readouterr()
+    res = _strict_json(out)
+    assert res["label_correct"] is None and res["label_accuracy"] is None and res["label_pred"] is None
+    assert res["label_true"] == 3  # the truth is reported as the truth, and only there
+    assert res["max_abs_error"] <= 1e-4 and res["ssim"] > 0.99
+    assert "label not recovered" in captured.out
+
+
+def test_the_bypass_without_a_bottleneck_is_refused(capsys, cached_photos):
+    """The registry says the bypass needs PRECODE's bottleneck; the command refuses it without one."""
+    assert cli.main(["attack", "bypass", "--sample", "photos:0", "--iterations", "2"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--precode" in err[0] and "bottleneck" in err[0]
+
+
+def test_defense_json_uses_the_new_names(tmp_path, capsys, cached_photos):
+    out = tmp_path / "defended.json"
+    status = cli.main(["attack", "idlg", "--sample", "photos:1", "--iterations", "2", "--defense", "noise",
+                       "--noise-multiplier", "0.5", "--max-grad-norm", "2", "--json", str(out)])
+    assert status == 0, capsys.readouterr().err
+    res = _strict_json(out)
+    assert res["noise_multiplier"] == 0.5 and res["max_grad_norm"] == 2.0 and res["noise_std"] == 0.0
+    assert res["defense"] == "noise"
+    assert not {"noise", "sigma", "clip"} & set(res)
+
+
+def test_text_attack_json_uses_the_new_names(tmp_path, capsys):
+    out = tmp_path / "text.json"
+    status = cli.main(["attack", "text", "--sentence", "Now is better than never.", "--iterations", "5",
+                       "--noise-multiplier", "0.5", "--max-grad-norm", "1", "--json", str(out)])
+    assert status == 0, capsys.readouterr().err
+    res = _strict_json(out)
+    assert res["attack"] == "text" and res["noise_multiplier"] == 0.5 and res["max_grad_norm"] == 1.0
+    assert res["epsilon"] > 0 and res["iterations"] <= 5
+    assert not {"noise", "sigma", "clip"} & set(res)
+    # a flag of the image attacks is refused, naming what the text attack takes
+    assert cli.main(["attack", "text", "--sentence", "Now is better than never.", "--noise-std", "0.1"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--noise-multiplier" in err[0]
+
+
+def test_restarts_refused_where_the_registry_says_so(capsys, cached_photos):
+    from gleak_edu.attacks import ATTACKS
+
+    once = [k for k, s in ATTACKS.items() if not s.takes_restarts and s.modality == "image"]
+    assert once  # GRNN, analytic
+    for key in once:
+        assert cli.main(["attack", key, "--sample", "photos:0", "--restarts", "2"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--restarts" in err[0] and key in err[0]
+
+
+@pytest.mark.slow
+def test_train_json_uses_the_new_names(tmp_path, capsys):
+    """One short DP-SGD epoch with a schedule and dynamic clipping: the JSON speaks noise_multiplier and max_grad_norm."""
+    out = tmp_path / "train.json"
+    status = cli.main(["train", "--dp", "exponential", "--noise-multiplier", "2", "--noise-multiplier-end", "0.5",
+                       "--noise-updates", "4", "--clipping", "dynamic", "--epochs", "1", "--images", "1",
+                       "--iterations", "2", "--attack-steps", "0", "--json", str(out)])
+    assert status == 0, capsys.readouterr().err
+    res = _strict_json(out)
+    assert res["noise_multiplier"] == 2.0 and res["noise_multiplier_end"] == pytest.approx(0.5)
+    assert res["clipping"] == "dynamic" and res["max_grad_norm"] is None  # dynamic: a bound per step, no fixed one
+    assert len(res["noise_multiplier_history"]) == len(res["max_grad_norm_history"]) == res["steps"]
+    assert len(set(res["noise_multiplier_history"])) == 4
+    assert all(b > 0 for b in res["max_grad_norm_history"])
+    cp = res["checkpoints"][0]
+    assert cp["step"] == 0 and cp["noise_multiplier"] == 2.0 and cp["max_grad_norm"] > 0
+    words = json.dumps(res)
+    for old in ('"sigma', '"clip"', '"clip_history"', '"noise_history"'):
+        assert old not in words, old

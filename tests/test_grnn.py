@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gleak_edu.attacks import AttackOptions
+
 import pytest
 import torch
 
@@ -34,7 +36,7 @@ def test_grnn_batch1_photo_reaches_25db_and_the_label():
     x, y = data.photos().batch(0)
     model = models.build_model("lenet5", (3, 32, 32), 100, seed=0)
     shared = fl.client_gradient(model, x, y)
-    result = grnn(model, shared, input_shape=x.shape, num_classes=100, truth=x, true_labels=y, seed=0)
+    result = grnn(model, shared, input_shape=x.shape, num_classes=100, truth=(x, y), seed=0)
     assert result.attack == "GRNN" and not result.diverged
     assert result.metrics["psnr_mean"] >= 25, result
     assert result.labels.tolist() == y.tolist()
@@ -49,9 +51,9 @@ def test_grnn_survives_a_batch_where_dlg_fails():
     budget = 1000
     lenet5 = models.build_model("lenet5", (3, 32, 32), 100, seed=0)
     g = grnn(lenet5, fl.client_gradient(lenet5, x, y), input_shape=x.shape, num_classes=100,
-             iterations=budget, truth=x, true_labels=y, seed=0)
+             iterations=budget, truth=(x, y), seed=0)
     d = attacks.dlg(lenet5, fl.client_gradient(lenet5, x, y), input_shape=x.shape, num_classes=100,
-                    iterations=budget // 20, truth=x, true_labels=y, seed=0)
+                    iterations=budget // 20, truth=(x, y), seed=0)
     assert d.evaluations <= budget
     assert d.metrics["psnr_mean"] < 15, d
     assert g.metrics["psnr_mean"] > 20, g
@@ -96,7 +98,7 @@ def test_grnn_callback_and_stop():
     shared = fl.client_gradient(model, x, y)
     states = []
     result = grnn(model, shared, input_shape=x.shape, num_classes=100, iterations=50, truth=x, seed=0,
-                  callback=lambda s: states.append(s) or s.iteration >= 20, callback_every=10)
+                  callback=lambda s: states.append(s) or s.iteration >= 20, options=AttackOptions(callback_every=10))
     assert result.iterations == 20 and "callback" in result.message
     assert [s.iteration for s in states] == [10, 20, 20] and states[-1].done
     assert all(s.estimate.shape == x.shape and s.psnr is not None for s in states)

@@ -3,11 +3,13 @@
 One test (or parametrised case) per finding of the hardening review: output paths
 checked before any work, Ctrl-C keeps the best estimate, sizes bounded before
 anything is allocated, the user's model never changed, a raising callback keeps
-the best estimate, and the smaller points (flags the transformer attack ignored,
+the best estimate, and the smaller points (flags the text attack ignored,
 gradient dtypes, step sizes, fractional shapes, seeds).
 """
 
 from __future__ import annotations
+
+from gleak_edu.attacks import AttackOptions
 
 import json
 import math
@@ -85,7 +87,7 @@ def _bad_paths(tmp_path: Path) -> dict[str, Path]:
         ["sweep", "ppp"],
         ["arena"],
         ["attack", "dlg", "--sample", "photos:0"],
-        ["attack", "transformer", "--sentence", SENTENCE],
+        ["attack", "text", "--sentence", SENTENCE],
     ],
 )
 def test_a_bad_json_path_exits_2_before_any_computation(command, case, tmp_path, capsys, no_work):
@@ -189,7 +191,7 @@ def test_ctrl_c_in_the_api_raises_attack_interrupted_with_the_result(lenet_case)
 
     with pytest.raises(attacks.AttackInterrupted) as info:
         attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=50, truth=x,
-                    callback=press_ctrl_c, callback_every=1)
+                    callback=press_ctrl_c, options=AttackOptions(callback_every=1))
     result = info.value.result
     assert isinstance(info.value, KeyboardInterrupt)  # code that knows nothing of it still stops
     assert result.interrupted and result.iterations == 4
@@ -236,7 +238,7 @@ def test_size_1_is_refused_not_a_division_by_zero(capsys, tmp_path):
 def test_the_api_bounds_sizes_too(lenet_case):
     model, x, _, shared = lenet_case
     with pytest.raises(ValueError, match="restarts"):
-        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, restarts=MAX_RESTARTS + 1)
+        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, options=AttackOptions(restarts=MAX_RESTARTS + 1))
     with pytest.raises(ValueError, match="num_classes"):
         models.build_model("mlp", (3, 32, 32), 10**12)
     with pytest.raises(ValueError, match="bottleneck"):
@@ -293,7 +295,7 @@ def test_a_batchnorm_model_in_train_mode_comes_back_unchanged(attack):
     assert _same(before, _snapshot(model))  # running statistics, num_batches_tracked, mode, grads
     if attack != "grnn":
         with pytest.raises(ValueError, match="BatchNorm"):
-            fn(model, shared, restarts=2, **common)
+            fn(model, shared, options=AttackOptions(restarts=2), **common)
         assert _same(before, _snapshot(model))
 
 
@@ -331,7 +333,7 @@ def test_an_exception_inside_the_attack_still_restores_the_model(monkeypatch):
         raise KeyboardInterrupt
 
     with pytest.raises(attacks.AttackInterrupted):
-        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=10, iterations=20, callback=crash, callback_every=2)
+        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=10, iterations=20, callback=crash, options=AttackOptions(callback_every=2))
     assert _same(before, _snapshot(model))
 
 
@@ -354,8 +356,8 @@ def _raising_at(iteration: int | None):
 def test_a_raising_callback_leaves_the_best_estimate_reachable(attack, when, lenet_case):
     model, x, y, shared = lenet_case
     fn = {"dlg": attacks.dlg, "ig": attacks.inverting_gradients, "grnn": attacks.grnn}[attack]
-    kwargs = dict(input_shape=tuple(x.shape), num_classes=100, iterations=12, truth=x, true_labels=y,
-                  callback=_raising_at(when), callback_every=2)
+    kwargs = dict(input_shape=tuple(x.shape), num_classes=100, iterations=12, truth=(x, y),
+                  callback=_raising_at(when), options=AttackOptions(callback_every=2))
     with pytest.raises(attacks.CallbackError, match="a bug in the live view") as info:
         fn(model, shared, **kwargs)
     result = info.value.result
@@ -378,7 +380,7 @@ def test_a_raising_callback_in_text_recovery_keeps_the_sentence():
         raise RuntimeError("view broke")
 
     with pytest.raises(attacks.CallbackError, match="view broke") as info:
-        attacks.text_recovery(model, shared, vocab, iterations=40, truth=tokens, callback=callback, callback_every=10)
+        attacks.text_recovery(model, shared, vocab, iterations=40, truth=tokens, callback=callback, options=AttackOptions(callback_every=10))
     result = info.value.result
     assert result.iterations == 10 and len(result.words) == len(tokens) and result.error.startswith("RuntimeError")
 
@@ -389,19 +391,19 @@ def test_a_raising_callback_in_text_recovery_keeps_the_sentence():
 @pytest.mark.parametrize(
     "extra, flag",
     [
-        (["--png", "x.png"], "--png"), (["--restarts", "2"], "--restarts"), (["--precode"], "--precode"),
+        (["--png", "x.png"], "--png"), (["--precode"], "--precode"),
         (["--defense", "ppp"], "--defense"), (["--batch", "2"], "--batch"), (["--sample", "photos:0"], "--sample"),
         (["--model", "mlp"], "--model"), (["--prune", "0.5"], "--prune"),
     ],
 )
-def test_the_transformer_attack_refuses_flags_it_would_ignore(extra, flag, capsys, no_work, tmp_path, monkeypatch):
+def test_the_text_attack_refuses_flags_it_would_ignore(extra, flag, capsys, no_work, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    status, _, err = _run(["attack", "transformer", "--sentence", SENTENCE, *extra], capsys)
+    status, _, err = _run(["attack", "text", "--sentence", SENTENCE, *extra], capsys)
     assert status == 2 and flag in _one_clean_line(err)
 
 
-def test_the_transformer_attack_refuses_one_class(capsys, no_work):
-    status, _, err = _run(["attack", "transformer", "--sentence", SENTENCE, "--classes", "1"], capsys)
+def test_the_text_attack_refuses_one_class(capsys, no_work):
+    status, _, err = _run(["attack", "text", "--sentence", SENTENCE, "--classes", "1"], capsys)
     assert status == 2 and "--classes" in _one_clean_line(err)
 
 
@@ -491,7 +493,7 @@ def test_the_stop_exceptions_pickle_with_their_result(lenet_case):
         raise ValueError("boom")
 
     with pytest.raises(attacks.CallbackError) as info:
-        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=4, callback=crash, callback_every=1)
+        attacks.dlg(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=4, callback=crash, options=AttackOptions(callback_every=1))
     for exc in (info.value, attacks.AttackInterrupted("stopped", info.value.result)):
         back = pickle.loads(pickle.dumps(exc))
         assert type(back) is type(exc) and str(back) == str(exc)

@@ -6,6 +6,8 @@ made in ``tmp_path`` and are synthetic, so every check is deterministic.
 
 from __future__ import annotations
 
+import dataclasses
+
 import io
 import struct
 import time
@@ -287,7 +289,7 @@ def test_playground_run_never_stays_running(playground, monkeypatch):
             raise RuntimeError("the optimiser blew up")
 
         playground.x = playground.photos.images[:1]
-        monkeypatch.setattr(widgets, "idlg", broken_attack)
+        monkeypatch.setitem(widgets.ATTACKS, "idlg", dataclasses.replace(widgets.ATTACKS["idlg"], function=broken_attack))
         playground.attack.value = "idlg"
         playground._clicked()  # the button: the error goes to the status line, not to the browser console
         assert "running" not in playground.status.value and "blew up" in playground.status.value

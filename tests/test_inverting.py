@@ -49,11 +49,11 @@ def test_add_precode_and_its_loss():
 @pytest.mark.slow
 def test_inverting_gradients_plain_vs_precode():
     plain = [
-        inverting_gradients(m, s, input_shape=x.shape, num_classes=100, iterations=300, truth=x, true_labels=y, seed=i)
+        inverting_gradients(m, s, input_shape=x.shape, num_classes=100, iterations=300, truth=(x, y), seed=i)
         for i in PHOTOS for m, x, y, s in [_victim(i, False)]
     ]
     defended = [
-        inverting_gradients(m, s, input_shape=x.shape, num_classes=100, iterations=300, truth=x, true_labels=y, seed=i)
+        inverting_gradients(m, s, input_shape=x.shape, num_classes=100, iterations=300, truth=(x, y), seed=i)
         for i in PHOTOS for m, x, y, s in [_victim(i, True)]
     ]
     ssim_plain = sum(r.metrics["ssim_mean"] for r in plain) / 3
@@ -69,7 +69,7 @@ def test_bypass_restores_the_reconstruction():
     for i in PHOTOS:
         model, x, y, shared = _victim(i, True)
         model.train()
-        results.append(precode_bypass(model, shared, input_shape=x.shape, num_classes=100, truth=x, true_labels=y, seed=i))
+        results.append(precode_bypass(model, shared, input_shape=x.shape, num_classes=100, truth=(x, y), seed=i))
         assert model.training  # the attack restores the mode
     ssims = [r.metrics["ssim_mean"] for r in results]
     assert sum(ssims) / 3 >= 0.8, ssims
@@ -79,7 +79,9 @@ def test_bypass_restores_the_reconstruction():
 def test_inverting_gradients_bad_input():
     model, x, y, shared = _victim(0, False)
     with pytest.raises(ValueError, match="unknown"):
-        inverting_gradients(model, shared, input_shape=x.shape, num_classes=100, layers=["nope.weight"], iterations=1)
+        precode_bypass(model, shared, input_shape=x.shape, num_classes=100, layers=["nope.weight"], iterations=1)
+    with pytest.raises(TypeError, match="layers"):  # matching a subset of layers is the bypass's job
+        inverting_gradients(model, shared, input_shape=x.shape, num_classes=100, layers=None, iterations=1)
     with pytest.raises(ValueError, match="labels"):
         inverting_gradients(model, shared, input_shape=(2, 3, 32, 32), num_classes=100, iterations=1)
     with pytest.raises(ValueError, match="init"):

@@ -21,6 +21,14 @@ def test_default_run_rebuilds_the_photo(playground):
     assert playground.view_box.children and playground.runs >= 1
 
 
+def test_sliders_and_attacks(playground):
+    """The noise slider says its unit (an absolute std); the attacks are the registry's, named as it names them."""
+    from gleak_edu.attacks import ATTACKS
+
+    assert playground.noise.description == "noise std (absolute)"
+    assert list(playground.attack.options) == [(ATTACKS[k].name, k) for k in ("idlg", "dlg", "ig")]
+
+
 def test_defense_and_attack_choices_change_the_run(playground):
     playground.attack.value = "ig"
     playground.defense.value = "noise"

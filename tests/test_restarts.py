@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gleak_edu.attacks import AttackOptions
+
 import json
 import math
 
@@ -150,8 +152,8 @@ def lenet_case():
 def test_dlg_restarts_report_every_restart_and_return_the_best(attack, lenet_case):
     model, x, y, shared = lenet_case
     result = getattr(attacks, attack)(
-        model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=12, truth=x, true_labels=y,
-        restarts=4, successive_halving=False,
+        model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=12, truth=(x, y),
+        options=AttackOptions(restarts=4, successive_halving=False),
     )
     assert result.restarts == 4 and len(result.per_restart) == 4
     losses = [r["loss"] for r in result.per_restart]
@@ -174,7 +176,7 @@ def test_successive_halving_keeps_the_lowest_loss_and_cuts_on_schedule(lenet_cas
     """
     model, x, y, shared = lenet_case
     eight = attacks.dlg(
-        model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=40, truth=x, retries=0, restarts=8,
+        model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=40, truth=x, options=AttackOptions(retries=0, restarts=8),
     )
     losses = [r["loss"] for r in eight.per_restart]
     assert eight.loss == min(losses)
@@ -200,7 +202,7 @@ def test_ig_restart_zero_is_the_single_run(lenet_case):
     model, x, y, shared = lenet_case
     common = dict(input_shape=tuple(x.shape), num_classes=100, iterations=30, truth=x, seed=3)
     single = attacks.inverting_gradients(model, shared, **common)
-    batch = attacks.inverting_gradients(model, shared, restarts=3, successive_halving=False, **common)
+    batch = attacks.inverting_gradients(model, shared, options=AttackOptions(restarts=3, successive_halving=False), **common)
     assert batch.per_restart[0]["psnr"] == pytest.approx(single.metrics["psnr_mean"], abs=0.05)
     assert batch.per_restart[0]["loss"] == pytest.approx(single.loss, rel=1e-3)
     assert batch.loss == min(r["loss"] for r in batch.per_restart)
@@ -213,7 +215,7 @@ def test_bypass_runs_batched_restarts_through_vmap():
     x, _ = data.photos().batch(1)
     torch.manual_seed(0)
     shared = fl.client_gradient(model, x, torch.tensor([3]))
-    result = attacks.precode_bypass(model, shared, input_shape=tuple(x.shape), num_classes=10, iterations=300, truth=x, restarts=4)
+    result = attacks.precode_bypass(model, shared, input_shape=tuple(x.shape), num_classes=10, iterations=300, truth=x, options=AttackOptions(restarts=4))
     assert result.attack == "bypass" and result.restarts == 4 and len(result.per_restart) == 4
     assert result.metrics["ssim_mean"] > 0.6  # the bypass still works with batched restarts
     assert model.training  # the mode is restored
@@ -224,7 +226,7 @@ def test_bad_restarts_are_value_errors(bad, lenet_case):
     model, x, _, shared = lenet_case
     for attack in (attacks.dlg, attacks.inverting_gradients):
         with pytest.raises(ValueError, match="restarts"):
-            attack(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=1, restarts=bad)
+            attack(model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=1, options=AttackOptions(restarts=bad))
 
 
 def test_cli_restarts_json(tmp_path, capsys):

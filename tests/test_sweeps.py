@@ -8,7 +8,7 @@ import math
 import pytest
 
 from gleak_edu import sweeps, viz
-from gleak_edu.defenses import epsilon_spent
+from gleak_edu.defenses import epsilon_for_steps
 
 # A sweep small enough for a unit test: 300 training images, one noise level, one image, 20 attack steps.
 TINY = dict(noise_levels=(0.5,), seeds=(0,), images=1, iterations=20, epochs=1, train_images=300, hidden=(32, 32), bottleneck=16)
@@ -24,7 +24,7 @@ def tiny_cache(tmp_path_factory):
 def test_sweep_rows_are_tidy_and_complete(tiny_cache):
     _, result = tiny_cache
     assert result.computed == 4 and result.cached == 0
-    keys = {(r["defense"], r["sigma"], r["attack"]) for r in result.rows}
+    keys = {(r["defense"], r["noise_multiplier"], r["attack"]) for r in result.rows}
     assert keys == {(d, s, a) for d, s in [("none", 0.0), ("precode", 0.0), ("full", 0.5), ("ppp", 0.5)] for a in ("bypass", "ig")}
     for r in result.rows:
         assert 0 <= r["accuracy"] <= 1 and -1 <= r["ssim"] <= 1 and 0 <= r["success_rate"] <= 1
@@ -32,14 +32,18 @@ def test_sweep_rows_are_tidy_and_complete(tiny_cache):
     assert none["accuracy_loss"] == 0 and math.isnan(none["epsilon"])
     ppp = result.select("ppp")[0]
     # one epoch of 300 images in batches of 64: 5 steps at q = 64/300
-    assert ppp["epsilon"] == pytest.approx(epsilon_spent(0.5, 64 / 300, 5, 1e-5), rel=1e-9)
+    assert ppp["epsilon"] == pytest.approx(epsilon_for_steps(0.5, 64 / 300, 5, 1e-5), rel=1e-9)
     # without a bottleneck the bypass is Inverting Gradients on all layers: the same numbers
     assert result.select("full", "bypass")[0]["ssim"] == result.select("full", "ig")[0]["ssim"]
     assert result.reconstructions("ppp", 0.5).shape == (1, 1, 28, 28)
     assert result.test_images.shape == (1, 1, 28, 28)
     text = result.table()
     assert "ppp" in text and "precode" in text
-    json.dumps(result.to_json())  # JSON-ready: no inf/nan floats
+    out = result.to_json()
+    json.dumps(out)  # JSON-ready: no inf/nan floats
+    assert out["settings"]["max_grad_norm"] == 1.0 and "clip" not in out["settings"]
+    assert all("sigma" not in r and "noise_multiplier" in r for r in out["rows"])
+    assert "σ (×C)" in text
     fig = viz.tradeoff_figure(result)
     assert len(fig.axes[0].lines) >= 4
 
@@ -50,7 +54,7 @@ def test_cache_is_reused_then_invalidated(tiny_cache):
     assert again.cached == 4 and again.computed == 0
     assert again.rows == first.rows
     # another setting: other keys, everything recomputed (and the old files left alone)
-    changed = sweeps.ppp_sweep(cache_dir=root, **{**TINY, "clip": 0.5, "noise_levels": (0.5,)})
+    changed = sweeps.ppp_sweep(cache_dir=root, **{**TINY, "max_grad_norm": 0.5, "noise_levels": (0.5,)})
     assert changed.computed == 4 and changed.cached == 0
 
 
@@ -96,8 +100,8 @@ def test_a_corrupt_cache_file_is_recomputed_not_trusted(tiny_cache, tmp_path, da
 def test_claim_check_logic():
     settings = sweeps.PPPSweepSettings(noise_levels=(1.0, 2.0), seeds=(0,))
 
-    def row(defense, sigma, attack, loss, ssim):
-        return {"defense": defense, "sigma": sigma, "attack": attack, "accuracy": 0.9 - loss, "accuracy_loss": loss, "ssim": ssim}
+    def row(defense, noise_multiplier, attack, loss, ssim):
+        return {"defense": defense, "noise_multiplier": noise_multiplier, "attack": attack, "accuracy": 0.9 - loss, "accuracy_loss": loss, "ssim": ssim}
 
     result = sweeps.SweepResult(settings, rows=[
         row("ppp", 1.0, "bypass", 0.02, 0.1), row("full", 1.0, "ig", 0.05, 0.05),  # ratio 2.5, SSIM ok -> holds
@@ -105,7 +109,7 @@ def test_claim_check_logic():
     ])
     checks = sweeps.claim_check(result)
     assert [c["holds"] for c in checks] == [True, False]
-    assert checks[0]["loss_ratio"] == pytest.approx(2.5)
+    assert checks[0]["loss_ratio"] == pytest.approx(2.5) and checks[0]["noise_multiplier"] == 1.0
     leaky = sweeps.SweepResult(settings, rows=[row("ppp", 1.0, "bypass", 0.01, 0.5), row("full", 1.0, "ig", 0.05, 0.05)])
     assert not sweeps.claim_check(leaky)[0]["holds"]  # SSIM 0.5 > 0.3: PPP does not protect there
 
@@ -117,6 +121,10 @@ def test_settings_are_checked():
         sweeps.PPPSweepSettings(seeds=())
     with pytest.raises(ValueError, match="train_images"):
         sweeps.PPPSweepSettings(train_images=0)
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        sweeps.PPPSweepSettings(max_grad_norm=0.0)
+    with pytest.raises(TypeError):
+        sweeps.PPPSweepSettings(clip=1.0)  # the old name
     with pytest.raises(ValueError, match="defense"):
         sweeps.sweep_cell(sweeps.PPPSweepSettings(), "dp", 1.0, 0)
 
@@ -150,7 +158,8 @@ def test_sweep_command_writes_the_table_and_reuses_the_cache(tiny_cache, tmp_pat
 @pytest.mark.parametrize("extra,message", [
     (["--noise-levels", "1,-2"], "--noise-levels must be a finite number >= 0"),
     (["--seeds", "a"], "--seeds must be whole numbers"),
-    (["--clip", "0"], "--clip must be > 0"),
+    (["--max-grad-norm", "0"], "--max-grad-norm"),
+    (["--clip", "1"], "--max-grad-norm"),  # the old flag, refused naming the new one
     (["--images", "0"], "--images must be at least 1"),
 ])
 def test_sweep_command_bad_input(extra, message, tmp_path, capsys):

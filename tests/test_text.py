@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from gleak_edu.attacks import AttackOptions
+
 import json
 import math
 import random
@@ -79,7 +81,7 @@ def test_order_recovery_reaches_90_percent_on_sentences_up_to_12_words(model, vo
     for i in range(8):
         tokens = vocab.encode(" ".join(_random_sentence(rng, vocab, rng.randint(1, 12))))
         shared = fl.client_text_gradient(model, tokens, torch.tensor([i]))
-        r = text_recovery(model, shared, vocab, truth=tokens, true_label=i)
+        r = text_recovery(model, shared, vocab, truth=(tokens, i))
         assert r.metrics["set_recall"] == 1.0 and r.metrics["set_precision"] == 1.0
         assert r.metrics["label_correct"] and r.length == len(tokens)
         accs.append(r.metrics["order_accuracy"])
@@ -88,9 +90,9 @@ def test_order_recovery_reaches_90_percent_on_sentences_up_to_12_words(model, vo
 
 def test_order_recovery_survives_clipping_and_reports_live(model, vocab):
     tokens = vocab.encode("errors should never pass silently unless explicitly silenced")
-    shared = clip_and_noise(fl.client_text_gradient(model, tokens, torch.tensor([9])), 0.0, 0.01)
+    shared = clip_and_noise(fl.client_text_gradient(model, tokens, torch.tensor([9])), noise_multiplier=0.0, max_grad_norm=0.01)
     seen = []
-    r = text_recovery(model, shared, vocab, truth=tokens, iterations=40, callback=seen.append, callback_every=10)
+    r = text_recovery(model, shared, vocab, truth=tokens, iterations=40, callback=seen.append, options=AttackOptions(callback_every=10))
     assert r.metrics["order_accuracy"] == 1.0
     assert len(seen) == 5 and seen[-1].done and seen[-1].words == r.words
 
@@ -99,7 +101,7 @@ def test_large_noise_takes_the_attack_to_chance(model, vocab):
     accs = []
     for i, line in enumerate(text.zen_lines()[:3]):
         tokens = vocab.encode(line)
-        shared = clip_and_noise(fl.client_text_gradient(model, tokens, torch.tensor([i])), 1.0, 1.0, seed=i)
+        shared = clip_and_noise(fl.client_text_gradient(model, tokens, torch.tensor([i])), noise_multiplier=1.0, max_grad_norm=1.0, seed=i)
         accs.append(text_recovery(model, shared, vocab, truth=tokens, iterations=50).metrics["order_accuracy"])
     assert sum(accs) / len(accs) <= 0.2
 
@@ -111,31 +113,34 @@ def test_text_metrics():
 
 def test_clip_and_noise_and_the_gaussian_mechanism():
     g = {"a": torch.full((100,), 1.0), "b": torch.full((300,), 1.0)}  # norm 20
-    clipped = clip_and_noise(g, 0.0, clip=2.0)
+    clipped = clip_and_noise(g, noise_multiplier=0.0, max_grad_norm=2.0)
     norm = math.sqrt(sum(float(t.pow(2).sum()) for t in clipped.values()))
     assert norm == pytest.approx(2.0, rel=1e-6)
-    noisy = clip_and_noise(g, 3.0, clip=2.0, seed=1)
+    noisy = clip_and_noise(g, noise_multiplier=3.0, max_grad_norm=2.0, seed=1)
     diff = torch.cat([(noisy[k] - clipped[k]) for k in g])
     assert float(diff.std()) == pytest.approx(6.0, rel=0.1)
     with pytest.raises(ValueError, match="clipping bound"):
-        clip_and_noise(g, 1.0, clip=0.0)
-    # the closed form: sqrt(2 ln(1.25 / delta)) / sigma
-    for sigma, delta in ((5.0, 1e-5), (10.0, 1e-6)):
-        assert gaussian_epsilon(sigma, delta) == pytest.approx(math.sqrt(2 * math.log(1.25 / delta)) / sigma, rel=1e-12)
+        clip_and_noise(g, noise_multiplier=1.0, max_grad_norm=0.0)
+    # the closed form: sqrt(2 ln(1.25 / delta)) / noise_multiplier
+    for noise_multiplier, delta in ((5.0, 1e-5), (10.0, 1e-6)):
+        expected = math.sqrt(2 * math.log(1.25 / delta)) / noise_multiplier
+        assert gaussian_epsilon(noise_multiplier, delta) == pytest.approx(expected, rel=1e-12)
     assert gaussian_epsilon(0.0) == math.inf
     # composing releases costs more than one, and RDP accounting of one full-batch release is below the classical bound
     assert epsilon([(5.0, 1.0, 100)], 1e-5) > epsilon([(5.0, 1.0, 1)], 1e-5)
     assert epsilon([(5.0, 1.0, 1)], 1e-5) < gaussian_epsilon(5.0, 1e-5)
 
 
-def test_noisy_sgd_still_halves_the_loss(vocab):
+@pytest.mark.parametrize("seed", [0, 1])
+def test_noisy_sgd_still_halves_the_loss(vocab, seed):
     x, y = text.zen_fragments(4)
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     net = models.TinyTransformer(len(vocab), 19)
-    curve = training.noisy_sgd(net, x, y, sigma=1.0, clip=1.0, steps=300, lr=0.5, batch_size=16)
+    curve = training.noisy_sgd(net, x, y, noise_multiplier=0.5, max_grad_norm=1.0, steps=300, lr=0.5, batch_size=16,
+                               seed=seed)
     assert curve[-1][1] <= 0.5 * curve[0][1]
     with pytest.raises(ValueError):
-        training.noisy_sgd(net, x, y, sigma=-1.0)
+        training.noisy_sgd(net, x, y, noise_multiplier=-1.0)
 
 
 def test_text_recovery_bad_input(model, vocab):
@@ -153,13 +158,13 @@ def test_text_recovery_bad_input(model, vocab):
         fl.client_text_gradient(model, torch.zeros((0,), dtype=torch.int64), torch.tensor([0]))
 
 
-def test_transformer_command(tmp_path, capsys):
+def test_text_command(tmp_path, capsys):
     out = tmp_path / "t.json"
-    assert cli.main(["attack", "transformer", "--sentence", "Now is better than never.", "--json", str(out)]) == 0
+    assert cli.main(["attack", "text", "--sentence", "Now is better than never.", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["sentence_recovered"] == "now is better than never" and res["order_accuracy"] == 1.0
     assert res["set_recall"] == 1.0 and res["set_precision"] == 1.0 and res["epsilon"] is None
-    assert cli.main(["attack", "transformer", "--sentence", "Now is better than never.", "--noise", "5", "--json", str(out)]) == 0
+    assert cli.main(["attack", "text", "--sentence", "Now is better than never.", "--noise-multiplier", "5", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
     assert res["epsilon"] == pytest.approx(gaussian_epsilon(5.0, 1e-5)) and res["order_accuracy"] <= 0.4
     assert "in order" in capsys.readouterr().out
@@ -171,8 +176,8 @@ def test_transformer_command(tmp_path, capsys):
     (["--sentence", " ".join(["now"] * 17)], "1 to 16 tokens"),
     ([], "needs --sentence"),
 ])
-def test_transformer_command_bad_input(args, message, capsys):
-    assert cli.main(["attack", "transformer", *args]) == 2
+def test_text_command_bad_input(args, message, capsys):
+    assert cli.main(["attack", "text", *args]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and message in err[0]
 

@@ -8,7 +8,7 @@ import torch
 from matplotlib.figure import Figure
 
 from gleak_edu import metrics, viz, widgets
-from gleak_edu.attacks import AttackResult, AttackState
+from gleak_edu.attacks import AttackOptions, AttackResult, AttackState
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -48,14 +48,23 @@ def test_live_view_without_original(photo0):
     assert "PSNR" not in view.readout.value
 
 
+def test_live_view_of_an_attack_without_labels_or_loss(photo0):
+    """Analytic recovery's state has no label and no matching loss: the view says so instead of failing."""
+    x, _ = photo0
+    view = widgets.LiveView(original=x)
+    view(AttackState(attack="analytic", iteration=1, evaluations=1, seconds=0.0, loss=None, estimate=x, labels=None,
+                     done=True))
+    assert view.updates == 1 and "no label recovered" in view.readout.value and "loss" not in view.readout.value
+
+
 def test_live_view_as_attack_callback(model_and_shared):
     from gleak_edu import attacks
 
     model, x, y, shared = model_and_shared
     view = widgets.LiveView(original=x)
     result = attacks.idlg(
-        model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=4, truth=x, callback=view,
-        callback_every=2,
+        model, shared, input_shape=tuple(x.shape), num_classes=100, iterations=4, truth=(x, y), callback=view,
+        options=AttackOptions(callback_every=2),
     )
     assert view.updates == 3  # iterations 2 and 4, then the final call
     assert view.last_state.done
@@ -84,7 +93,7 @@ def test_defense_panel_builds_headless_and_reruns(photo0, make_lenet):
     assert panel.last is result and panel.results[(0.1, 0.0)] is result
     assert set(panel.results) == {(0.0, 0.0), (0.1, 0.0)}
     assert result.reconstruction.shape == x.shape and result.metrics
-    assert "0.1" in panel.summary.value
+    assert "noise std = 0.1 (absolute)" in panel.summary.value
 
 
 def test_defense_panel_defended_gradient(photo0, make_lenet):
@@ -210,3 +219,83 @@ def test_layer_panel_and_precode_figures(photo_set):
     for fig in (viz.precode_figure(), viz.stochasticity_figure(gradient_stochasticity(model, x, y), keep)):
         assert isinstance(fig, Figure)
         plt.close(fig)
+
+
+# --------------------------------------------------------------------------- issue 15: units in every label
+
+
+def test_every_noise_slider_says_its_unit(monkeypatch, photo_set, make_lenet):
+    """Absolute std where the panel adds noise of a given std; multiplier σ (std = σ·C) where it clips first."""
+    from types import SimpleNamespace
+
+    from gleak_edu import arena, models, text
+    from gleak_edu.defenses import add_precode
+
+    for cls, handler in ((widgets.DefensePanel, "run"), (widgets.GRNNPanel, "run"), (widgets.PPPPanel, "run"),
+                         (widgets.TextNoisePanel, "run"), (widgets.DPSchedulePanel, "run"), (widgets.ArenaPanel, "render")):
+        monkeypatch.setattr(cls, handler, lambda self, *args, **kwargs: None)  # only the sliders are checked here
+    x, y = photo_set.batch(0)
+    std, multiplier = "noise std (absolute)", "noise multiplier σ (std = σ·C)"
+    assert (widgets.NOISE_STD_LABEL, widgets.NOISE_MULTIPLIER_LABEL) == (std, multiplier)
+
+    assert widgets.DefensePanel(make_lenet(seed=1), x, y).noise.description == std
+    grnn_panel = widgets.GRNNPanel(lambda: models.build_model("lenet5", (3, 32, 32), 100, seed=0),
+                                   photo_set.images, photo_set.labels, num_classes=100)
+    assert grnn_panel.noise.description == std
+    plain = models.build_model("mlp", (3, 32, 32), 100, seed=0, init="pytorch")
+    pre = add_precode(models.build_model("mlp", (3, 32, 32), 100, seed=0, init="pytorch"))
+    assert widgets.PPPPanel(plain, pre, x, y).noise.description == multiplier
+    vocab = text.zen_vocabulary()
+    transformer = models.TinyTransformer(len(vocab), 19)
+    assert widgets.TextNoisePanel(transformer, vocab, "Now is better than never.").noise.description == multiplier
+    g = torch.Generator().manual_seed(0)
+    train = (torch.rand(128, 1, 28, 28, generator=g), torch.randint(0, 10, (128,), generator=g))
+    dp_panel = widgets.DPSchedulePanel(lambda: models.MLP((1, 28, 28), 10, (16,), "tanh"), train, train,
+                                       train[0][:1], train[1][:1])
+    assert multiplier in dp_panel.start.description and multiplier in dp_panel.end.description
+    settings = arena.ArenaSettings()
+    arena_panel = widgets.ArenaPanel(SimpleNamespace(levels=settings.noise_levels, settings=settings))
+    label = arena_panel.noise.description
+    assert label == viz.arena_level_label(settings)
+    for d in arena.NOISY:  # every noisy defense is named with the unit the arena declares for its level
+        assert arena.DEFENSE_NAMES[d] in label and arena.KNOB_UNITS[arena.DEFENSE_LEVEL[d]] in label
+
+
+def test_training_curves_take_train_state():
+    from gleak_edu.training import TrainState
+
+    curves = widgets.TrainingCurves(every=2)
+    callback = curves.step_callback("fixed")
+    for step in range(4):
+        callback(TrainState(step=step, epoch=0, loss=1.0 / (step + 1), noise_multiplier=1.0, max_grad_norm=1.0, model=None))
+    assert curves.curves == {"fixed": [1.0, 0.5, 1 / 3, 0.25]}
+    assert curves.image.value[:8] == PNG_MAGIC  # drawn at step 2 and 4
+
+
+def test_figure_axes_say_the_noise_unit():
+    fig = viz.schedules_figure({"linear": [3.0, 2.0, 1.0]})
+    assert fig.axes[0].get_ylabel() == "noise multiplier σ (std = σ·C)"
+    plt.close(fig)
+    from gleak_edu import arena
+
+    label = viz.arena_level_label(arena.ArenaSettings(max_grad_norm=2.0))
+    assert "noise std (absolute) for noise" in label and "noise multiplier σ (std = σ·C) for PPP" in label
+    assert "C = 2" in label
+
+
+def test_widgets_and_viz_import_the_package_only_at_the_top():
+    """Layers import downward at module level (issue 15): no function-level import of a gleak_edu module."""
+    import ast
+    import inspect
+
+    for module in (widgets, viz):
+        tree = ast.parse(inspect.getsource(module))
+        inner = []
+        for fn in ast.walk(tree):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("gleak_edu"):
+                        inner.append(f"{fn.name}: from {node.module}")
+                    elif isinstance(node, ast.Import) and any(a.name.startswith("gleak_edu") for a in node.names):
+                        inner.append(f"{fn.name}: import {node.names[0].name}")
+        assert inner == [], f"{module.__name__}: {inner}"

@@ -101,7 +101,7 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
                     a = torch.baddbmm(bias.expand(bsz, -1, -1), w2.expand(bsz, -1, -1), col)
                 return a.reshape(bsz, o, ho, wo), (col, (hh, ww))
 
-            def bwd(d, saved, out, groups, fuse=False, k=k, st=st, pd=pd, o=o, w2t=w2t, iw=iw, ib=ib, wshape=wshape, first=first):
+            def bwd(d, saved, out, groups, fuse=False, *, k=k, st=st, pd=pd, o=o, w2t=w2t, iw=iw, ib=ib, wshape=wshape, first=first):
                 col, size = saved
                 bsz = d.shape[0]
                 da = d.reshape(bsz, o, -1)  # [N, O, L]
@@ -130,7 +130,7 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
             def fwd(h, wt=wt, bias=bias):
                 return F.linear(h, wt, bias), h
 
-            def bwd(d, hin, out, groups, fuse=False, wt=wt, iw=iw, ib=ib, first=first):
+            def bwd(d, hin, out, groups, fuse=False, *, wt=wt, iw=iw, ib=ib, first=first):
                 if groups:
                     dg = d.reshape(groups, -1, d.shape[-1])  # [G, B, O]
                     hg = hin.reshape(groups, -1, hin.shape[-1])  # [G, B, I]

@@ -1,4 +1,4 @@
-"""What every attack shares: the result type, the live-view state, the hot-path setup."""
+"""What every attack shares: the result type, the live-view state, the engine options, the hot-path setup."""
 
 from __future__ import annotations
 
@@ -8,18 +8,21 @@ import math
 import operator
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from gleak_edu import metrics
+from gleak_edu.attacks._chain import chain_gradient_fn
+from gleak_edu.fl import check_shared
+from gleak_edu.models import output_layer
 
 __all__ = [
-    "AttackInterrupted", "AttackResult", "AttackState", "Callback", "CallbackError", "MAX_BATCH", "MAX_ITERATIONS",
+    "AttackInterrupted", "AttackOptions", "AttackResult", "AttackState", "Callback", "CallbackError", "MAX_BATCH", "MAX_ITERATIONS",
     "MAX_RESTARTS", "fast_attack_mode", "check_hyper", "check_input_shape", "check_num_classes", "check_restarts",
-    "halving_points", "keeps_model", "Recorder", "RestartBook",
+    "halving_points", "keeps_model", "options_of", "params_and_target", "Recorder", "RestartBook", "check_truth", "split_truth",
 ]
 
 #: Upper bounds checked before anything is allocated (a typo such as ``restarts=10**9`` gets a
@@ -38,9 +41,10 @@ class AttackState:
         iteration: optimiser steps done (1-based).
         evaluations: gradient-matching evaluations (closure calls) so far.
         seconds: attack compute time so far (callbacks and metrics excluded).
-        loss: the current gradient-matching loss.
-        estimate: current reconstruction, float32 ``[B, C, H, W]`` clamped to [0, 1].
-        labels: current label estimate, int64 ``[B]``.
+        loss: the current gradient-matching loss (None for an attack without one: analytic).
+        estimate: current reconstruction, float32 ``[B, C, H, W]`` clamped to [0, 1]
+            (text: the token ids, int64 ``[1, L]``).
+        labels: current label estimate, int64 ``[B]`` (None for an attack that recovers no label).
         psnr: mean PSNR in dB against the truth, if the truth was given.
         done: True for the final call.
     """
@@ -49,9 +53,9 @@ class AttackState:
     iteration: int
     evaluations: int
     seconds: float
-    loss: float
+    loss: float | None
     estimate: torch.Tensor
-    labels: torch.Tensor
+    labels: torch.Tensor | None
     psnr: float | None = None
     done: bool = False
 
@@ -59,16 +63,124 @@ class AttackState:
 Callback = Callable[[AttackState], Any]
 
 
+@dataclass(frozen=True)
+class AttackOptions:
+    """Engine settings shared by every attack: how it runs, not what it computes.
+
+    The attack's own knobs (iterations, lr, tv_weight, seed) are its
+    parameters; these are the settings of the machinery around it. ``None``
+    means the attack's own default.
+
+    Attributes:
+        restarts: independent runs from different random starts, computed
+            together (one vectorised evaluation per step for all of them); the
+            one with the lowest matching loss is returned (1..MAX_RESTARTS).
+            Attacks whose registry entry has ``takes_restarts=False`` (GRNN,
+            analytic) refuse more than 1.
+        retries: DLG and iDLG only: fresh starts after a failed run, within the
+            same iteration budget (0 is the paper's recipe; default 10).
+        successive_halving: with several restarts, keep the better half (by
+            matching loss so far) at the points of :func:`halving_points`;
+            False runs every restart to the end.
+        num_threads: intra-op threads during the attack (an int); ``"auto"``
+            (default) uses 1 where the chain program computes the gradients
+            (the course's small models, fastest on a 2-core CPU) and torch's
+            own setting otherwise; None leaves torch's setting alone.
+        progress: show a tqdm progress bar.
+        callback_every: call the callback every this many iterations (and at
+            the end); None: the attack's default (DLG/iDLG 10, others 50).
+        metrics_every: add SSIM to the history every this many iterations
+            (PSNR is recorded every iteration when the truth is given); None:
+            the attack's default (DLG/iDLG 10, GRNN 50, IG 100).
+        max_evals_per_step: DLG and iDLG only: L-BFGS evaluations per
+            iteration (torch's ``max_iter``, 20).
+
+    Raises:
+        ValueError: (when an attack starts) for values outside these ranges.
+    """
+
+    restarts: int = 1
+    retries: int = 10
+    successive_halving: bool = True
+    num_threads: int | str | None = "auto"
+    progress: bool = False
+    callback_every: int | None = None
+    metrics_every: int | None = None
+    max_evals_per_step: int = 20
+
+    def every(self, callback_default: int, metrics_default: int) -> tuple[int, int]:
+        """``(callback_every, metrics_every)``, the attack's defaults filling in None; validated (>= 1)."""
+        out = []
+        for name, value, default in (("callback_every", self.callback_every, callback_default),
+                                     ("metrics_every", self.metrics_every, metrics_default)):
+            out.append(default if value is None else _whole(value, name, 1, MAX_ITERATIONS, "iterations between calls"))
+        return out[0], out[1]
+
+
+def options_of(options: "AttackOptions | None") -> AttackOptions:
+    """``options`` or the defaults; anything else is refused with a message."""
+    if options is None:
+        return AttackOptions()
+    if not isinstance(options, AttackOptions):
+        raise TypeError(f"options must be an AttackOptions (gleak_edu.attacks.AttackOptions), got {type(options).__name__}")
+    if not isinstance(options.successive_halving, bool) or not isinstance(options.progress, bool):
+        raise ValueError("AttackOptions.successive_halving and .progress must be True or False")
+    if options.num_threads not in (None, "auto"):
+        _whole(options.num_threads, "num_threads", 1, 1024, "intra-op threads")
+    return options
+
+
+def check_truth(truth: Any, shape: Sequence[int]) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """:func:`split_truth`, then check the images have ``shape`` and there is one label per image.
+
+    Raises:
+        ValueError: for a wrong shape or label count.
+    """
+    images, labels = split_truth(truth)
+    if images is not None and tuple(images.shape) != tuple(shape):
+        raise ValueError(f"truth has shape {tuple(images.shape)}, but input_shape is {tuple(shape)}")
+    if labels is not None and labels.numel() != shape[0]:
+        raise ValueError(f"truth has {labels.numel()} labels for a batch of {shape[0]}")
+    return images, labels
+
+
+def split_truth(truth: Any) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The private batch given for the metrics: ``(images, labels)``, or images alone.
+
+    Returns ``(images or None, labels int64 [B] or None)``.
+
+    Raises:
+        ValueError: for anything else (e.g. a pair whose first item is not a tensor).
+    """
+    if truth is None:
+        return None, None
+    if torch.is_tensor(truth):
+        return truth, None
+    if isinstance(truth, (tuple, list)) and len(truth) == 2:
+        images, labels = truth
+        if images is not None and not torch.is_tensor(images):
+            raise ValueError(f"truth must be (images, labels) with images a tensor, got {type(images).__name__}")
+        if labels is not None:
+            labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
+        return images, labels
+    raise ValueError(
+        "truth must be the private batch as (images, labels) or the images alone (a tensor [B, C, H, W] in [0, 1]); "
+        f"got {type(truth).__name__}"
+    )
+
+
 @dataclass
 class AttackResult:
     """What an attack returns.
 
     Attributes:
-        attack: ``"DLG"``, ``"iDLG"``, ...
+        attack: ``"DLG"``, ``"iDLG"``, ``"IG"``, ``"bypass"``, ``"GRNN"``, ``"analytic"``, ``"text"``.
         reconstruction: float32 ``[B, C, H, W]`` in [0, 1], the estimate with the
             lowest gradient-matching loss seen (not necessarily the last one).
-        labels: int64 ``[B]``, the recovered labels.
-        loss: the lowest gradient-matching loss reached.
+        labels: int64 ``[B]``, the recovered labels; None when the attack
+            recovers no label (analytic recovery). Never filled from the truth.
+        loss: the lowest gradient-matching loss reached; None for an attack
+            without an objective (analytic recovery).
         iterations: optimiser steps run.
         evaluations: closure evaluations (forward + double backward) run.
         seconds: compute time of the attack loop, callbacks and metrics excluded.
@@ -91,7 +203,8 @@ class AttackResult:
         metrics: final ``psnr``, ``ssim``, ``mse`` (per image lists, in the
             truth's order, and their means), ``order`` (``reconstruction[order]``
             lines up with the truth: a batch comes back in any order) and
-            ``label_accuracy`` (order-invariant) when the truth was given.
+            ``label_accuracy`` (order-invariant; None when the attack
+            recovers no label) when the truth's labels were given.
         interrupted: True if the run was stopped by Ctrl-C (KeyboardInterrupt);
             such a result travels in :class:`AttackInterrupted`.
         error: the callback's exception (``"TypeError: ..."``) if the callback
@@ -100,8 +213,8 @@ class AttackResult:
 
     attack: str
     reconstruction: torch.Tensor
-    labels: torch.Tensor
-    loss: float
+    labels: torch.Tensor | None
+    loss: float | None
     iterations: int
     evaluations: int
     seconds: float
@@ -133,8 +246,10 @@ class AttackResult:
         m = ""
         if self.metrics:
             m = f", psnr={self.metrics['psnr_mean']:.1f} dB, ssim={self.metrics['ssim_mean']:.3f}"
+        labels = None if self.labels is None else self.labels.tolist()
+        loss = "None" if self.loss is None else f"{self.loss:.3g}"
         return (
-            f"AttackResult({self.attack}, labels={self.labels.tolist()}, loss={self.loss:.3g}, "
+            f"{type(self).__name__}({self.attack}, labels={labels}, loss={loss}, "
             f"iterations={self.iterations}, evaluations={self.evaluations}, "
             f"seconds={self.seconds:.2f}{m}{', DIVERGED' if self.diverged else ''})"
         )
@@ -171,6 +286,18 @@ class AttackInterrupted(KeyboardInterrupt):
 
     def __reduce__(self):  # picklable with its result (e.g. across worker processes)
         return (type(self), (str(self), self.result))
+
+
+def params_and_target(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """The model's trainable parameters and the shared gradient flattened in their order (float32 ``[P]``).
+
+    Raises:
+        SharedGradientError: if ``shared`` does not match the model.
+    """
+    check_shared(model, shared)
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    target = torch.cat([shared[n].detach().reshape(-1).float() for n, _ in named])
+    return [p for _, p in named], target
 
 
 def _whole(value: Any, name: str, low: int, high: int, what: str) -> int:
@@ -390,8 +517,6 @@ def check_input_shape(input_shape: Sequence[int], model: nn.Module) -> tuple[int
 
 def check_num_classes(model: nn.Module, num_classes: int) -> int:
     """``num_classes`` must equal the output size of the model's last linear layer."""
-    from gleak_edu.models import output_layer
-
     _, layer = output_layer(model)
     if int(num_classes) != layer.out_features:
         raise ValueError(
@@ -451,8 +576,6 @@ def fast_attack_mode(model: nn.Module, num_threads: int | str | None = 1) -> Ite
     _FAST_DEPTH += 1
     torch.set_flush_denormal(True)
     if num_threads == "auto":
-        from gleak_edu.attacks._chain import chain_gradient_fn
-
         num_threads = 1 if chain_gradient_fn(model) is not None else None
     if num_threads is not None:
         torch.set_num_threads(int(num_threads))
@@ -473,6 +596,7 @@ class Recorder:
     def __init__(
         self,
         attack: str,
+        *,
         truth: torch.Tensor | None,
         callback: Callback | None,
         callback_every: int,
@@ -482,6 +606,8 @@ class Recorder:
     ) -> None:
         if callback_every < 1 or metrics_every < 1:
             raise ValueError("callback_every and metrics_every must be at least 1")
+        if callback is not None and not callable(callback):
+            raise TypeError(f"callback must be callable (it receives an AttackState), got {type(callback).__name__}")
         self.attack = attack
         if truth is not None and (not torch.is_tensor(truth) or not bool(torch.isfinite(truth).all())):
             raise ValueError("truth must be a finite tensor of images in [0, 1] (it is only used for the reported metrics)")
@@ -549,7 +675,8 @@ class Recorder:
         stop = False
         if self.callback is not None and (final or iteration % self.callback_every == 0):
             state = AttackState(
-                self.attack, iteration, self.evaluations, self.seconds, loss, est.clone(), labels.clone(), psnr, final
+                self.attack, iteration, self.evaluations, self.seconds, loss, est.clone(),
+                None if labels is None else labels.clone(), psnr, final,
             )
             stop = self._call(state)
         if self.bar is not None:
@@ -612,22 +739,27 @@ class Recorder:
         """The AttackResult of the best estimate (clamped to [0, 1]), with final metrics; tells the callback it is done."""
         recon = self.best.clamp(0, 1)
         labels = self.best_labels
+        loss = None if self.best_loss is None else float(self.best_loss)
         result = AttackResult(
-            attack=self.attack, reconstruction=recon, labels=labels, loss=self.best_loss, iterations=iterations,
+            attack=self.attack, reconstruction=recon, labels=labels, loss=loss, iterations=iterations,
             evaluations=self.evaluations, seconds=self.seconds, history=self.history, diverged=diverged,
             message=message, retries=retries,
         )
         result.metrics = self.final_metrics(recon, labels, true_labels)
         if self.callback is not None and self.callback_error is None and not self.interrupted:
             psnr = result.metrics.get("psnr_mean")
-            self._call(
-                AttackState(self.attack, iterations, self.evaluations, self.seconds, self.best_loss, recon.clone(), labels.clone(), psnr, True)
-            )
+            self._call(AttackState(
+                self.attack, iterations, self.evaluations, self.seconds, loss, recon.clone(),
+                None if labels is None else labels.clone(), psnr, True,
+            ))
         return result
 
-    def final_metrics(self, reconstruction: torch.Tensor, labels: torch.Tensor, true_labels: torch.Tensor | None) -> dict:
+    def final_metrics(self, reconstruction: torch.Tensor, labels: torch.Tensor | None, true_labels: torch.Tensor | None) -> dict:
+        """Final PSNR/SSIM/MSE (per image, in the truth's order, and means) and label accuracy
+        (None when the attack recovered no label); empty without a truth."""
         if self.truth is None:
-            return {}
+            return {"label_accuracy": None} if true_labels is not None and labels is None else (
+                {"label_accuracy": metrics.label_accuracy(labels, true_labels)} if true_labels is not None else {})
         order = metrics.match_order(reconstruction, self.truth) if reconstruction.shape[0] > 1 else torch.zeros(1, dtype=torch.int64)
         matched = reconstruction[order]
         p = metrics.psnr(matched, self.truth)
@@ -643,5 +775,5 @@ class Recorder:
             "mse_mean": float(e.mean()),
         }
         if true_labels is not None:
-            out["label_accuracy"] = metrics.label_accuracy(labels, true_labels)
+            out["label_accuracy"] = None if labels is None else metrics.label_accuracy(labels, true_labels)
         return out

@@ -18,6 +18,7 @@ from torch import nn
 
 from gleak_edu.attacks._chain import matching_fn
 from gleak_edu.attacks._common import (
+    AttackOptions,
     AttackResult,
     Callback,
     Recorder,
@@ -27,9 +28,11 @@ from gleak_edu.attacks._common import (
     check_batchnorm,
     check_hyper,
     check_restarts,
+    check_truth,
     fast_attack_mode,
     halving_points,
     keeps_model,
+    options_of,
 )
 from gleak_edu.attacks._lbfgs import batched_lbfgs
 from gleak_edu.fl import check_shared
@@ -70,43 +73,32 @@ def idlg_label(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> int:
     return int(g.sum(dim=1).argmin())
 
 
-def _params_and_target(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-    check_shared(model, shared)
-    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    target = torch.cat([shared[n].detach().reshape(-1).float() for n, _ in named])
-    return [p for _, p in named], target
-
-
 def _run(
     attack: str,
     model: nn.Module,
     shared: Mapping[str, torch.Tensor],
+    *,
     input_shape: Sequence[int],
     num_classes: int,
     fixed_labels: torch.Tensor | None,
     iterations: int,
     lr: float,
-    max_evals_per_step: int,
     seed: int,
-    truth: torch.Tensor | None,
-    true_labels: torch.Tensor | None,
+    truth: object,
     callback: Callback | None,
-    callback_every: int,
-    metrics_every: int,
-    progress: bool,
-    num_threads: int | None,
-    restarts: int,
-    retries: int,
-    successive_halving: bool,
+    options: AttackOptions | None,
 ) -> AttackResult:
+    """DLG's engine (and iDLG's, with ``fixed_labels``): batched restarts, retries, successive halving."""
+    options = options_of(options)
+    callback_every, metrics_every = options.every(10, 10)
+    restarts, retries, max_evals_per_step = options.restarts, options.retries, options.max_evals_per_step
     b, c, h, w = check_input_shape(input_shape, model)
     restarts, retries = check_restarts(restarts, retries)
     iterations = check_hyper(iterations, lr)
     if isinstance(max_evals_per_step, bool) or not isinstance(max_evals_per_step, int) or not 1 <= max_evals_per_step <= 1000:
         raise ValueError(f"max_evals_per_step must be a whole number in 1..1000, got {max_evals_per_step!r}")
     check_batchnorm(model, restarts)
-    if truth is not None and tuple(truth.shape) != (b, c, h, w):
-        raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
+    truth, true_labels = check_truth(truth, (b, c, h, w))
     check_num_classes(model, num_classes)
     check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -118,12 +110,13 @@ def _run(
     nz = nx + (b * k if joint else 0)
     z = torch.randn(R, nz, generator=gen)  # row 0 is the single-restart draw of the same seed
 
-    rec = Recorder(attack, truth, callback, callback_every, metrics_every, progress, iterations)
+    rec = Recorder(attack, truth=truth, callback=callback, callback_every=callback_every, metrics_every=metrics_every,
+                   progress=options.progress, iterations=iterations)
     terms = matching_fn(model, [shared[n] for n in names])  # all restarts in one vectorised evaluation
     one_hot = None if joint else F.one_hot(fixed_labels, k).to(torch.float32)
     book = RestartBook(R)
     ids = torch.arange(R)  # the restarts still running, in row order
-    halve_at = halving_points(R, iterations) if successive_halving else []
+    halve_at = halving_points(R, iterations) if options.successive_halving else []
 
     def labels_of(zz: torch.Tensor) -> torch.Tensor:
         if joint:
@@ -147,7 +140,7 @@ def _run(
     run_steps = torch.zeros(R, dtype=torch.long)
     finished = torch.zeros(R, dtype=torch.bool)
     it = 0
-    with fast_attack_mode(model, num_threads):
+    with fast_attack_mode(model, options.num_threads):
         # the history's vectors in float32 (as torch's L-BFGS keeps them), its Gram matrices
         # in float64: half the memory traffic of the two history products of every evaluation
         opt = batched_lbfgs(z, lr=lr, max_iter=max_evals_per_step, history_dtype=torch.float32)
@@ -243,18 +236,10 @@ def dlg(
     num_classes: int,
     iterations: int = 300,
     lr: float = 1.0,
-    max_evals_per_step: int = 20,
     seed: int = 0,
-    truth: torch.Tensor | None = None,
-    true_labels: torch.Tensor | None = None,
+    truth: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     callback: Callback | None = None,
-    callback_every: int = 10,
-    metrics_every: int = 10,
-    progress: bool = False,
-    num_threads: int | None = 1,
-    restarts: int = 1,
-    retries: int = 10,
-    successive_halving: bool = True,
+    options: AttackOptions | None = None,
 ) -> AttackResult:
     """Deep Leakage from Gradients (Zhu, Liu, Han, NeurIPS 2019).
 
@@ -271,40 +256,38 @@ def dlg(
         input_shape: ``(B, C, H, W)`` of the private batch.
         num_classes: number of classes of the model's output.
         iterations: L-BFGS iterations (300 in the paper).
-        lr: L-BFGS step length.
-        max_evals_per_step: L-BFGS ``max_iter`` (20).
+        lr: L-BFGS step length (1).
         seed: seed of the dummy initialisation.
-        truth: optional true images ``[B, C, H, W]`` in [0, 1]; only used to
-            record PSNR/SSIM in the history, never by the attack itself.
-        true_labels: optional int64 ``[B]`` for the label accuracy metric.
-        callback: called with an :class:`AttackState` every ``callback_every``
-            iterations and once at the end; returning True stops the attack.
-        metrics_every: SSIM is recorded every this many iterations (PSNR every one).
-        progress: show a tqdm progress bar.
-        num_threads: intra-op threads during the attack (1 is fastest for the
-            course's small models on a 2-core CPU); None leaves it unchanged.
-        restarts: independent runs from different random dummies (rows of
-            one draw from ``seed``; restart 0 is the single run's start),
-            computed together: one vectorised evaluation gives every restart's
-            matching loss and gradient (the chain program's batched matmuls,
-            or ``torch.func.vmap``), and a batched L-BFGS keeps one history per
-            restart. The result is the restart with the lowest matching loss;
-            ``per_restart`` reports each one. A restart that has converged or
-            failed is frozen while the others go on.
-        successive_halving: with several restarts, keep only the better half
-            (by matching loss so far) after 1/2^(H+1), ..., 1/8, 1/4 of the
-            iterations, H = ceil(log2 restarts) (successive halving, see
-            ``halving_points``): 8 restarts cost about 1.75 single runs'
-            iterations, in batched evaluations. False runs every restart to the end.
-        retries: how many times a failed run may start again from a fresh
-            random dummy, within the same ``iterations`` budget (per restart).
-            A run counts as failed when its loss becomes non-finite, explodes
-            above 10x its starting value, or freezes (L-BFGS cannot move) above
-            1e-4 x ||grad_shared||^2, or still sits above 1 % of its starting
-            loss after 50 iterations. These are DLG's known failure modes; the
-            attacker sees them in the matching loss alone, never in the truth.
-            The paper does not retry: with 0 a failed run ends at once
-            (keeping its best estimate) instead of spending the rest of the budget.
+        truth: optional, only for the reported metrics, never used by the
+            attack: the private batch as ``(images, labels)`` (float32
+            ``[B, C, H, W]`` in [0, 1], int64 ``[B]``) or the images alone.
+            PSNR (every iteration) and SSIM go into the history; the final
+            metrics include ``label_accuracy`` when labels are given.
+        callback: called with an :class:`AttackState` every
+            ``options.callback_every`` iterations (10) and once at the end;
+            returning True stops the attack.
+        options: engine settings (:class:`AttackOptions`):
+
+            - ``restarts``: independent runs from different random dummies
+              (rows of one draw from ``seed``; restart 0 is the single run's
+              start), computed together: one vectorised evaluation gives every
+              restart's matching loss and gradient (the chain program's batched
+              matmuls, or ``torch.func.vmap``), and a batched L-BFGS keeps one
+              history per restart. The result is the restart with the lowest
+              matching loss; ``per_restart`` reports each one.
+            - ``successive_halving``: with several restarts, keep only the
+              better half after 1/2^(H+1), ..., 1/8, 1/4 of the iterations
+              (:func:`halving_points`): 8 restarts cost about 1.75 single runs.
+            - ``retries`` (10): how many times a failed run may start again from
+              a fresh random dummy, within the same budget (per restart). A run
+              counts as failed when its loss becomes non-finite, explodes above
+              10x its starting value, freezes (L-BFGS cannot move) above 1e-4 x
+              ||grad_shared||^2, or still sits above 1 % of its starting loss
+              after 50 iterations: DLG's known failure modes, seen in the
+              matching loss alone, never in the truth. The paper does not retry
+              (0): a failed run then ends at once, keeping its best estimate.
+            - ``max_evals_per_step``: L-BFGS ``max_iter`` (20).
+            - ``num_threads``, ``progress``, ``callback_every``, ``metrics_every``.
 
     Returns:
         :class:`AttackResult`; ``reconstruction`` is the lowest-loss estimate
@@ -316,10 +299,11 @@ def dlg(
     Raises:
         SharedGradientError: if ``shared`` does not match the model (names,
             shapes) or contains NaN/inf.
-        ValueError: for a malformed ``input_shape``, ``iterations`` outside
-            1..MAX_ITERATIONS, ``lr`` not finite and > 0, ``restarts`` outside
-            1..MAX_RESTARTS, ``retries < 0``, or batched restarts on a model
-            with BatchNorm in train mode.
+        ValueError: for a malformed ``input_shape`` or ``truth``, ``iterations``
+            outside 1..MAX_ITERATIONS, ``lr`` not finite and > 0, ``restarts``
+            outside 1..MAX_RESTARTS, ``retries < 0``, or batched restarts on a
+            model with BatchNorm in train mode.
+        TypeError: if ``options`` is not an :class:`AttackOptions`.
         CallbackError: if the callback raised; the attack stopped there and
             ``exc.result`` holds its best estimate.
         AttackInterrupted: on Ctrl-C; ``exc.result`` holds the best estimate.
@@ -328,9 +312,8 @@ def dlg(
     BatchNorm's running statistics, train/eval mode).
     """
     return _run(
-        "DLG", model, shared, input_shape, num_classes, None, iterations, lr, max_evals_per_step,
-        seed, truth, true_labels, callback, callback_every, metrics_every, progress, num_threads,
-        restarts, retries, successive_halving,
+        "DLG", model, shared, input_shape=input_shape, num_classes=num_classes, fixed_labels=None,
+        iterations=iterations, lr=lr, seed=seed, truth=truth, callback=callback, options=options,
     )
 
 
@@ -343,18 +326,10 @@ def idlg(
     num_classes: int,
     iterations: int = 300,
     lr: float = 1.0,
-    max_evals_per_step: int = 20,
     seed: int = 0,
-    truth: torch.Tensor | None = None,
-    true_labels: torch.Tensor | None = None,
+    truth: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     callback: Callback | None = None,
-    callback_every: int = 10,
-    metrics_every: int = 10,
-    progress: bool = False,
-    num_threads: int | None = 1,
-    restarts: int = 1,
-    retries: int = 10,
-    successive_halving: bool = True,
+    options: AttackOptions | None = None,
 ) -> AttackResult:
     """improved DLG (Zhao, Mopuri, Bilen, 2020): analytic label, then the image alone.
 
@@ -375,7 +350,6 @@ def idlg(
         )
     label = torch.tensor([idlg_label(model, shared)], dtype=torch.int64)
     return _run(
-        "iDLG", model, shared, input_shape, num_classes, label, iterations, lr, max_evals_per_step,
-        seed, truth, true_labels, callback, callback_every, metrics_every, progress, num_threads,
-        restarts, retries, successive_halving,
+        "iDLG", model, shared, input_shape=input_shape, num_classes=num_classes, fixed_labels=label,
+        iterations=iterations, lr=lr, seed=seed, truth=truth, callback=callback, options=options,
     )

@@ -17,16 +17,19 @@ from torch import nn
 
 from gleak_edu.attacks._chain import gradient_fn
 from gleak_edu.attacks._common import (
+    AttackOptions,
     AttackResult,
     Callback,
     Recorder,
     check_hyper,
     check_input_shape,
     check_num_classes,
+    check_truth,
     fast_attack_mode,
     keeps_model,
+    options_of,
+    params_and_target,
 )
-from gleak_edu.attacks.dlg import _params_and_target
 
 __all__ = ["GRNNGenerator", "grnn", "total_variation"]
 
@@ -105,13 +108,9 @@ def grnn(
     tv_weight: float = 1e-3,
     z_dim: int = 128,
     seed: int = 0,
-    truth: torch.Tensor | None = None,
-    true_labels: torch.Tensor | None = None,
+    truth: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     callback: Callback | None = None,
-    callback_every: int = 50,
-    metrics_every: int = 50,
-    progress: bool = False,
-    num_threads: int | None = 1,
+    options: AttackOptions | None = None,
 ) -> AttackResult:
     """GRNN (Ren, Deng, Xie, ACM TIST 2022): a generator learns to produce the private batch.
 
@@ -133,11 +132,16 @@ def grnn(
         iterations: generator updates. The paper uses 1,000; on the course's
             photos that ends at 24-26 dB while PSNR is still rising, so the
             course default is 1,500 (about 15 s on a 2-core CPU at batch 1).
-        truth, true_labels: optional, only for the reported PSNR/SSIM/label
-            accuracy (a batch is scored after pairing images by least MSE).
-        callback: receives an :class:`AttackState` every ``callback_every``
-            iterations and at the end; returning True stops the attack.
-        Other arguments as for :func:`gleak_edu.attacks.dlg`.
+        lr: RMSprop's step size (1e-4, the paper's).
+        z_dim: size of the generator's fixed code z (128).
+        seed: seed of the generator's weights and of z.
+        truth: optional ``(images, labels)`` or images, only for the reported
+            PSNR/SSIM/label accuracy (a batch is scored after pairing images by least MSE).
+        callback: receives an :class:`AttackState` every ``options.callback_every``
+            iterations (50) and at the end; returning True stops the attack.
+        options: :class:`AttackOptions`; GRNN has no restarts (``restarts``
+            must be 1; ``retries``, ``successive_halving`` and
+            ``max_evals_per_step`` do not apply).
 
     Returns:
         :class:`AttackResult` with the lowest-loss generator output (pixels in
@@ -146,16 +150,21 @@ def grnn(
 
     Raises:
         SharedGradientError: if ``shared`` does not match the model.
-        ValueError: for a malformed ``input_shape`` or bad hyperparameters.
+        ValueError: for a malformed ``input_shape`` or ``truth``, bad
+            hyperparameters, or ``options.restarts`` > 1.
+        CallbackError, AttackInterrupted: as for :func:`gleak_edu.attacks.dlg`.
     """
+    options = options_of(options)
+    callback_every, metrics_every = options.every(50, 50)
+    if options.restarts != 1:
+        raise ValueError(f"GRNN has no restarts (its generator is one run); got options.restarts={options.restarts}")
     b, c, h, w = check_input_shape(input_shape, model)
     iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
     if isinstance(z_dim, bool) or not isinstance(z_dim, int) or not 1 <= z_dim <= 4096:
         raise ValueError(f"z_dim must be a whole number in 1..4096, got {z_dim!r}")
-    if truth is not None and tuple(truth.shape) != (b, c, h, w):
-        raise ValueError(f"truth has shape {tuple(truth.shape)}, but input_shape is {(b, c, h, w)}")
+    truth, true_labels = check_truth(truth, (b, c, h, w))
     check_num_classes(model, num_classes)
-    _, target = _params_and_target(model, shared)
+    _, target = params_and_target(model, shared)
     param_grads = gradient_fn(model)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
@@ -163,12 +172,13 @@ def grnn(
         z = torch.randn(b, z_dim)
     gparams = list(gen_net.parameters())
     opt = torch.optim.RMSprop(gparams, lr=lr, momentum=0.99)
-    rec = Recorder("GRNN", truth, callback, callback_every, metrics_every, progress, iterations)
+    rec = Recorder("GRNN", truth=truth, callback=callback, callback_every=callback_every, metrics_every=metrics_every,
+                   progress=options.progress, iterations=iterations)
 
     message = f"ran all {iterations} iterations"
     diverged = False
     it = 0
-    with fast_attack_mode(model, num_threads):
+    with fast_attack_mode(model, options.num_threads):
         rec.resume()
         with rec.interruptible():
             for it in range(1, iterations + 1):

@@ -18,6 +18,7 @@ from torch import nn
 
 from gleak_edu.attacks._chain import matching_fn
 from gleak_edu.attacks._common import (
+    AttackOptions,
     AttackResult,
     Callback,
     Recorder,
@@ -27,9 +28,11 @@ from gleak_edu.attacks._common import (
     check_hyper,
     check_num_classes,
     check_restarts,
+    check_truth,
     fast_attack_mode,
     halving_points,
     keeps_model,
+    options_of,
 )
 from gleak_edu.attacks.dlg import idlg_label
 from gleak_edu.fl import check_shared
@@ -61,67 +64,87 @@ def inverting_gradients(
     input_shape: Sequence[int],
     num_classes: int,
     labels: torch.Tensor | None = None,
-    layers: Sequence[str] | None = None,
     iterations: int = 1000,
     lr: float = 0.1,
     tv_weight: float = 1e-4,
-    restarts: int = 1,
-    successive_halving: bool = True,
     seed: int = 0,
-    truth: torch.Tensor | None = None,
-    true_labels: torch.Tensor | None = None,
+    truth: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
     callback: Callback | None = None,
-    callback_every: int = 50,
-    metrics_every: int = 100,
-    progress: bool = False,
-    num_threads: int | str | None = "auto",
+    options: AttackOptions | None = None,
 ) -> AttackResult:
     """Inverting Gradients (Geiping et al., NeurIPS 2020): cosine gradient matching with a TV prior.
 
-    The dummy batch starts uniform in [0, 1] (from ``seed``) and is updated by
-    Adam (lr 0.1) on the *sign* of its gradient, clamped to [0, 1] after every
-    step (the box constraint), with the step size divided by 10 at 3/8, 5/8 and
-    7/8 of the run. ``restarts`` independent runs are made at once (one
-    vectorised gradient computation for all of them per step; Adam is
-    elementwise, so each restart follows exactly its own run); the one with
-    the lowest final matching loss is returned. The model is used in whatever
-    mode it is in (PRECODE attacks use train mode, as the victim does; each
-    restart draws its own bottleneck samples).
+    The objective is ``1 - <g, g*> / (||g|| ||g*||) + tv_weight * TV(x)``: g is
+    the gradient of the cross-entropy of the dummy batch x on ``labels``, g*
+    the shared gradient, both over every parameter. The dummy batch starts
+    uniform in [0, 1] (from ``seed``) and is updated by Adam (lr 0.1) on the
+    *sign* of its gradient, clamped to [0, 1] after every step (the box
+    constraint), with the step size divided by 10 at 3/8, 5/8 and 7/8 of the
+    run. The model is used in whatever mode it is in (PRECODE attacks use
+    train mode, as the victim does; each restart draws its own bottleneck
+    samples). To match only some layers, use :func:`precode_bypass` with ``layers``.
 
     Args:
         model, shared, input_shape, num_classes: as for :func:`gleak_edu.attacks.dlg`.
         labels: int64 ``[B]``; if None and B is 1, read from the output layer's
             bias gradient (its only negative entry), else with iDLG's rule.
-        layers: names of the parameters whose gradients are matched (default
-            all). :func:`gleak_edu.defenses.deterministic_parameters` gives the
-            PRECODE bypass's selection.
-        iterations: Adam steps per restart.
+        iterations: Adam steps per restart (1,000).
+        lr: Adam's step size (0.1, the paper's).
         tv_weight: weight of the total variation (1e-4 suits 32x32 images; the
             paper's 0.2 is far too strong at this size).
-        restarts: independent restarts, run together (best by final matching
-            loss; ``result.per_restart`` reports each one's loss, PSNR, SSIM).
-        successive_halving: with several restarts, keep the better half (by
-            current matching loss) after 1/2^(H+1), ..., 1/8, 1/4 of the steps, as
-            for :func:`gleak_edu.attacks.dlg`; False runs all to the end.
-        num_threads: intra-op threads during the attack; "auto" (default): 1
-            where the chain program computes the gradients (the course's small
+        seed, truth, callback: as for :func:`gleak_edu.attacks.dlg` (the
+            callback every 50 steps by default, SSIM every 100).
+        options: :class:`AttackOptions`. ``restarts`` run together (one
+            vectorised gradient computation for all of them per step; Adam is
+            elementwise, so each follows exactly its own run), the lowest
+            final matching loss wins (``result.per_restart`` reports each);
+            ``successive_halving`` as for DLG; ``num_threads`` "auto": 1 where
+            the chain program computes the gradients (the course's small
             models), torch's own setting otherwise (PRECODE models go through
             autograd, whose double backward gains from a second thread).
-        Others: as for :func:`gleak_edu.attacks.dlg`.
 
     Returns:
-        :class:`AttackResult` (``attack`` is ``"IG"``), pixels in [0, 1].
+        :class:`AttackResult` (``attack`` is ``"IG"``), pixels in [0, 1];
+        ``labels`` are the labels used (given or read off the gradient).
 
     Raises:
-        ValueError: for a batch without ``labels``, unknown ``layers`` names, or
-            bad hyperparameters. SharedGradientError: if ``shared`` does not
-            match the model.
+        ValueError: for a batch without ``labels``, or bad hyperparameters.
+        SharedGradientError: if ``shared`` does not match the model.
+        CallbackError, AttackInterrupted: as for :func:`gleak_edu.attacks.dlg`.
     """
+    return _inverting(
+        "IG", model, shared, input_shape=input_shape, num_classes=num_classes, labels=labels, layers=None,
+        iterations=iterations, lr=lr, tv_weight=tv_weight, seed=seed, truth=truth, callback=callback, options=options,
+    )
+
+
+def _inverting(
+    attack: str,
+    model: nn.Module,
+    shared: Mapping[str, torch.Tensor],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    labels: torch.Tensor | None,
+    layers: Sequence[str] | None,
+    iterations: int,
+    lr: float,
+    tv_weight: float,
+    seed: int,
+    truth: object,
+    callback: Callback | None,
+    options: AttackOptions | None,
+) -> AttackResult:
+    """Inverting Gradients' engine, matching the parameters named in ``layers`` (None: all)."""
+    options = options_of(options)
+    callback_every, metrics_every = options.every(50, 100)
+    restarts = options.restarts
     b, c, h, w = check_input_shape(input_shape, model)
     check_num_classes(model, num_classes)
     restarts = check_restarts(restarts)[0]
     iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
     check_batchnorm(model, restarts)
+    truth, true_labels = check_truth(truth, (b, c, h, w))
     check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     selected = list(names) if layers is None else list(layers)
@@ -139,9 +162,10 @@ def inverting_gradients(
     R = restarts
     gen = torch.Generator().manual_seed(int(seed))
     x = torch.rand((R, b, c, h, w), generator=gen)  # restart r's start is the r-th draw of the old sequential runs
-    rec = Recorder("IG", truth, callback, callback_every, metrics_every, progress, iterations)
+    rec = Recorder(attack, truth=truth, callback=callback, callback_every=callback_every, metrics_every=metrics_every,
+                   progress=options.progress, iterations=iterations)
     milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
-    halve_at = halving_points(R, iterations) if successive_halving else []
+    halve_at = halving_points(R, iterations) if options.successive_halving else []
     terms = matching_fn(model, [shared[n] if n in selected else None for n in names])
     target_norm = math.sqrt(terms.target_sq_norm)
     soft = F.one_hot(labels, num_classes).to(torch.float32)
@@ -149,7 +173,7 @@ def inverting_gradients(
     ids = torch.arange(R)
     it = 0
     message = f"{R} restart(s) of {iterations} steps"
-    with fast_attack_mode(model, num_threads):
+    with fast_attack_mode(model, options.num_threads):
         x.requires_grad_(True)
         opt = torch.optim.Adam([x], lr=lr)
         rec.resume()
@@ -211,9 +235,14 @@ def precode_bypass(
     *,
     input_shape: Sequence[int],
     num_classes: int,
+    layers: Sequence[str] | None = None,
     iterations: int = 1000,
+    lr: float = 0.1,
     tv_weight: float = 1e-3,
-    **kwargs,
+    seed: int = 0,
+    truth: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None = None,
+    callback: Callback | None = None,
+    options: AttackOptions | None = None,
 ) -> AttackResult:
     """The PRECODE bypass (Scheliga et al., arXiv 2208.04767): Inverting Gradients on the deterministic layers only.
 
@@ -224,18 +253,26 @@ def precode_bypass(
     mean (the model in eval mode, restored afterwards), while the victim's
     shared gradient was sampled in train mode: a course choice, measured better
     than sampling on the attacker's side too (mean SSIM 0.87 against 0.75 on
-    photos 0-2, untrained MLP, 1,000 steps). Other arguments as for
-    :func:`inverting_gradients`; ``result.attack`` is ``"bypass"``.
+    photos 0-2, untrained MLP, 1,000 steps). The label is read off the output
+    layer's bias gradient (batch size 1).
+
+    Args:
+        layers: names of the parameters whose gradients are matched (default:
+            :func:`gleak_edu.defenses.deterministic_parameters`); any other
+            selection turns this into Inverting Gradients on those layers.
+        Others: as for :func:`inverting_gradients` (TV weight 1e-3 here).
+
+    Returns:
+        :class:`AttackResult` with ``attack`` ``"bypass"``.
+
+    Raises:
+        ValueError: for unknown ``layers`` names, a batch (the label rule reads
+            one label), or bad hyperparameters. SharedGradientError: if
+            ``shared`` does not match the model.
     """
-    layers = kwargs.pop("layers", None) or deterministic_parameters(model)
-    was_training = model.training
-    model.eval()
-    try:
-        result = inverting_gradients(
-            model, shared, input_shape=input_shape, num_classes=num_classes, layers=layers,
-            iterations=iterations, tv_weight=tv_weight, **kwargs,
-        )
-    finally:
-        model.train(was_training)
-    result.attack = "bypass"
-    return result
+    layers = list(layers) if layers is not None else deterministic_parameters(model)
+    model.eval()  # the mode is restored by @keeps_model
+    return _inverting(
+        "bypass", model, shared, input_shape=input_shape, num_classes=num_classes, labels=None, layers=layers,
+        iterations=iterations, lr=lr, tv_weight=tv_weight, seed=seed, truth=truth, callback=callback, options=options,
+    )

@@ -33,7 +33,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gleak_edu.attacks._common import AttackInterrupted, CallbackError, check_hyper, check_restarts, keeps_model
+from gleak_edu.attacks._common import (
+    AttackInterrupted,
+    AttackOptions,
+    AttackResult,
+    AttackState,
+    CallbackError,
+    check_hyper,
+    check_restarts,
+    keeps_model,
+    options_of,
+    split_truth,
+)
 from gleak_edu.fl import check_shared
 
 __all__ = ["TextAttackResult", "TextState", "recovered_token_set", "text_metrics", "text_recovery"]
@@ -42,50 +53,44 @@ _TOKEN, _POSITION = "token_embedding.weight", "position_embedding.weight"
 
 
 @dataclass
-class TextState:
-    """What a live view gets during :func:`text_recovery`: iteration, matching loss, decoded words, done."""
+class TextState(AttackState):
+    """What a live view gets during :func:`text_recovery`: an :class:`AttackState` whose ``estimate``
+    is the decoded token ids (int64 ``[1, L]``), ``labels`` the class read off the head (``[1]``),
+    plus ``words``, the decoded sentence as words."""
 
-    iteration: int
-    loss: float
-    words: list[str]
-    done: bool = False
+    words: list[str] = field(default_factory=list)
 
 
 @dataclass
-class TextAttackResult:
-    """Outcome of :func:`text_recovery`.
+class TextAttackResult(AttackResult):
+    """Outcome of :func:`text_recovery`: an :class:`AttackResult` with the sentence's own fields.
 
     Attributes:
-        tokens: recovered token ids in order; words, sentence: the same as text.
+        reconstruction: the recovered token ids, int64 ``[1, L]``.
+        labels: int64 ``[1]``, the class read off the head's bias gradient (its only negative entry).
+        loss: the matching loss of the kept estimate (0 = identical gradients).
+        tokens: recovered token ids in order (list); words, sentence: the same as text.
         token_set: the ids read off the token-embedding gradient (sorted).
         length: the sentence length read off the position-embedding gradient.
-        label: the class read off the head's bias gradient (its only negative entry).
-        loss: the matching loss of the kept estimate (0 = identical gradients).
-        iterations, seconds: the optimisation's cost. start: "similarity" or "random".
+        start: "similarity" or "random".
         metrics: with a truth given: set_recall, set_precision (in [0, 1]),
-            order_accuracy (share of the true positions holding the right word),
-            label_correct.
-        history: ``{"iteration", "loss"}`` every ``callback_every`` steps.
-        interrupted: True if Ctrl-C stopped the run (the result then travels in
-            :class:`~gleak_edu.attacks.AttackInterrupted`).
-        error: the callback's exception if it raised (the result then travels
-            in :class:`~gleak_edu.attacks.CallbackError`).
+            order_accuracy (share of the true positions holding the right word);
+            with its label: label_correct and label_accuracy.
+        history: ``{"iteration", "evaluations", "seconds", "loss"}`` every ``callback_every`` steps.
+        Others as for :class:`AttackResult` (interrupted, error, restarts...).
     """
 
-    tokens: list[int]
-    words: list[str]
-    sentence: str
-    token_set: list[int]
-    length: int
-    label: int
-    loss: float
-    iterations: int
-    seconds: float
-    start: str
-    metrics: dict = field(default_factory=dict)
-    history: list[dict] = field(default_factory=list)
-    interrupted: bool = False
-    error: str | None = None
+    tokens: list[int] = field(default_factory=list)
+    words: list[str] = field(default_factory=list)
+    sentence: str = ""
+    token_set: list[int] = field(default_factory=list)
+    length: int = 0
+    start: str = "similarity"
+
+    @property
+    def label(self) -> int:
+        """The class read off the head's bias gradient."""
+        return int(self.labels[0])
 
 
 def recovered_token_set(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> tuple[list[int], int]:
@@ -129,27 +134,27 @@ def text_recovery(
     iterations: int = 200,
     lr: float = 0.05,
     start: str = "similarity",
-    restarts: int = 1,
     seed: int = 0,
-    truth: torch.Tensor | None = None,
-    true_label: int | None = None,
+    truth: torch.Tensor | tuple[torch.Tensor, int] | None = None,
     callback: Callable[[TextState], None] | None = None,
-    callback_every: int = 10,
+    options: AttackOptions | None = None,
 ) -> TextAttackResult:
     """Recover a sentence (words, then order) from one shared gradient of a :class:`~gleak_edu.models.TinyTransformer`.
 
     Args:
         model: the victim (its weights are what the server sent the client).
         shared: its gradient on one sentence (name -> tensor), e.g. from
-            :func:`gleak_edu.fl.client_gradient`-style autograd.
+            :func:`gleak_edu.fl.client_text_gradient`.
         vocab: the :class:`gleak_edu.text.Vocabulary` (to write the words).
-        iterations: Adam steps of the order matching per restart; lr: its step size.
+        iterations: Adam steps of the order matching per restart (200; 0: the similarity start alone).
+        lr: Adam's step size (0.05).
         start: ``"similarity"`` (see the module docstring) or ``"random"``.
-        restarts: independent runs (the lowest final loss is kept); random
-            starts differ, similarity starts get a small random perturbation after the first.
         seed: seed of the random starts.
-        truth: the true token ids ``[L]`` (only for the metrics); true_label: the true class.
-        callback: called with a :class:`TextState` every ``callback_every`` steps and at the end.
+        truth: optional, only for the metrics: ``(token ids [L], label)`` or the token ids alone.
+        callback: called with a :class:`TextState` every ``options.callback_every`` steps (10) and at the end.
+        options: :class:`AttackOptions`: ``restarts`` independent runs (the lowest
+            final loss is kept; random starts differ, similarity starts get a
+            small random perturbation after the first), ``callback_every``.
 
     Returns:
         :class:`TextAttackResult`.
@@ -167,11 +172,14 @@ def text_recovery(
     check_shared(model, shared)
     if start not in ("similarity", "random"):
         raise ValueError(f"start must be 'similarity' or 'random', got {start!r}")
-    restarts = check_restarts(restarts)[0]
+    options = options_of(options)
+    restarts = check_restarts(options.restarts)[0]
+    callback_every = options.every(10, 10)[0]
     if iterations != 0:
         iterations = check_hyper(iterations, lr)
-    if isinstance(callback_every, bool) or not isinstance(callback_every, int) or callback_every < 1:
-        raise ValueError(f"callback_every must be a whole number >= 1, got {callback_every!r}")
+    if callback is not None and not callable(callback):
+        raise TypeError(f"callback must be callable (it receives a TextState), got {type(callback).__name__}")
+    true_tokens, true_labels = split_truth(truth)
     t0 = time.perf_counter()
     token_set, length = recovered_token_set(model, shared)
     S = torch.tensor(token_set, dtype=torch.int64)
@@ -184,7 +192,10 @@ def text_recovery(
     scale = [float(t.pow(2).sum()) + 1e-12 for t in targets]
     emb = model.token_embedding.weight.detach()[S]
 
+    counter = [0]  # matching-loss evaluations
+
     def matching_loss(weights: torch.Tensor, create_graph: bool) -> torch.Tensor:
+        counter[0] += 1
         x = (weights @ emb)[None]
         if not x.requires_grad:  # a hard (one-hot) evaluation: x is a leaf
             x.requires_grad_(True)
@@ -204,6 +215,14 @@ def text_recovery(
     def hard(z: torch.Tensor) -> torch.Tensor:
         return F.one_hot(z.argmax(1), len(token_set)).float()
 
+    def state(it: int, loss: float, z: torch.Tensor, done: bool = False) -> TextState:
+        ids = [int(S[k]) for k in z.detach().argmax(1)]
+        return TextState(
+            attack="text", iteration=it, evaluations=counter[0], seconds=time.perf_counter() - t0, loss=loss,
+            estimate=torch.tensor([ids], dtype=torch.int64), labels=y.clone(), done=done,
+            words=[vocab.words[t] for t in ids],
+        )
+
     pos_rows = F.normalize(shared[_POSITION].detach()[:length], dim=1)
     tok_rows = F.normalize(shared[_TOKEN].detach()[S], dim=1)
     similarity = pos_rows @ tok_rows.t()  # [length, |S|]
@@ -212,57 +231,11 @@ def text_recovery(
     failure: list[BaseException] = []  # the callback's exception, if it raised
     interrupted = False
 
-    def call(state: TextState) -> None:
+    def call(st: TextState) -> None:
         try:
-            callback(state)
+            callback(st)
         except Exception as exc:  # kept; re-raised below with the best estimate
             failure.append(exc)
-
-    try:
-        best_loss, best_z, it_total = _restarts(
-            restarts, iterations, lr, start, similarity, gen, matching_loss, hard, history, callback and call,
-            callback_every, vocab, S, failure,
-        )
-    except _Stopped as stop:
-        best_loss, best_z, it_total, interrupted = stop.best_loss, stop.best_z, stop.it_total, True
-    if best_z is None:  # Ctrl-C before anything was scored: the similarity start
-        best_z = 30.0 * similarity
-    tokens = [int(S[k]) for k in best_z.argmax(1)]
-    words = [vocab.words[t] for t in tokens]
-    result = TextAttackResult(
-        tokens, words, " ".join(words), token_set, length, label, best_loss, it_total, time.perf_counter() - t0, start,
-        history=history, interrupted=interrupted,
-    )
-    if truth is not None:
-        result.metrics = text_metrics(tokens, [int(t) for t in truth], token_set)
-    if true_label is not None:
-        result.metrics["label_correct"] = label == int(true_label)
-    if interrupted:
-        raise AttackInterrupted(f"text recovery interrupted (Ctrl-C) after {it_total} steps; the best estimate is in .result", result)
-    if callback is not None and not failure:
-        call(TextState(it_total, best_loss, words, done=True))
-    if failure:
-        result.error = f"{failure[0].__class__.__name__}: {failure[0]}"
-        raise CallbackError(
-            f"the callback raised {result.error}; text recovery stopped there and kept its best estimate (in .result)", result
-        ) from failure[0]
-    return result
-
-
-class _Stopped(Exception):
-    """Ctrl-C inside :func:`_restarts`, with what it had found."""
-
-    def __init__(self, best_loss: float, best_z: torch.Tensor | None, it_total: int) -> None:
-        self.best_loss, self.best_z, self.it_total = best_loss, best_z, it_total
-
-
-def _restarts(restarts, iterations, lr, start, similarity, gen, matching_loss, hard, history, callback, callback_every, vocab, S, failure):
-    """The restarts of :func:`text_recovery`'s order matching.
-
-    Returns (best loss, best z, steps run); stops early once ``failure`` holds
-    the callback's exception; Ctrl-C raises :class:`_Stopped` with the best so far.
-    """
-    best_loss, best_z, it_total = math.inf, None, 0
 
     def score(z: torch.Tensor) -> None:
         nonlocal best_loss, best_z
@@ -270,7 +243,7 @@ def _restarts(restarts, iterations, lr, start, similarity, gen, matching_loss, h
         if value < best_loss:
             best_loss, best_z = value, z.detach().clone()
 
-    try:
+    try:  # the restarts of the order matching; Ctrl-C keeps the best so far
         for r in range(restarts):
             noise = torch.randn(similarity.shape, generator=gen)
             z0 = 30.0 * similarity + (0.5 * noise if r else 0.0) if start == "similarity" else 0.1 * noise
@@ -285,14 +258,41 @@ def _restarts(restarts, iterations, lr, start, similarity, gen, matching_loss, h
                 opt.step()
                 it_total += 1
                 if it % callback_every == 0 or it == iterations:
-                    history.append({"iteration": it_total, "loss": float(loss.detach())})
+                    value = float(loss.detach())
+                    history.append({"iteration": it_total, "evaluations": counter[0],
+                                    "seconds": time.perf_counter() - t0, "loss": value})
                     if callback is not None:
-                        callback(TextState(it_total, float(loss.detach()), [vocab.words[int(S[k])] for k in z.detach().argmax(1)]))
+                        call(state(it_total, value, z))
                         if failure:
                             break
             score(z.detach())
             if failure:
                 break
     except KeyboardInterrupt:
-        raise _Stopped(best_loss, best_z, it_total) from None
-    return best_loss, best_z, it_total
+        interrupted = True
+    if best_z is None:  # Ctrl-C before anything was scored: the similarity start
+        best_z = 30.0 * similarity
+    tokens = [int(S[k]) for k in best_z.argmax(1)]
+    words = [vocab.words[t] for t in tokens]
+    seconds = time.perf_counter() - t0
+    result = TextAttackResult(
+        attack="text", reconstruction=torch.tensor([tokens], dtype=torch.int64), labels=y.clone(), loss=best_loss,
+        iterations=it_total, evaluations=counter[0], seconds=seconds, history=history, interrupted=interrupted,
+        restarts=restarts, tokens=tokens, words=words, sentence=" ".join(words), token_set=token_set, length=length,
+        start=start, message=f"{restarts} restart(s) of {iterations} steps from the {start} start; kept the lowest loss",
+    )
+    if true_tokens is not None:
+        result.metrics = text_metrics(tokens, [int(t) for t in true_tokens.reshape(-1)], token_set)
+    if true_labels is not None:
+        result.metrics["label_correct"] = label == int(true_labels[0])
+        result.metrics["label_accuracy"] = float(label == int(true_labels[0]))
+    if interrupted:
+        raise AttackInterrupted(f"text recovery interrupted (Ctrl-C) after {it_total} steps; the best estimate is in .result", result)
+    if callback is not None and not failure:
+        call(state(it_total, best_loss, best_z, done=True))
+    if failure:
+        result.error = f"{failure[0].__class__.__name__}: {failure[0]}"
+        raise CallbackError(
+            f"the callback raised {result.error}; text recovery stopped there and kept its best estimate (in .result)", result
+        ) from failure[0]
+    return result

@@ -1,11 +1,19 @@
 """Privacy accounting for DP-SGD with a changing noise multiplier, by Opacus's accountants.
 
-A *noise history* is a list of segments ``(noise multiplier sigma, sample
-rate q, steps)``: ``[(2.0, 0.05, 20), (1.5, 0.05, 20)]`` means 20 steps at
-sigma 2 then 20 at sigma 1.5, each step sampling a share q of the data. This is
-exactly how Opacus's accountants record training (``accountant.history``), so
-a schedule that changes sigma every step is accounted by giving them its
-history (Abadi et al. 2016; Mironov 2017 for RDP; Gopi, Lee, Wutschitz 2021 for PRV).
+A *noise history* is a list of segments ``(noise_multiplier, sample_rate,
+steps)``: ``[(2.0, 0.05, 20), (1.5, 0.05, 20)]`` means 20 steps at noise
+multiplier sigma = 2 then 20 at sigma = 1.5, each step sampling a share q of the
+data. The noise multiplier is relative to the clipping bound C
+(``max_grad_norm``): each step adds noise of std sigma * C to the sum of the
+clipped per-example gradients (Opacus's meaning). This is exactly how Opacus's
+accountants record training (``accountant.history``), so a schedule that
+changes sigma every step is accounted by giving them its history (Abadi et al.
+2016; Mironov 2017 for RDP; Gopi, Lee, Wutschitz 2021 for PRV).
+
+This module owns every epsilon of the package: :func:`epsilon` (a history),
+:func:`epsilon_for_steps` (one constant segment), :func:`schedule_epsilon` (a
+noise schedule), :func:`gaussian_epsilon` (one release of the Gaussian
+mechanism) and the inverse, :func:`get_noise_multiplier` (Opacus's name).
 
 What this module accepts, and why (every public epsilon function of the
 package goes through :func:`check_delta` and :func:`check_history`, so the
@@ -20,7 +28,7 @@ rules are the same everywhere; the numbers were measured on Opacus 1.6.0):
   conversions turn negative (``gleak epsilon --delta 0.5`` reported -0.69), so
   such a delta is refused.
 - **noise multiplier**: 0 (no noise: epsilon is ``inf``, exactly) or within
-  :data:`SIGMA_RANGE` = [1e-6, 1e6]. Outside it Opacus's arithmetic breaks:
+  :data:`NOISE_MULTIPLIER_RANGE` = [1e-6, 1e6]. Outside it Opacus's arithmetic breaks:
   RDP divides by sigma**2 (ZeroDivisionError at 1e-300), loops without end
   at 1e-160 (q < 1; inf at q = 1), overflows at 1e300 and fails its own
   log-subtraction at 1e8 (q = 0.01, 0.1, 0.99); it is sound from about 1e-152
@@ -67,6 +75,8 @@ import numbers
 import warnings
 from typing import Sequence
 
+from gleak_edu.defenses.schedules import noise_schedule
+
 __all__ = [
     "ACCOUNTANTS",
     "DELTA_LIMIT",
@@ -75,19 +85,22 @@ __all__ = [
     "PRV_MAX_GRID",
     "PRV_MAX_EPSILON",
     "PRV_MAX_WORK",
-    "SIGMA_RANGE",
+    "NOISE_MULTIPLIER_RANGE",
     "DeltaWarning",
     "check_delta",
     "check_history",
     "check_noise_multiplier",
     "epsilon",
+    "epsilon_for_steps",
     "gaussian_epsilon",
-    "history_from_sigmas",
+    "get_noise_multiplier",
+    "history_from_noise_multipliers",
+    "schedule_epsilon",
 ]
 
 ACCOUNTANTS = ("rdp", "prv", "gdp")
 DELTA_LIMIT = 0.1
-SIGMA_RANGE = (1e-6, 1e6)
+NOISE_MULTIPLIER_RANGE = (1e-6, 1e6)
 MAX_STEPS = 1_000_000
 MAX_SEGMENTS = 10_000
 PRV_MAX_GRID = 10_000_000
@@ -102,13 +115,20 @@ class DeltaWarning(UserWarning):
     """delta is not far below 1 / dataset size: the guarantee may fail for a whole record."""
 
 
-def history_from_sigmas(sigmas: Sequence[float], sample_rate: float) -> list[tuple[float, float, int]]:
+def history_from_noise_multipliers(noise_multipliers: Sequence[float],
+                                   sample_rate: float) -> list[tuple[float, float, int]]:
     """Run-length encode a per-step noise multiplier list into Opacus history segments.
 
-    ``[2, 2, 1.5] , q`` -> ``[(2.0, q, 2), (1.5, q, 1)]``. An empty list gives an empty history.
+    ``[2, 2, 1.5], q`` -> ``[(2.0, q, 2), (1.5, q, 1)]``: segments ``(noise_multiplier,
+    sample_rate, steps)``. An empty list gives an empty history. Nothing is
+    checked here (:func:`check_history` and :func:`epsilon` do).
+
+    Args:
+        noise_multipliers: the noise multiplier sigma of each step (noise std = sigma * C).
+        sample_rate: the share q of the data each step samples.
     """
     history: list[tuple[float, float, int]] = []
-    for s in sigmas:
+    for s in noise_multipliers:
         s = float(s)
         if history and history[-1][0] == s:
             history[-1] = (s, float(sample_rate), history[-1][2] + 1)
@@ -168,16 +188,18 @@ def check_delta(delta: float, dataset_size: int | None = None) -> float:
     return d
 
 
-def check_noise_multiplier(sigma: float, name: str = "noise multiplier") -> float:
-    """Validate a noise multiplier sigma: 0 (no noise) or within :data:`SIGMA_RANGE`; returns it as a float.
+def check_noise_multiplier(noise_multiplier: float, name: str = "noise_multiplier") -> float:
+    """Validate a noise multiplier: 0 (no noise) or within :data:`NOISE_MULTIPLIER_RANGE`; returns it as a float.
+
+    The noise multiplier sigma is relative to the clipping bound C: noise std = sigma * C.
 
     Raises:
         ValueError: not a number, negative, non-finite, or outside [1e-6, 1e6] (where Opacus's arithmetic breaks).
     """
-    s = _real(sigma, name)
+    s = _real(noise_multiplier, name)
     if not math.isfinite(s) or s < 0:
-        raise ValueError(f"the {name} must be a finite number >= 0, got {sigma}")
-    lo, hi = SIGMA_RANGE
+        raise ValueError(f"the {name} must be a finite number >= 0, got {noise_multiplier}")
+    lo, hi = NOISE_MULTIPLIER_RANGE
     if s != 0 and not lo <= s <= hi:
         raise ValueError(
             f"the {name} {s:g} is outside [{lo:g}, {hi:g}], where the accountants are numerically sound "
@@ -192,7 +214,7 @@ def _segment(seg, index: int) -> tuple[float, float, int]:
             raise ValueError
         sigma, q, raw = seg
     except (TypeError, ValueError):
-        raise ValueError(f"each history segment must be (sigma, sample_rate, steps), got {seg!r}") from None
+        raise ValueError(f"each history segment must be (noise_multiplier, sample_rate, steps), got {seg!r}") from None
     shown = repr(tuple(seg))
     where = f"bad segment {index} {shown if len(shown) <= 120 else shown[:117] + '...'}"
     try:
@@ -222,7 +244,7 @@ def _validate(history, delta, accountant, dataset_size) -> tuple[list[tuple[floa
         raise ValueError(f"accountant must be one of {ACCOUNTANTS}, got {accountant!r}")
     delta = check_delta(delta, dataset_size)
     if isinstance(history, (str, bytes)):
-        raise ValueError(f"history must be a list of (sigma, sample_rate, steps) segments, got {history!r}")
+        raise ValueError(f"history must be a list of (noise_multiplier, sample_rate, steps) segments, got {history!r}")
     try:
         count = len(history)  # checked before the history is copied
     except TypeError:
@@ -231,12 +253,14 @@ def _validate(history, delta, accountant, dataset_size) -> tuple[list[tuple[floa
         try:
             history = list(history)
         except TypeError:
-            raise ValueError(f"history must be a list of (sigma, sample_rate, steps) segments, got {history!r}") from None
+            raise ValueError(
+                f"history must be a list of (noise_multiplier, sample_rate, steps) segments, got {history!r}"
+            ) from None
         count = len(history)
     if count > MAX_SEGMENTS:
         raise ValueError(
             f"the history has {count:,} segments, more than {MAX_SEGMENTS:,} (each costs the accountant "
-            f"10-300 ms): change sigma fewer times (noise_schedule(..., updates=k))"
+            f"10-300 ms): change the noise multiplier fewer times (noise_schedule(..., updates=k))"
         )
     segments = [_segment(seg, i) for i, seg in enumerate(history)]
     total = sum(n for _, _, n in segments)
@@ -246,9 +270,9 @@ def _validate(history, delta, accountant, dataset_size) -> tuple[list[tuple[floa
     if accountant == "gdp" and len({(s, q) for s, q, _ in segments}) > 1:
         raise ValueError(
             "the GDP accountant cannot compose a changing noise multiplier or sample rate "
-            "(Opacus keeps one (sigma, q)); use accountant 'rdp' or 'prv'"
+            "(Opacus keeps one (noise_multiplier, sample_rate)); use accountant 'rdp' or 'prv'"
         )
-    # adjacent segments with the same (sigma, q) are one segment (as Opacus's own history keeps them):
+    # adjacent segments with the same (noise multiplier, q) are one segment (as Opacus's own history keeps them):
     # exact, and a history written step by step costs one accountant call instead of thousands
     merged: list[tuple[float, float, int]] = []
     for s, q, n in segments:
@@ -296,7 +320,7 @@ def _describe(accountant: str, segments, index: int | None) -> str:
 
 
 def _call(accountant: str, segments, delta: float) -> float:
-    """Opacus's epsilon for a validated history with every sigma > 0 (its exceptions pass through)."""
+    """Opacus's epsilon for a validated history with every noise multiplier > 0 (its exceptions pass through)."""
     from opacus.accountants import GaussianAccountant, PRVAccountant, RDPAccountant
 
     if accountant == "gdp":
@@ -317,7 +341,7 @@ def _call(accountant: str, segments, delta: float) -> float:
 
         acc._get_domain = bounded_domain  # the grid's size is known before Opacus allocates it
     with warnings.catch_warnings():
-        # at the ends of the sigma range the best RDP order is an end of Opacus's grid; the bound is still valid
+        # at the ends of the noise multiplier range the best RDP order is an end of Opacus's grid; the bound is still valid
         warnings.filterwarnings("ignore", message="Optimal order is the")
         # overflow in PRV's exp(t) etc.: the result is checked for being finite below
         warnings.filterwarnings("ignore", category=RuntimeWarning)
@@ -367,7 +391,7 @@ def check_history(history: Sequence[tuple[float, float, int]], delta: float = 1e
     epsilon itself is computed, so that its failure is reported now.
 
     Returns:
-        The segments as ``(float sigma, float q, int steps)``.
+        The segments as ``(float noise_multiplier, float sample_rate, int steps)``.
 
     Raises:
         ValueError: as :func:`epsilon` (failures inside Opacus's computation where they can be foreseen).
@@ -396,7 +420,8 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float = 1e-5, ac
     """Epsilon spent at ``delta`` by a DP-SGD noise history, from Opacus's accountant.
 
     Args:
-        history: segments ``(sigma, q, steps)``: sigma the noise multiplier,
+        history: segments ``(noise_multiplier, sample_rate, steps)``: the noise
+            multiplier sigma (noise std sigma * C, C the clipping bound),
             0 (no noise) or in [1e-6, 1e6]; 0 < q <= 1 the sample rate (Poisson
             sampling assumed); steps a whole number >= 1; at most 10**6 steps
             and 10,000 segments in all (module docstring).
@@ -404,7 +429,7 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float = 1e-5, ac
         accountant: ``"rdp"`` (Rényi DP, Mironov 2017), ``"prv"`` (privacy
             random variables, Gopi et al. 2021; tighter, but its grid is
             bounded, :data:`PRV_MAX_GRID`, and it cannot report epsilon >= 700)
-            or ``"gdp"`` (Gaussian DP; only for one constant sigma and q, and
+            or ``"gdp"`` (Gaussian DP; only for one constant noise multiplier and q, and
             only moderate noise).
         dataset_size: the number of examples n, if known: delta >= 1/n gives a :class:`DeltaWarning`.
 
@@ -413,7 +438,7 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float = 1e-5, ac
         conversion, e.g. at a large delta, is clamped to 0, which is valid as
         (epsilon, delta)-DP implies (epsilon', delta)-DP for epsilon' >= epsilon);
         0 for an empty history (nothing released); ``inf`` exactly when some
-        segment has sigma 0 (no noise, no guarantee). Always finite otherwise.
+        segment has noise multiplier 0 (no noise, no guarantee). Always finite otherwise.
 
     Raises:
         ValueError: for an unknown accountant, delta outside (0, 0.1), a
@@ -443,22 +468,138 @@ def epsilon(history: Sequence[tuple[float, float, int]], delta: float = 1e-5, ac
     return eps if eps > 0 else 0.0
 
 
-def gaussian_epsilon(sigma: float, delta: float = 1e-5, *, dataset_size: int | None = None) -> float:
+def gaussian_epsilon(noise_multiplier: float, delta: float = 1e-5, *, dataset_size: int | None = None) -> float:
     """Epsilon of one release of the Gaussian mechanism with noise multiplier sigma (noise std sigma * sensitivity).
 
     The classical bound (Dwork & Roth, 2014, Theorem A.1): noise std
-    ``sigma * Delta`` with ``sigma >= sqrt(2 ln(1.25 / delta)) / epsilon`` gives
-    (epsilon, delta)-DP for epsilon < 1, so ``epsilon = sqrt(2 ln(1.25/delta)) / sigma``.
+    ``sigma * Delta`` (Delta the L2 sensitivity, e.g. the clipping bound C of
+    :func:`gleak_edu.defenses.clip_and_noise`) with
+    ``sigma >= sqrt(2 ln(1.25 / delta)) / epsilon`` gives (epsilon, delta)-DP
+    for epsilon < 1, so ``epsilon = sqrt(2 ln(1.25/delta)) / sigma``.
     For sigma small enough that this exceeds 1 the theorem does not apply and
     the value is only indicative (use :func:`epsilon`, an accountant, there).
 
-    The same checks as :func:`epsilon`: sigma 0 (``inf``, no noise) or in
-    [1e-6, 1e6], 0 < delta < 0.1 (a :class:`DeltaWarning` when delta >= 1 /
+    The same checks as :func:`epsilon`: noise_multiplier 0 (``inf``, no noise)
+    or in [1e-6, 1e6], 0 < delta < 0.1 (a :class:`DeltaWarning` when delta >= 1 /
     ``dataset_size``). The result is then finite and positive.
 
     Raises:
-        ValueError: for sigma or delta outside those ranges.
+        ValueError: for noise_multiplier or delta outside those ranges.
     """
     delta = check_delta(delta, dataset_size)
-    sigma = check_noise_multiplier(sigma)
+    sigma = check_noise_multiplier(noise_multiplier)
     return math.inf if sigma == 0 else math.sqrt(2 * math.log(1.25 / delta)) / sigma
+
+
+def _check_steps(steps) -> int:
+    """steps: a whole number in 1..MAX_STEPS (checked before anything of that length is built)."""
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral) or not 1 <= steps <= MAX_STEPS:
+        raise ValueError(f"steps must be a whole number from 1 to {MAX_STEPS:,}, got {steps!r}")
+    return int(steps)
+
+
+def epsilon_for_steps(noise_multiplier: float, sample_rate: float, steps: int, delta: float = 1e-5, *,
+                      accountant: str = "rdp", dataset_size: int | None = None) -> float:
+    """Epsilon at ``delta`` of ``steps`` DP-SGD steps with one noise multiplier and sample rate (Opacus).
+
+    The history ``[(noise_multiplier, sample_rate, steps)]`` given to
+    :func:`epsilon`: the noise multiplier sigma is relative to the clipping
+    bound C (noise std sigma * C on the sum of the clipped per-example
+    gradients), 0 (``inf``: no noise, no guarantee) or in [1e-6, 1e6];
+    0 < sample_rate <= 1 (Poisson sampling); steps a whole number from 0
+    (epsilon 0: nothing released; the other arguments are still checked) to
+    10**6; 0 < delta < 0.1 (a :class:`DeltaWarning` when delta >= 1 /
+    ``dataset_size``). The result is >= 0 and finite for sigma > 0.
+
+    Args:
+        accountant: ``"rdp"`` (default), ``"prv"`` or ``"gdp"`` (see :func:`epsilon`).
+
+    Raises:
+        ValueError: for any of those out of range, or a failure inside Opacus's accountant.
+    """
+    if not isinstance(steps, bool) and isinstance(steps, (int, float)) and steps == 0:
+        # nothing released: epsilon 0; the other arguments are still checked
+        check_history([(noise_multiplier, sample_rate, 1)], delta, accountant, dataset_size=dataset_size)
+        return 0.0
+    return epsilon([(noise_multiplier, sample_rate, steps)], delta, accountant, dataset_size=dataset_size)
+
+
+def schedule_epsilon(kind: str, steps: int, noise_multiplier: float, noise_multiplier_end: float | None,
+                     sample_rate: float, delta: float = 1e-5, *, accountant: str = "rdp", updates: int | None = None,
+                     dataset_size: int | None = None) -> float:
+    """Epsilon at ``delta`` of training along a noise schedule (Opacus's accountant over its history).
+
+    The schedule is :func:`gleak_edu.defenses.noise_schedule`'s ``(kind, steps,
+    noise_multiplier, noise_multiplier_end, updates=updates)``: noise multipliers
+    sigma_t relative to the clipping bound C (noise std sigma_t * C), each step
+    sampling a share ``sample_rate`` of the data. The checks and the result are
+    :func:`epsilon`'s (epsilon >= 0, finite; 0 < delta < 0.1; multipliers in
+    [1e-6, 1e6]; at most 10**6 steps, checked before the schedule is built).
+
+    Raises:
+        ValueError: as :func:`gleak_edu.defenses.noise_schedule` and :func:`epsilon`.
+    """
+    _check_steps(steps)
+    check_delta(delta)
+    multipliers = noise_schedule(kind, steps, noise_multiplier, noise_multiplier_end, updates=updates)
+    return epsilon(history_from_noise_multipliers(multipliers, sample_rate), delta, accountant,
+                   dataset_size=dataset_size)
+
+
+def get_noise_multiplier(target_epsilon: float, steps: int, sample_rate: float, delta: float = 1e-5, *,
+                         accountant: str = "rdp", low: float = 0.3, high: float = 50.0,
+                         dataset_size: int | None = None) -> float:
+    """The fixed noise multiplier whose ``steps`` steps at ``sample_rate`` spend ``target_epsilon`` at ``delta``.
+
+    Opacus's :func:`opacus.accountants.utils.get_noise_multiplier`, with this
+    module's checks: a bisection (in log sigma) on :func:`epsilon` over the
+    bracket [low, high], to 1e-4 relative in sigma, at most 60 evaluations.
+    Opacus's own stops at an absolute epsilon tolerance of 0.01 (10 % of a
+    target of 0.1) and would bypass the accountant bounds of this module, so
+    it is not called; the two agree within that tolerance. Used to compare a
+    schedule with fixed noise at *equal final epsilon*.
+
+    Args:
+        target_epsilon: the epsilon to spend (a finite number > 0).
+        steps: training steps (1..10**6); sample_rate: 0 < q <= 1.
+        delta: 0 < delta < 0.1; accountant: ``"rdp"``, ``"prv"`` or ``"gdp"`` (see :func:`epsilon`).
+        low, high: the bracket of noise multipliers searched, within [1e-6, 1e6] (:data:`NOISE_MULTIPLIER_RANGE`).
+
+    Returns:
+        The noise multiplier sigma (noise std sigma * C), the smallest found
+        whose epsilon does not exceed the target, within 1e-4 relative.
+
+    Raises:
+        ValueError: a target that is not a finite number > 0, a bad bracket,
+            bad steps, sample rate or delta (as :func:`epsilon`), or a target
+            not reachable with a noise multiplier in [low, high].
+    """
+    try:
+        target = float(target_epsilon)
+    except (TypeError, ValueError):
+        raise ValueError(f"target_epsilon must be a number, got {target_epsilon!r}") from None
+    if isinstance(target_epsilon, bool) or not math.isfinite(target) or target <= 0:
+        raise ValueError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+    low = check_noise_multiplier(low, "bracket's low noise_multiplier")
+    high = check_noise_multiplier(high, "bracket's high noise_multiplier")
+    if not 0 < low < high:
+        raise ValueError(f"need 0 < low < high for the bracket, got low {low:g}, high {high:g}")
+    _check_steps(steps)
+    check_delta(delta, dataset_size)
+
+    def eps(s: float) -> float:
+        return epsilon([(s, sample_rate, steps)], delta, accountant)
+
+    if not eps(high) <= target <= eps(low):
+        raise ValueError(
+            f"epsilon {target:g} is not reachable with a fixed noise_multiplier in [{low:g}, {high:g}]"
+        )
+    for _ in range(60):
+        mid = math.sqrt(low * high)
+        if eps(mid) > target:
+            low = mid
+        else:
+            high = mid
+        if high / low < 1 + 1e-4:
+            break
+    return high

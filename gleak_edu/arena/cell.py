@@ -1,0 +1,263 @@
+"""One cell of the arena: train the victim under one defense, then run every possible attack on its shared gradient.
+
+Every defense trains through :func:`gleak_edu.defenses.train_perturbed`, the
+DP-SGD loop notebook 05's ``train_dp`` uses: "none", "precode", "noise" and
+"pruning" with ``scope="none"`` (ordinary SGD on the same batches; noise and
+pruning act on each step's mean gradient through ``gradient_transform``),
+"ppp" and the DP defenses with their clipping and noise. Every attack runs
+through the registry (:data:`gleak_edu.attacks.ATTACKS`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from gleak_edu import data as gdata
+from gleak_edu import metrics, training
+from gleak_edu.arena.settings import (
+    CLASSES,
+    DEFENSE_SPECS,
+    NOISY,
+    ArenaSettings,
+    _check_defense,
+    possible_attacks,
+)
+from gleak_edu.attacks import ATTACKS as ATTACK_REGISTRY
+from gleak_edu.attacks import AttackOptions
+from gleak_edu.defenses import (
+    dp_shared_gradient,
+    gaussian_noise,
+    noise_schedule,
+    perturbed_gradient,
+    prune_gradients,
+    steps_per_epoch,
+    train_perturbed,
+)
+from gleak_edu.fl import client_gradient
+from gleak_edu.sweeps import victim
+
+__all__ = ["arena_cell", "attacked_noise_std", "shared_gradient"]
+
+
+def _train(settings: ArenaSettings, defense: str, level: float, seed: int, model, train, test) -> tuple[dict, float | None]:
+    """Train ``model`` under ``defense`` at ``level`` (in the defense's unit) with :func:`train_perturbed`.
+
+    Returns:
+        ``(summary, attacked_noise_multiplier)``: the summary holds accuracy,
+        epsilon (None unless DP), diverged, train_seconds, steps; the noise
+        multiplier is that of the last step taken (what the attacked client
+        uses), or None for a defense without one.
+    """
+    common = dict(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, delta=settings.delta, seed=seed)
+    attacked: float | None = None
+    if defense in ("none", "precode", "pruning", "noise"):
+        transform = None
+        if defense == "pruning":
+            def transform(grads, batch_size, step):
+                return prune_gradients(grads, level)
+        elif defense == "noise":
+            # noise std `level` on the batch's gradient sum = level / B on its mean (DP-SGD's noise, no clipping)
+            def transform(grads, batch_size, step):
+                return gaussian_noise(grads, level / batch_size, seed=(seed + 1) * 1_000_003 + step)
+        res = train_perturbed(model, train, test, noise_multiplier=0.0, max_grad_norm=settings.max_grad_norm,
+                              scope="none", gradient_transform=transform, **common)
+    elif defense == "dp_dynamic":
+        total = settings.epochs * steps_per_epoch(len(train[0]), settings.batch_size)
+        schedule = noise_schedule(settings.dynamic_schedule, total, level, level * settings.dynamic_end,
+                                  updates=settings.dynamic_updates)
+        res = train_perturbed(model, train, test, noise_multiplier=schedule, max_grad_norm=settings.max_grad_norm,
+                              clipping="dynamic", scope="full", **common)
+        attacked = float(schedule[max(res.steps, 1) - 1])
+    else:  # ppp, dp_fixed
+        res = train_perturbed(model, train, test, noise_multiplier=level, max_grad_norm=settings.max_grad_norm,
+                              scope="ppp" if defense == "ppp" else "full", **common)
+        attacked = float(level)
+    # PPP's epsilon covers only its perturbed gradients (the rest leave unperturbed): no guarantee for the model
+    eps = float(res.epsilon) if DEFENSE_SPECS[defense].dp else None
+    summary = {"accuracy": res.test_accuracy, "epsilon": eps, "diverged": res.diverged,
+               "train_seconds": res.seconds, "steps": res.steps}
+    return summary, attacked
+
+
+def attacked_noise_std(settings: ArenaSettings, defense: str, level: float) -> float | None:
+    """The std of the Gaussian noise on each (perturbed) entry of one image's shared gradient under ``defense``.
+
+    0 for "none", "pruning" and "precode"; the level itself for "noise" (an
+    absolute std); σ·C for "ppp" and "dp_fixed" (σ the level, C =
+    ``settings.max_grad_norm``; one image, so no division by a batch size);
+    None for "dp_dynamic", whose bound (and so its std) is each example's own.
+
+    Raises:
+        ValueError: for an unknown defense.
+    """
+    _check_defense(defense)
+    knob = DEFENSE_SPECS[defense].knob
+    if knob == "noise_std":
+        return float(level)
+    if defense == "dp_dynamic":
+        return None
+    if knob == "noise_multiplier":
+        return float(level) * settings.max_grad_norm
+    return 0.0
+
+
+def shared_gradient(settings: ArenaSettings, defense: str, level: float, model, x, y, *,
+                    noise_multiplier: float | None = None, seed: int):
+    """The gradient a client shares on (x, y) under ``defense`` at its last training step.
+
+    Args:
+        settings: the recipe (its ``max_grad_norm`` is C).
+        defense: one of :data:`gleak_edu.arena.DEFENSES`.
+        level: the defense's level in its unit (a noise std for "noise", a
+            noise multiplier for "ppp" and "dp_fixed", a pruned fraction for
+            "pruning"; ignored otherwise).
+        model: the trained victim, in train mode (PRECODE samples).
+        x: one image float32 ``[1, 1, 28, 28]`` in [0, 1]; y: its label int64 ``[1]``.
+        noise_multiplier: "dp_dynamic" only: the noise multiplier of the
+            attacked step (its schedule's last value); it clips with the
+            dynamic bound.
+        seed: seed of the noise.
+
+    Returns:
+        OrderedDict name -> gradient tensor, like :func:`gleak_edu.fl.client_gradient`.
+
+    Raises:
+        ValueError: for an unknown defense, or "dp_dynamic" without ``noise_multiplier``.
+    """
+    _check_defense(defense)
+    c = settings.max_grad_norm
+    if defense in ("none", "precode"):
+        return client_gradient(model, x, y)
+    if defense == "pruning":
+        return prune_gradients(client_gradient(model, x, y), level)
+    if defense == "noise":
+        return gaussian_noise(client_gradient(model, x, y), level, seed=seed)
+    if defense == "ppp":
+        return perturbed_gradient(model, x, y, noise_multiplier=level, max_grad_norm=c, scope="ppp", seed=seed)
+    if defense == "dp_fixed":
+        return dp_shared_gradient(model, x, y, noise_multiplier=level, max_grad_norm=c, seed=seed)
+    if noise_multiplier is None:
+        raise ValueError("dp_dynamic's shared gradient needs the noise multiplier of the attacked step")
+    return dp_shared_gradient(model, x, y, noise_multiplier=noise_multiplier, max_grad_norm=c, clipping="dynamic",
+                              seed=seed)
+
+
+def _run_attack(attack: str, settings: ArenaSettings, model, shared, x, y, i: int) -> tuple[torch.Tensor | None, int | None, str]:
+    """One attack on one image through the registry.
+
+    Returns:
+        ``(reconstruction [1, 1, 28, 28] clamped to [0, 1] or None, predicted
+        label or None (an attack that reads no label), error)``; the error is
+        "" or the first line of the ValueError that stopped the attack (e.g.
+        an all-zero output-layer gradient leaves iDLG no label to read).
+    """
+    spec = ATTACK_REGISTRY[attack]
+    kwargs: dict = dict(input_shape=tuple(x.shape), num_classes=CLASSES, truth=(x, y))
+    if "seed" in spec.defaults:
+        kwargs["seed"] = i
+    budget = settings.iterations(attack)
+    if budget is not None:
+        kwargs["iterations"] = budget
+    restarts = settings.restarts(attack)
+    if restarts > 1:
+        kwargs["options"] = AttackOptions(restarts=restarts)
+    try:
+        res = spec.run(model, shared, **kwargs)
+    except ValueError as exc:
+        return None, None, str(exc).splitlines()[0]
+    label = None if res.labels is None else int(res.labels.reshape(-1)[0])
+    return res.reconstruction.detach().clamp(0, 1), label, ""
+
+
+def arena_cell(settings: ArenaSettings, defense: str, level: float, seed: int, data=None) -> dict:
+    """Train one defense at one level and seed, run every possible attack on it, return the cell (no cache).
+
+    Args:
+        settings: the recipe (:class:`gleak_edu.arena.ArenaSettings`).
+        defense: one of :data:`gleak_edu.arena.DEFENSES`.
+        level: in the unit of the defense's level
+            (:data:`gleak_edu.arena.DEFENSE_LEVEL`): the noise std for
+            "noise"; the noise multiplier σ (std σ·C) for "ppp" and
+            "dp_fixed", and the start of "dp_dynamic"'s schedule; the pruned
+            fraction for "pruning"; ignored (use 0) for "none" and "precode".
+        seed: training seed (model init, batches, noise); the attacked
+            images' noise and PRECODE samples are seeded by ``1000 * seed + i``.
+        data: ``(train, test)`` as from :func:`gleak_edu.training.split`
+            (default: the MNIST subset split at ``settings.test_fraction``).
+
+    Returns:
+        dict with ``accuracy`` (test, in [0, 1]), ``epsilon`` (at
+        ``settings.delta`` for the DP defenses; None elsewhere: noise without
+        clipping has no bounded sensitivity, and PPP's covers only part of the
+        gradient), ``diverged``, ``train_seconds``, ``steps``,
+        ``attacked_noise_multiplier`` (σ of the attacked step for "ppp",
+        "dp_fixed" (the level) and "dp_dynamic" (its schedule's end); None for
+        the defenses without one), ``attacked_noise_std`` (the noise std per
+        perturbed entry of the attacked gradient, see
+        :func:`attacked_noise_std`; None for "dp_dynamic"), ``truth``
+        ``[images][1][28][28]`` and ``labels`` (the attacked images), and
+        ``attacks``: for every attack that is possible against the defense,
+        ``{"ssim": [...] (in [-1, 1]), "psnr": [...] (dB, at most 100),
+        "label_correct": [...] (None for an attack that reads no label, e.g.
+        analytic), "seconds": [...], "errors": [...] ("" or why the attack
+        could not run; then SSIM and PSNR are None), "reconstructions":
+        [images][1][28][28] (rounded to 1e-4)}``.
+
+    Raises:
+        ValueError: for an unknown defense, or a level that is not valid for it.
+    """
+    _check_defense(defense)
+    level = float(level)
+    if defense in NOISY and not (math.isfinite(level) and level > 0):
+        raise ValueError(f"the level of {defense!r} ({DEFENSE_SPECS[defense].knob}) must be a finite number > 0, got {level}")
+    if defense == "pruning" and not 0 <= level < 1:
+        raise ValueError(f"the pruned fraction must lie in [0, 1), got {level}")
+    train, test = data or training.split(gdata.mnist_subset(), settings.test_fraction, seed=0)
+    if settings.train_images is not None:
+        train = (train[0][: settings.train_images], train[1][: settings.train_images])
+    if settings.images > len(test[0]):
+        raise ValueError(f"images ({settings.images}) exceeds the {len(test[0])} test images")
+    model = victim(settings, defense, seed)  # the sweep's MLP (+ PRECODE for precode/ppp), same init
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # fastest for these tiny models, and the same numbers in every worker process
+    try:
+        return _attack_cell(settings, defense, level, seed, model=model, train=train, test=test)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _attack_cell(settings: ArenaSettings, defense: str, level: float, seed: int, *, model, train, test) -> dict:
+    summary, attacked = _train(settings, defense, level, seed, model, train, test)
+    model.train()  # a client shares a training step's gradient (PRECODE samples)
+    attacks = {a: {"ssim": [], "psnr": [], "label_correct": [], "seconds": [], "errors": [], "reconstructions": []}
+               for a in possible_attacks(defense)}
+    xs, ys = test[0][: settings.images], test[1][: settings.images]
+    for i in range(settings.images):
+        x, y = xs[i : i + 1], ys[i : i + 1]
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(1000 * seed + i)
+            shared = shared_gradient(settings, defense, level, model, x, y, noise_multiplier=attacked, seed=1000 * seed + i)
+            for attack, out in attacks.items():
+                start = time.perf_counter()
+                rec, label, error = _run_attack(attack, settings, model, shared, x, y, i)
+                out["seconds"].append(time.perf_counter() - start)
+                out["errors"].append(error)
+                if rec is None:
+                    out["ssim"].append(None)
+                    out["psnr"].append(None)
+                    out["reconstructions"].append(torch.zeros_like(x[0]).tolist())
+                else:
+                    rec = (rec * 1e4).round() / 1e4  # what the cache keeps: score the same numbers
+                    out["ssim"].append(float(metrics.ssim(rec, x)[0]))
+                    out["psnr"].append(float(metrics.psnr(rec, x)[0]))
+                    out["reconstructions"].append(rec[0].tolist())
+                out["label_correct"].append(label is not None and label == int(y[0]))
+    for attack, out in attacks.items():
+        if not ATTACK_REGISTRY[attack].recovers_labels:
+            out["label_correct"] = None  # it reads no label: nothing to be right or wrong about
+    return {**summary, "attacked_noise_multiplier": attacked,
+            "attacked_noise_std": attacked_noise_std(settings, defense, level),
+            "truth": xs.tolist(), "labels": ys.tolist(), "attacks": attacks}
