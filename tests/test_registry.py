@@ -102,6 +102,8 @@ def test_every_attack_returns_one_result_type_with_history_and_callback(key):
     assert (states[-1].labels is None) == (not spec.recovers_labels)
     if spec.default_iterations is not None:
         assert len(states) >= 2  # every options.callback_every = 2 iterations, and at the end
+    # a result prints (a notebook cell's last line shows it)
+    assert type(result).__name__ in repr(result)
     # the model comes back as it went in
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
 

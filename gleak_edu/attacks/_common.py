@@ -244,7 +244,7 @@ class AttackResult:
 
     def __repr__(self) -> str:
         m = ""
-        if self.metrics:
+        if self.metrics.get("psnr_mean") is not None:
             m = f", psnr={self.metrics['psnr_mean']:.1f} dB, ssim={self.metrics['ssim_mean']:.3f}"
         labels = None if self.labels is None else self.labels.tolist()
         loss = "None" if self.loss is None else f"{self.loss:.3g}"

@@ -92,6 +92,11 @@ class TextAttackResult(AttackResult):
         """The class read off the head's bias gradient."""
         return int(self.labels[0])
 
+    def __repr__(self) -> str:
+        m = "".join(f", {k}={self.metrics[k]:.2f}" for k in ("set_recall", "order_accuracy") if k in self.metrics)
+        return (f"TextAttackResult({self.sentence!r}, label={self.label}, loss={self.loss:.3g}, "
+                f"iterations={self.iterations}, seconds={self.seconds:.2f}{m})")
+
 
 def recovered_token_set(model: nn.Module, shared: Mapping[str, torch.Tensor]) -> tuple[list[int], int]:
     """The token ids whose embedding-gradient rows stand out, and the sentence length.
