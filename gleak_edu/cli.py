@@ -6,7 +6,7 @@
           [--classes N] [--seed N] [--iterations N] [--batch N] [--tv W]
           [--precode [--beta B] [--bottleneck K]] [--restarts R] [--no-halving] [--retries N]
           [--noise-std STD] [--prune FRACTION]
-          [--defense none|noise|ppp [--noise-multiplier S] [--max-grad-norm C]]
+          [--defense none|full|ppp [--noise-multiplier S] [--max-grad-norm C]]
           [--json OUT] [--png OUT]
     gleak train --dp none|fixed|linear|staircase|exponential|cyclic [--max-grad-norm C]
           [--clipping flat|per_layer|dynamic] [--noise-multiplier S --noise-multiplier-end E] [--noise-updates K]
@@ -22,7 +22,7 @@
 Two noise units, two flags: ``--noise-std`` is the absolute standard deviation of the
 Gaussian noise added to each entry of the shared gradient (image attacks); ``--noise-multiplier``
 is sigma relative to the clipping bound ``--max-grad-norm`` C (noise std = sigma * C; the
-``--defense noise|ppp`` perturbations, the text attack and DP-SGD training). The attacks and
+``--defense full|ppp`` perturbations, the text attack and DP-SGD training). The attacks and
 their defaults come from the registry :data:`gleak_edu.attacks.ATTACKS`.
 
 Bad input exits with status 2 and one line on stderr saying what is wrong, before any
@@ -58,13 +58,16 @@ ATTACK_CHOICES: tuple[str, ...] = ("dlg", "idlg", "ig", "grnn", "bypass", "analy
 # Flags that were renamed (issue 15: one name per noise unit), refused with their new names.
 RENAMED_FLAGS: dict[str, str] = {
     "--noise": "use --noise-std (absolute std on the shared gradient, image attacks) or --noise-multiplier "
-    "(relative to --max-grad-norm: --defense noise|ppp, the text attack)",
+    "(relative to --max-grad-norm: --defense full|ppp, the text attack)",
     "--sigma": "use --noise-multiplier (relative to --max-grad-norm)",
     "--sigma-start": "use --noise-multiplier (the schedule's start, relative to --max-grad-norm)",
     "--sigma-end": "use --noise-multiplier-end (the schedule's end, relative to --max-grad-norm)",
     "--clip": "use --max-grad-norm (a number > 0; dynamic clipping is --clipping dynamic)",
 }
 RENAMED_ATTACKS: dict[str, str] = {"transformer": "text"}
+# A renamed --defense choice: "noise" was full perturbation (clipping + noise multiplier), which
+# students confused with the arena's "noise" defense (an absolute noise std, no clipping).
+RENAMED_DEFENSES: dict[str, str] = {"noise": "full"}
 
 
 def _refuse_renamed(argv: list[str]) -> None:
@@ -82,6 +85,11 @@ class _Parser(argparse.ArgumentParser):
         for old, new in RENAMED_ATTACKS.items():
             if "invalid choice" in message and repr(old) in message:
                 raise UsageError(f"the {old} attack was renamed: use gleak attack {new} (the registry's key)")
+        for old, new in RENAMED_DEFENSES.items():
+            if "--defense" in message and "invalid choice" in message and repr(old) in message:
+                raise UsageError(f"--defense {old} was renamed: use --defense {new} (full perturbation: each example's "
+                                 "gradient clipped to --max-grad-norm C, noise of std sigma*C); for absolute noise "
+                                 "on the shared gradient use --noise-std")
         raise UsageError(message)
 
 
@@ -218,12 +226,12 @@ def _build_parser() -> argparse.ArgumentParser:
     att.add_argument("--prune", type=_nonneg_float("--prune"), default=0.0, help="fraction of gradient entries zeroed per layer, in [0, 1)")
     att.add_argument("--size", type=_positive_int("--size", 256), default=32, help="side of an --image after resizing (32; 7 to 256)")
     att.add_argument(
-        "--defense", choices=["none", "noise", "ppp"], default="none",
-        help="per-example clipping + Gaussian noise on every gradient (noise = full perturbation) or, with PRECODE, "
+        "--defense", choices=["none", "full", "ppp"], default="none",
+        help="per-example clipping + Gaussian noise of std sigma*C on every gradient (full perturbation) or, with PRECODE, "
         "only on the deterministic ones (ppp; implies --precode)",
     )
     att.add_argument("--noise-multiplier", type=_nonneg_float("--noise-multiplier"),
-                     help="noise multiplier sigma, relative to --max-grad-norm (noise std = sigma * C): of --defense noise|ppp "
+                     help="noise multiplier sigma, relative to --max-grad-norm (noise std = sigma * C): of --defense full|ppp "
                      "(1.0) and of the text attack (0: no noise)")
     att.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), default=1.0,
                      help="clipping bound C of --defense and of the text attack's noise (1.0)")
@@ -492,7 +500,7 @@ def _run_attack(args) -> dict:
     noise_multiplier = None
     if args.defense == "none":
         if args.noise_multiplier is not None:
-            raise UsageError("--noise-multiplier is relative to --max-grad-norm and needs --defense noise|ppp; "
+            raise UsageError("--noise-multiplier is relative to --max-grad-norm and needs --defense full|ppp; "
                              "for absolute noise on the shared gradient use --noise-std")
     else:
         if args.noise_std > 0:
@@ -528,7 +536,7 @@ def _run_attack(args) -> dict:
     if args.defense == "none":
         shared = fl.client_gradient(model, x, y)
     else:
-        scope = "full" if args.defense == "noise" else "ppp"
+        scope = args.defense  # "full" or "ppp": perturbed_gradient's scopes
         shared = perturbed_gradient(model, x, y, noise_multiplier=noise_multiplier, max_grad_norm=args.max_grad_norm,
                                     scope=scope, seed=args.seed)
     if args.noise_std > 0:

@@ -428,12 +428,22 @@ def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float |
 def arena_level_label(settings) -> str:
     """How each noisy defense of the arena reads a noise level, in the units the arena declares
     (:data:`gleak_edu.arena.DEFENSE_LEVEL`, :data:`gleak_edu.arena.KNOB_UNITS`), e.g.
-    ``"noise level: noise std (absolute) for noise; noise multiplier σ (std = σ·C) for PPP, DP fixed, DP dynamic (C = 1)"``."""
+    ``"noise level: noise std (absolute) for noise; noise multiplier σ (std = σ·C) at C = 1 for PPP, DP fixed;
+    schedule start σ (×dynamic C, attacked at 0.32σ) for DP dynamic"``."""
     groups: dict[str, list[str]] = {}
     for d in arena.NOISY:
-        groups.setdefault(arena.DEFENSE_LEVEL[d], []).append(arena.DEFENSE_NAMES[d])
-    parts = [f"{arena.KNOB_UNITS[knob]} for {', '.join(names)}" for knob, names in groups.items()]
-    return "noise level: " + "; ".join(parts) + f" (C = {settings.max_grad_norm:g})"
+        if d != "dp_dynamic":  # its bound is each example's own: not σ·C
+            groups.setdefault(arena.DEFENSE_LEVEL[d], []).append(arena.DEFENSE_NAMES[d])
+    parts = []
+    for knob, names in groups.items():
+        unit = arena.KNOB_UNITS[knob]
+        if knob == "noise_multiplier":
+            unit += f" at C = {settings.max_grad_norm:g}"
+        parts.append(f"{unit} for {', '.join(names)}")
+    if "dp_dynamic" in arena.NOISY:
+        parts.append(f"schedule start σ (×dynamic C, attacked at {settings.dynamic_end:g}σ) for "
+                     f"{arena.DEFENSE_NAMES['dp_dynamic']}")
+    return "noise level: " + "; ".join(parts)
 
 
 def arena_heatmap(result, level: float | None = None, *, prune_fraction: float | None = None, all_levels: bool = False):

@@ -122,9 +122,9 @@ def _bad_inputs(tmp_path: Path) -> dict[str, tuple[list[str], str]]:
         "batch-with-image": (["--image", str(text_file), "--batch", "2"], "--batch"),
         "negative-noise": (["--sample", "photos:0", "--noise-std", "-0.1"], "--noise-std"),
         "nan-noise": (["--sample", "photos:0", "--noise-std", "nan"], "--noise-std"),
-        "zero-max-grad-norm": (["--sample", "photos:0", "--defense", "noise", "--max-grad-norm", "0"], "--max-grad-norm"),
+        "zero-max-grad-norm": (["--sample", "photos:0", "--defense", "full", "--max-grad-norm", "0"], "--max-grad-norm"),
         "multiplier-without-defense": (["--sample", "photos:0", "--noise-multiplier", "0.5"], "--noise-std"),
-        "std-with-defense": (["--sample", "photos:0", "--defense", "noise", "--noise-std", "0.1"], "--noise-multiplier"),
+        "std-with-defense": (["--sample", "photos:0", "--defense", "full", "--noise-std", "0.1"], "--noise-multiplier"),
         "prune-1.5": (["--sample", "photos:0", "--prune", "1.5"], "--prune"),
         "prune-1": (["--sample", "photos:0", "--prune", "1"], "--prune"),
         "label-500": (["--sample", "photos:0", "--label", "500"], "500"),
@@ -219,13 +219,14 @@ OLD_NAMES = {
     # old flag: (command line using it, the new flags its one-line refusal must name)
     "--noise": (["attack", "dlg", "--sample", "photos:0", "--noise", "0.1"], ["--noise-std", "--noise-multiplier"]),
     "--noise=": (["attack", "idlg", "--sample", "photos:0", "--noise=0.1"], ["--noise-std"]),
-    "--sigma": (["attack", "ig", "--sample", "photos:0", "--defense", "noise", "--sigma", "1"], ["--noise-multiplier"]),
+    "--sigma": (["attack", "ig", "--sample", "photos:0", "--defense", "full", "--sigma", "1"], ["--noise-multiplier"]),
     "--sigma-start": (["train", "--dp", "linear", "--sigma-start", "2", "--json", "{out}"], ["--noise-multiplier"]),
     "--sigma-end": (["train", "--dp", "linear", "--sigma-end", "0.5", "--json", "{out}"], ["--noise-multiplier-end"]),
     "--clip": (["sweep", "ppp", "--clip", "1", "--json", "{out}"], ["--max-grad-norm"]),
     "--clip dynamic": (["train", "--dp", "fixed", "--clip", "dynamic", "--json", "{out}"], ["--max-grad-norm", "--clipping dynamic"]),
     "--clip (attack)": (["attack", "dlg", "--sample", "photos:0", "--defense", "ppp", "--clip", "2"], ["--max-grad-norm"]),
     "transformer": (["attack", "transformer", "--sentence", "Now is better than never."], ["gleak attack text"]),
+    "--defense noise": (["attack", "ig", "--sample", "photos:0", "--defense", "noise"], ["--defense full", "--noise-std"]),
 }
 
 
@@ -290,12 +291,12 @@ def test_the_bypass_without_a_bottleneck_is_refused(capsys, cached_photos):
 
 def test_defense_json_uses_the_new_names(tmp_path, capsys, cached_photos):
     out = tmp_path / "defended.json"
-    status = cli.main(["attack", "idlg", "--sample", "photos:1", "--iterations", "2", "--defense", "noise",
+    status = cli.main(["attack", "idlg", "--sample", "photos:1", "--iterations", "2", "--defense", "full",
                        "--noise-multiplier", "0.5", "--max-grad-norm", "2", "--json", str(out)])
     assert status == 0, capsys.readouterr().err
     res = _strict_json(out)
     assert res["noise_multiplier"] == 0.5 and res["max_grad_norm"] == 2.0 and res["noise_std"] == 0.0
-    assert res["defense"] == "noise"
+    assert res["defense"] == "full"
     assert not {"noise", "sigma", "clip"} & set(res)
 
 

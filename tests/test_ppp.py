@@ -363,7 +363,7 @@ def mnist_cached(monkeypatch):
 @pytest.mark.parametrize("attack,defense,expect", [
     ("bypass", "none", lambda r: r["ssim"] >= 0.8 and r["noise_multiplier"] is None),
     # full perturbation has no bottleneck: the bypass would match every layer, which is Inverting Gradients
-    ("ig", "noise", lambda r: r["ssim"] <= 0.3 and r["precode"] is False),
+    ("ig", "full", lambda r: r["ssim"] <= 0.3 and r["precode"] is False),
     ("bypass", "ppp", lambda r: r["ssim"] <= 0.3 and r["precode"] is True and not any("decoder" in n for n in r["layers_matched"])),
 ])
 def test_bypass_command_with_a_defense(attack, defense, expect, tmp_path, mnist_cached):
@@ -382,7 +382,7 @@ def test_bypass_command_with_a_defense(attack, defense, expect, tmp_path, mnist_
 
 @pytest.mark.parametrize("extra,message", [
     (["--defense", "ppp", "--noise-std", "0.1"], "not both"),
-    (["--defense", "noise", "--max-grad-norm", "0"], "--max-grad-norm must be a finite number > 0"),
+    (["--defense", "full", "--max-grad-norm", "0"], "--max-grad-norm must be a finite number > 0"),
     (["--defense", "dp"], "invalid choice"),
     (["--defense", "ppp", "--noise-multiplier", "-1"], "--noise-multiplier must be a finite number >= 0"),
     (["--defense", "ppp", "--sigma", "1"], "--noise-multiplier"),

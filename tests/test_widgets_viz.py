@@ -279,8 +279,9 @@ def test_figure_axes_say_the_noise_unit():
     from gleak_edu import arena
 
     label = viz.arena_level_label(arena.ArenaSettings(max_grad_norm=2.0))
-    assert "noise std (absolute) for noise" in label and "noise multiplier σ (std = σ·C) for PPP" in label
-    assert "C = 2" in label
+    assert "noise std (absolute) for noise" in label and "noise multiplier σ (std = σ·C) at C = 2 for PPP, DP fixed" in label
+    # DP dynamic's bound is each example's own: its level is not a std of σ·C
+    assert "for DP dynamic" in label and "(×dynamic C" in label and "DP fixed, DP dynamic" not in label
 
 
 def test_widgets_and_viz_import_the_package_only_at_the_top():
