@@ -169,7 +169,7 @@ def _run_attack(attack: str, settings: ArenaSettings, model, shared, x, y, i: in
     except ValueError as exc:
         return None, None, str(exc).splitlines()[0]
     label = None if res.labels is None else int(res.labels.reshape(-1)[0])
-    return res.reconstruction.detach().clamp(0, 1), label, ""
+    return res.reconstruction.detach(), label, ""  # every AttackResult is already in [0, 1]
 
 
 def arena_cell(settings: ArenaSettings, defense: str, level: float, seed: int, data=None) -> dict:
