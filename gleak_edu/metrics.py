@@ -10,6 +10,12 @@ spread stays visible.
 - SSIM: scikit-image's ``structural_similarity`` (Wang et al. 2004; 7x7 uniform
   window, or the largest odd window that fits small images; data range 1;
   colour channels averaged).
+- Attack success (one definition for the whole course): a reconstruction
+  *succeeds* on an image when its SSIM to the private image is at least
+  :data:`SUCCESS_SSIM` = 0.6 (:func:`attack_success`). Below about 0.3 a
+  reconstruction shows nothing of the image; between 0.3 and 0.6 shapes can
+  show through without the image being reliably recognisable (see
+  ``docs/glossary.md`` for pictures of each band).
 """
 
 from __future__ import annotations
@@ -19,9 +25,12 @@ from collections import Counter
 import numpy as np
 import torch
 
-__all__ = ["mse", "psnr", "ssim", "label_accuracy", "match_order", "reid_ranks", "rank1_accuracy", "PSNR_CAP_DB"]
+__all__ = ["SUCCESS_SSIM", "attack_success", "mse", "psnr", "ssim", "label_accuracy", "match_order", "reid_ranks", "rank1_accuracy", "PSNR_CAP_DB"]
 
 PSNR_CAP_DB = 100.0
+
+#: The course's one definition of attack success: SSIM to the private image >= this, per image.
+SUCCESS_SSIM = 0.6
 
 
 def _pair(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -61,6 +70,25 @@ def ssim(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     for a, b in zip(x.numpy(), y.numpy()):
         out.append(structural_similarity(a, b, data_range=1.0, channel_axis=0, win_size=win))
     return torch.tensor(out, dtype=torch.float64)
+
+
+def attack_success(reconstruction: torch.Tensor, truth: torch.Tensor, threshold: float = SUCCESS_SSIM) -> torch.Tensor:
+    """Whether each reconstruction counts as a successful attack: SSIM >= ``threshold`` (the course's 0.6).
+
+    Args:
+        reconstruction, truth: float ``[B, C, H, W]`` (or ``[C, H, W]``), pixels in [0, 1], same shape
+            and in matching order (see :func:`match_order` for a batch).
+        threshold: the SSIM an image must reach; in (0, 1].
+
+    Returns:
+        bool ``[B]``.
+
+    Raises:
+        ValueError: for a threshold outside (0, 1] or mismatched shapes.
+    """
+    if not 0 < float(threshold) <= 1:
+        raise ValueError(f"the success threshold is an SSIM in (0, 1], got {threshold}")
+    return ssim(reconstruction, truth) >= float(threshold)
 
 
 def label_accuracy(predicted, true) -> float:

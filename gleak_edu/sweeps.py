@@ -101,7 +101,7 @@ class PPPSweepSettings:
     bottleneck: int = 256
     beta: float = 1e-3
     iterations: int = 500
-    success_ssim: float = 0.6
+    success_ssim: float = metrics.SUCCESS_SSIM
     delta: float = 1e-5
     test_fraction: float = 0.2
     train_images: int | None = None

@@ -28,6 +28,7 @@ LAYERS = [
     ["sweeps", "arena"],
     ["viz"],
     ["widgets"],
+    ["exercises", "figures"],
     ["cli", "__main__"],
 ]
 LEVEL = {name: i for i, names in enumerate(LAYERS) for name in names}

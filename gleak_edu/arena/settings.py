@@ -13,6 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from gleak_edu import metrics
 from gleak_edu.attacks import ATTACKS as ATTACK_REGISTRY
 from gleak_edu.attacks import IMAGE_ATTACKS
 from gleak_edu.defenses import SCHEDULES, check_delta, check_noise_multiplier
@@ -254,7 +255,7 @@ class ArenaSettings:
     dlg_restarts: int = 4
     ig_iterations: int = 300
     grnn_iterations: int = 300
-    success_ssim: float = 0.6
+    success_ssim: float = metrics.SUCCESS_SSIM
     delta: float = 1e-5
     test_fraction: float = 0.2
 

@@ -116,7 +116,7 @@ class AttackPlan:
     images: tuple[torch.Tensor, torch.Tensor] | None = None
     attacks: Sequence[str] = CHECKPOINT_ATTACKS
     iterations: int = 300
-    success_ssim: float = 0.6
+    success_ssim: float = metrics.SUCCESS_SSIM
 
     def __post_init__(self) -> None:
         steps = list(self.steps)
@@ -185,7 +185,7 @@ class DPRun:
     seconds: float = 0.0
     diverged: bool = False
     checkpoints: list[dict] = field(default_factory=list)
-    success_ssim: float = 0.6
+    success_ssim: float = metrics.SUCCESS_SSIM
 
     def best_ssim(self) -> list[list[float]]:
         """Per checkpoint, per image: the best SSIM over the attacks."""

@@ -20,6 +20,7 @@ import torch
 
 from gleak_edu import arena, metrics
 from gleak_edu.attacks import ATTACKS
+from gleak_edu.viz.palette import DEFENSE, ROLE, SEQUENTIAL
 
 __all__ = [
     "NOISE_MULTIPLIER_LABEL",
@@ -211,8 +212,8 @@ def threat_model_figure():
     for y0 in (3.1, 1.1):
         ax.add_patch(FancyArrowPatch((2.7, y0), (3.95, 2.0), arrowstyle="-|>", mutation_scale=12, color="0.2"))
     ax.text(3.05, 2.85, r"$\nabla_W L(x, y)$", fontsize=9)
-    ax.add_patch(FancyArrowPatch((6.25, 2.0), (7.35, 2.0), arrowstyle="-|>", mutation_scale=12, color="#b00"))
-    ax.text(6.3, 2.2, "one gradient", fontsize=8, color="#b00")
+    ax.add_patch(FancyArrowPatch((6.25, 2.0), (7.35, 2.0), arrowstyle="-|>", mutation_scale=12, color=ROLE["leak"]))
+    ax.text(6.3, 2.2, "one gradient", fontsize=8, color=ROLE["leak"])
     ax.text(5.0, 0.08, "FedSGD: only gradients leave the clients, never the data... or so it seems", ha="center", fontsize=8, style="italic")
     fig.tight_layout()
     return fig
@@ -236,8 +237,8 @@ def precode_figure():
     """PRECODE's variational bottleneck between the feature extractor and the output layer."""
     fig, ax, box = _diagram((8, 2.4), 12, 3)
     _precode_chain(ax, box, 1.0, "feature layers\n(deterministic)")
-    ax.text(3.4, 0.45, "gradients: deterministic (the bypass matches these)", ha="center", fontsize=8, color="#1f5fa8")
-    ax.text(9.9, 0.45, "gradients: random (sampling)", ha="center", fontsize=8, color="#b00")
+    ax.text(3.4, 0.45, "gradients: deterministic (the bypass matches these)", ha="center", fontsize=8, color=ROLE["leak"])
+    ax.text(9.9, 0.45, "gradients: random (sampling)", ha="center", fontsize=8, color=ROLE["protected"])
     ax.text(6.0, 2.55, "PRECODE: a variational bottleneck before the output layer; loss = CE + beta * KL (bits)", ha="center", fontsize=8.5)
     fig.tight_layout()
     return fig
@@ -249,7 +250,7 @@ def stochasticity_figure(cosines: dict, deterministic: Sequence[str] | None = No
     names = list(cosines)
     keep = set(deterministic or [])
     fig, ax = plt.subplots(figsize=(7, 2.8))
-    colors = ["#1f5fa8" if n in keep else "#c0392b" for n in names]
+    colors = [ROLE["leak"] if n in keep else ROLE["protected"] for n in names]
     ax.bar(range(len(names)), [cosines[n] for n in names], color=colors)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
@@ -257,7 +258,7 @@ def stochasticity_figure(cosines: dict, deterministic: Sequence[str] | None = No
     ax.set_ylim(-0.1, 1.05)
     ax.axhline(0, color="0.5", lw=0.6)
     if keep:
-        ax.set_title("blue: matched by the bypass, red: left out", fontsize=STYLE["title_size"])
+        ax.set_title("vermillion: matched by the bypass (what it uses), blue: left out", fontsize=STYLE["title_size"])
     fig.tight_layout()
     return fig
 
@@ -268,11 +269,11 @@ def ppp_figure():
 
     fig, ax, box = _diagram((8, 3.0), 12, 3.8)
     _precode_chain(ax, box, 1.5)
-    ax.add_patch(FancyArrowPatch((2.1, 1.2), (6.2, 1.2), arrowstyle="-", lw=3, color="#1e8449"))
+    ax.add_patch(FancyArrowPatch((2.1, 1.2), (6.2, 1.2), arrowstyle="-", lw=3, color=ROLE["protected"]))
     ax.text(4.15, 0.75, "their gradients: clip each example to norm C,\nadd N(0, (σC)²): what the bypass sees is noise",
-            ha="center", va="center", fontsize=8, color="#1e8449")
+            ha="center", va="center", fontsize=8, color=ROLE["protected"])
     ax.text(9.9, 0.85, "their gradients: left as they are\n(PRECODE's sampling already hides them)",
-            ha="center", va="center", fontsize=8, color="#b00")
+            ha="center", va="center", fontsize=8, color=ROLE["leak"])
     ax.text(6.0, 3.35, "PPP = PRECODE + Partial Perturbation: noise only where the bypass looks",
             ha="center", fontsize=8.5)
     fig.tight_layout()
@@ -293,7 +294,7 @@ def tradeoff_figure(result, attack: str = "bypass", ax=None):
         The matplotlib Figure. A dotted line marks SSIM 0.3.
     """
     fig, ax = _axes(ax, (6.4, 4.0))
-    colours = {"none": "0.3", "precode": "tab:purple", "full": "tab:red", "ppp": "tab:green"}
+    colours = DEFENSE
     names = {"none": "no defense", "precode": "PRECODE alone", "full": "full perturbation", "ppp": "PPP"}
     for defense in ("none", "precode", "full", "ppp"):
         rows = result.select(defense, attack)
@@ -303,7 +304,7 @@ def tradeoff_figure(result, attack: str = "bypass", ax=None):
             for r in rows:
                 ax.annotate(f"σ={r['noise_multiplier']:g}", (r["ssim"], 100 * r["accuracy"]), fontsize=7,
                             xytext=(4, 3), textcoords="offset points", color=colours[defense])
-    ax.axvline(0.3, color="0.6", ls=":", lw=1)
+    ax.axvline(0.3, color=ROLE["threshold"], ls=":", lw=1)
     name = f"the {ATTACKS['bypass'].name}" if attack == "bypass" else f"{ATTACKS['ig'].name} on all layers"
     ax.set_xlabel(f"attack success: mean SSIM of {name}")
     ax.set_ylabel("test accuracy (%)")
@@ -379,7 +380,7 @@ def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float |
     values, reasons = result.matrix(level, prune_fraction=prune_fraction)
     ssims, _ = result.matrix(level, key="ssim", prune_fraction=prune_fraction)
     summary = result.defense_summary(level, prune_fraction)
-    ax_heat.imshow(np.ma.masked_invalid(values.T), cmap="Reds", vmin=0, vmax=1, aspect="auto")
+    ax_heat.imshow(np.ma.masked_invalid(values.T), cmap=SEQUENTIAL, vmin=0, vmax=1, aspect="auto")
     ax_heat.set_facecolor("white")
     for j, _ in enumerate(defenses):
         for i, _ in enumerate(attacks):
