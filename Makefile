@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: lab app test test-unit test-notebooks test-cpus bench clean browser
+.PHONY: lab app test test-unit test-notebooks test-cpus bench clean browser figures glossary-figures
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -64,6 +64,16 @@ bench: $(STAMP)
 .PHONY: bench-notebooks
 bench-notebooks: $(STAMP)
 	$(PY) benchmarks/run_all.py --notebooks-only --markdown build/benchmarks.md $(BENCH_ARGS)
+
+# The lecturer's figure bank: every figure saved in the executed notebooks (read from their outputs, nothing is
+# re-run) as build/figures/NN_<section>_<k>.png, with build/figures/index.md listing notebook and section.
+figures: $(STAMP)
+	$(PY) -m gleak_edu.figures --out build/figures
+
+# The glossary's pictures (docs/img/psnr_levels.png, docs/img/ssim_levels.png; committed, checked by
+# tests/test_glossary_figures.py), regenerated through gleak_edu.viz.quality.
+glossary-figures: $(STAMP)
+	$(PY) -m gleak_edu.figures --glossary
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

@@ -30,7 +30,6 @@ from gleak_edu.defenses import (
     clip_and_noise,
     epsilon,
     epsilon_for_steps,
-    gaussian_epsilon,
     gaussian_noise,
     history_from_noise_multipliers,
     noise_schedule,
@@ -44,7 +43,7 @@ from gleak_edu.training import TrainState
 
 __all__ = [
     "ArenaPanel", "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
-    "TextLiveView", "TextNoisePanel", "Playground", "TEXT_NOISE_LEVELS",
+    "TextLiveView", "TextNoisePanel", "Playground", "PrecodeKnobPanel", "TEXT_NOISE_LEVELS",
     "NOISE_LEVELS", "PPP_NOISE_LEVELS", "NOISE_STD_LABEL", "NOISE_MULTIPLIER_LABEL",
 ]
 
@@ -653,7 +652,8 @@ class TextNoisePanel(_Panel):
     :func:`gleak_edu.defenses.clip_and_noise`), runs the registry's "text"
     attack (:func:`gleak_edu.attacks.text_recovery`) with a live view, and shows
     token-set recall and precision, in-order accuracy, and epsilon: per
-    release (Gaussian mechanism, closed form) and over ``steps`` training steps
+    release (Opacus RDP at sample rate 1, one step: valid at every ε, unlike the classical
+    Gaussian-mechanism formula, which holds only for ε < 1) and over ``steps`` training steps
     at sample rate ``sample_rate`` (Opacus RDP, :func:`gleak_edu.defenses.epsilon_for_steps`).
 
     Attributes: ``widget``, ``results`` ``{noise_multiplier: TextAttackResult}``, ``last``.
@@ -692,7 +692,8 @@ class TextNoisePanel(_Panel):
         eps = ""
         if noisy:
             composed = epsilon_for_steps(noise_multiplier, self.sample_rate, self.steps, self.delta)
-            eps = (f" · <b>ε = {gaussian_epsilon(noise_multiplier, self.delta):.3g}</b> per release, {composed:.3g} over "
+            release = epsilon_for_steps(noise_multiplier, 1.0, 1, self.delta)
+            eps = (f" · <b>ε = {release:.3g}</b> per release (RDP), {composed:.3g} over "
                    f"{self.steps} steps at q = {self.sample_rate:g} (δ = {self.delta:g})")
         self.summary.value = (
             f"noise multiplier σ = {noise_multiplier:g} (std = σ·C, C = {self.max_grad_norm:g}): word set recall "
@@ -716,8 +717,11 @@ class ArenaPanel(_Panel):
     (bottom); an impossible pair shows its reason instead.
 
     Args:
-        result: a :class:`gleak_edu.arena.ArenaResult`.
+        result: a :class:`gleak_edu.arena.ArenaResult` (computed, or loaded:
+            it needs the rows, each cell's reconstructions and the attacked images).
         defense, attack: the strip's first choice.
+        fold_zero: leave out of the heatmap the attacks at 0 % in every cell
+            (see :func:`gleak_edu.viz.arena_heatmap`); they stay in the strip's menu.
 
     Attributes: ``widget``, ``noise`` (the slider), ``prune`` (slider or None),
     ``image`` (the heatmap PNG), ``strip`` (the reconstructions PNG),
@@ -725,8 +729,9 @@ class ArenaPanel(_Panel):
     The handler runs once with the first level when the panel is built.
     """
 
-    def __init__(self, result, *, defense: str = "ppp", attack: str = "bypass") -> None:
+    def __init__(self, result, *, defense: str = "ppp", attack: str = "bypass", fold_zero: bool = False) -> None:
         self.result = result
+        self.fold_zero = fold_zero
         self.renders = 0
         self.last_level: float | None = None
         w = _widgets()
@@ -755,7 +760,7 @@ class ArenaPanel(_Panel):
         """Draw the heatmap at ``level`` and the strip of ``attack`` against ``defense`` there."""
         import matplotlib.pyplot as plt
 
-        fig = viz.arena_heatmap(self.result, level, prune_fraction=prune_fraction)
+        fig = viz.arena_heatmap(self.result, level, prune_fraction=prune_fraction, fold_zero=self.fold_zero)
         self.image.value = viz.fig_png_bytes(fig, dpi=80)
         plt.close(fig)
         self.renders += 1
@@ -915,3 +920,65 @@ class Playground(_Panel):
                           options=AttackOptions(callback_every=self.CALLBACK_EVERY[kind]))
         self.last, self.runs = result, self.runs + 1
         return result
+
+
+class PrecodeKnobPanel(_Panel):
+    """PRECODE's KL weight β on a slider, re-drawn from runs computed beforehand (nothing is recomputed).
+
+    Notebook 03 trains one PRECODE model per β in a loop it shows, attacks one private image of each with
+    Inverting Gradients on all layers and with the PRECODE bypass, and passes the results here; moving
+    the slider shows that β's reconstructions (:func:`gleak_edu.viz.precode_knob_view`) and, below, the
+    per-parameter randomness of its gradient (:func:`gleak_edu.viz.stochasticity_figure`). The static
+    counterpart for the saved notebook is :func:`gleak_edu.viz.precode_knob_figure`.
+
+    Args:
+        runs: ``{β: {"accuracy": float, "cosines": {name: cosine}, "ig": AttackResult,
+            "bypass": AttackResult}}`` (see :mod:`gleak_edu.viz.precode`).
+        original: the attacked image ``[1, C, H, W]`` in [0, 1].
+        plain_accuracy: test accuracy without PRECODE (shown for reference), or None.
+        deterministic: the parameters the bypass matches (colours of the randomness bars).
+
+    Attributes: ``widget``, ``slider``, ``image`` (the reconstructions PNG), ``bars`` (the randomness PNG),
+    ``renders`` (how many times it drew), ``last_beta``. The handler runs once with the smallest β.
+
+    Raises:
+        ValueError: for empty runs or a run that lacks one of its four entries.
+    """
+
+    def __init__(self, runs, original: torch.Tensor, *, plain_accuracy: float | None = None,
+                 deterministic: Sequence[str] | None = None) -> None:
+        if not runs:
+            raise ValueError("runs is empty: compute at least one β")
+        for beta, run in runs.items():
+            missing = [k for k in ("accuracy", "cosines", "ig", "bypass") if k not in run]
+            if missing:
+                raise ValueError(f"the run at β = {beta:g} lacks {missing}")
+        betas = sorted(float(b) for b in runs)
+        self.runs = {float(b): r for b, r in runs.items()}
+        self.original = original
+        self.plain_accuracy = plain_accuracy
+        self.deterministic = list(deterministic) if deterministic is not None else None
+        self.renders = 0
+        self.last_beta: float | None = None
+        w = _widgets()
+        self.slider = w.SelectionSlider(
+            options=[(f"{b:g}", b) for b in betas], value=betas[0], description="PRECODE's KL weight β",
+            continuous_update=False, layout=w.Layout(width="520px"), style={"description_width": "initial"},
+        )
+        self.image = w.Image(format="png")
+        self.bars = w.Image(format="png")
+        out = w.interactive_output(self.render, {"beta": self.slider})
+        self.widget = w.VBox([self.slider, self.image, self.bars, out])
+
+    def render(self, beta: float) -> None:
+        """Draw β's reconstructions and its per-parameter randomness."""
+        import matplotlib.pyplot as plt
+
+        fig = viz.precode_knob_view(self.runs, beta, self.original, plain_accuracy=self.plain_accuracy)
+        self.image.value = viz.fig_png_bytes(fig, dpi=80)
+        plt.close(fig)
+        fig = viz.stochasticity_figure(self.runs[float(beta)]["cosines"], self.deterministic)
+        self.bars.value = viz.fig_png_bytes(fig, dpi=70)
+        plt.close(fig)
+        self.renders += 1
+        self.last_beta = float(beta)

@@ -38,7 +38,8 @@ def test_first_code_cell_installs_package_when_missing(path):
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_checks_its_science(path):
     nb = nbformat.read(path, as_version=4)
-    assert any("assert " in c.source for c in nb.cells if c.cell_type == "code"), f"{path.name} has no assert cell"
+    cells = [c for c in nb.cells if c.cell_type == "code" and "course_checks(" in c.source]
+    assert cells and all("check(" in c.source for c in cells), f"{path.name} has no course-checks cell with claims"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)

@@ -19,8 +19,8 @@ every step, through the same loop as notebook 05's DP-SGD
 and then every attack runs on the shared gradient of single test images (the
 same images for every cell), with the defense applied to that gradient as it
 would be at the last training step (:func:`arena_cell`). A cell of the arena
-is an (attack, defense) pair (rows attacks, columns defenses in
-:meth:`ArenaResult.matrix`; the figure shows defenses as rows) holding the
+is an (attack, defense) pair (rows attacks, columns defenses, in
+:meth:`ArenaResult.matrix`, the text table and the heatmap figure) holding the
 attack's success rate: the share of images with SSIM >= 0.6, the course's
 definition, as in :class:`gleak_edu.defenses.DPRun`.
 

