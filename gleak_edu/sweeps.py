@@ -6,9 +6,10 @@ and the trained model is then attacked on single private test images, with the
 PRECODE bypass and with Inverting Gradients on all layers, on the shared
 gradient that defense lets out (:func:`gleak_edu.defenses.perturbed_gradient`).
 
-The paper (Scheliga et al., arXiv 2208.04767) did not publish its noise
-settings. Every number in :class:`PPPSweepSettings` is this course's choice,
-stated there, and the notebook says so.
+The paper (Scheliga et al., arXiv 2208.04767) trains larger models on other
+data; every number in :class:`PPPSweepSettings` is this course's own choice,
+made so the sweep runs in about a minute on a CPU, stated there, and the
+notebook says so.
 
 Results are cached on disk, one JSON file per (defense, noise level, seed)
 cell, named by a SHA-256 of every setting that cell depends on plus the
@@ -66,7 +67,7 @@ _CELL_FORMAT = 2
 
 @dataclass(frozen=True)
 class PPPSweepSettings:
-    """Settings of the trade-off sweep (all of them the course's choices; the paper's were not available).
+    """Settings of the trade-off sweep (all of them the course's own choices, sized for a CPU).
 
     Attributes:
         noise_levels: noise multipliers σ (relative to ``max_grad_norm``: the

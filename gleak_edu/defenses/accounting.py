@@ -476,8 +476,11 @@ def gaussian_epsilon(noise_multiplier: float, delta: float = 1e-5, *, dataset_si
     :func:`gleak_edu.defenses.clip_and_noise`) with
     ``sigma >= sqrt(2 ln(1.25 / delta)) / epsilon`` gives (epsilon, delta)-DP
     for epsilon < 1, so ``epsilon = sqrt(2 ln(1.25/delta)) / sigma``.
-    For sigma small enough that this exceeds 1 the theorem does not apply and
-    the value is only indicative (use :func:`epsilon`, an accountant, there).
+    For sigma small enough that this exceeds 1 the theorem does not apply: the
+    value then carries no guarantee and understates the true epsilon by orders
+    of magnitude (4.8e4 against about 5e7 at sigma = 1e-4, delta = 1e-5). Use
+    ``epsilon_for_steps(sigma, 1.0, 1, delta)`` (Opacus RDP, valid at every
+    epsilon) there, as notebook 06 does.
 
     The same checks as :func:`epsilon`: noise_multiplier 0 (``inf``, no noise)
     or in [1e-6, 1e6], 0 < delta < 0.1 (a :class:`DeltaWarning` when delta >= 1 /

@@ -110,7 +110,10 @@ def clip_and_noise(
     entry is ``noise_multiplier * max_grad_norm`` (DP-SGD's unit, Abadi et al.
     2016, for a batch of one). One release of this is (epsilon, delta)-DP with
     respect to the example (or the sentence) it was computed on, with epsilon
-    from :func:`gleak_edu.defenses.gaussian_epsilon`: adding or removing the
+    from ``epsilon_for_steps(noise_multiplier, 1.0, 1, delta)`` (Opacus RDP, one
+    step at sample rate 1, valid at every epsilon; the classical formula
+    :func:`gleak_edu.defenses.gaussian_epsilon` holds only for epsilon < 1):
+    adding or removing the
     example moves the clipped gradient by at most C (its sensitivity, the
     add/remove convention Opacus also uses).
 

@@ -13,8 +13,9 @@ deviation ``noise_std`` of :func:`gleak_edu.defenses.gaussian_noise`.
   the ones the bypass matches (every layer before the bottleneck, and its
   encoder: :func:`gleak_edu.defenses.deterministic_parameters`). The
   bottleneck's decoder and the later layers keep their ordinary, unclipped,
-  noise-free gradient: PRECODE's sampling already makes them useless to an
-  attacker.
+  noise-free gradient: PRECODE's sampling randomises their weight gradients
+  (the bypass skips them), though not their bias gradients: the output
+  layer's bias gradient still gives a single image's label away (notebook 04).
 
 Opacus does the per-example work: :class:`opacus.GradSampleModule` computes
 per-example gradients and :class:`opacus.optimizers.DPOptimizer` clips, noises
@@ -36,9 +37,9 @@ Privacy accounting (:func:`gleak_edu.defenses.epsilon_for_steps`, and
 perturbation it is DP-SGD's (epsilon, delta) guarantee for the whole training
 run. For PPP it covers only the perturbed gradients: the decoder's and output
 layer's gradients are released without noise, and PRECODE's sampling is not a
-differential-privacy mechanism, so PPP as a whole has no epsilon. The paper's
-exact noise settings were not available; the course's choices are in
-:mod:`gleak_edu.sweeps`.
+differential-privacy mechanism, so PPP as a whole has no epsilon. The noise
+settings are the course's own choices, made for a CPU-minute budget, and are
+in :mod:`gleak_edu.sweeps`.
 
 The same loop serves DP-SGD (:func:`gleak_edu.defenses.train_dp`) and the
 defense arena's plain defenses: :func:`train_perturbed` takes a per-step noise
