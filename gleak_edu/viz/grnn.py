@@ -232,7 +232,7 @@ def tv_figure(original: torch.Tensor, runs: Mapping[float, object], caption: str
         x = x[0]
     n = 1 + len(runs)
     cell = STYLE["cell"]
-    fig, axes = plt.subplots(1, n, figsize=(cell * n, cell + 0.35 + (0.3 if caption else 0)), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(cell * n, cell + 0.7 + (0.3 if caption else 0)), squeeze=False)
     axes = axes[0]
     axes[0].imshow(to_numpy_image(x), cmap=STYLE["cmap"], vmin=0, vmax=1, interpolation="nearest")
     axes[0].set_title("private image", fontsize=STYLE["title_size"], color=ROLE["truth"])
