@@ -89,8 +89,8 @@ register(
                   "is the cosine of each *row* of a weight gradient before the sample?"),
             "c": ("reread section 5: in which mode does the attacker compute its own gradients, and does the "
                   "victim's seed ever leave the client?"),
-            "d": ("the prior is a small term (weight 1e-3); Inverting Gradients on all layers has the same prior "
-                  "and fails on PRECODE. What differs between the two attacks?"),
+            "d": ("the prior is a small term (weight 1e-3 in the bypass, 1e-4 in IG); Inverting Gradients on all "
+                  "layers has one too and fails on PRECODE. What differs between the two attacks?"),
         },
         explanation=(
             "for a fully connected layer with input a, the gradient of row i is δ_i · a. The sample changes the "

@@ -38,11 +38,15 @@ def _check_runs(runs: Mapping[float, Mapping]) -> list[float]:
     return sorted(float(b) for b in runs)
 
 
-def _after_sample_weights(cosines: Mapping[str, float], deterministic: Sequence[str] | None) -> float:
-    """Mean cosine of the weight gradients after the sample (the ones PRECODE randomises)."""
+def _after_sample_weights(cosines: Mapping[str, float], deterministic: Sequence[str] | None) -> list[str]:
+    """The weight matrices after the sample (the ones PRECODE randomises), output layer first."""
     keep = set(deterministic or [])
-    names = [n for n in cosines if n.endswith("weight") and n not in keep]
-    return sum(cosines[n] for n in names) / len(names) if names else float("nan")
+    return [n for n in cosines if n.endswith("weight") and n not in keep][::-1]
+
+
+def _short(name: str) -> str:
+    """``classifier.1.weight`` -> "output layer", ``classifier.0.decoder.weight`` -> "decoder"."""
+    return "decoder" if "decoder" in name else ("output layer" if name.startswith("classifier") else name)
 
 
 def precode_knob_figure(runs: Mapping[float, Mapping], original: torch.Tensor, *,
@@ -58,8 +62,9 @@ def precode_knob_figure(runs: Mapping[float, Mapping], original: torch.Tensor, *
     Top left: test accuracy (%) against β (log axis), PRECODE in its defense colour, no defense grey.
     Top middle: mean SSIM of Inverting Gradients on all layers (grey: the attack PRECODE was built
     against) and of the bypass (vermillion) against β; dashed: the course's success line (SSIM 0.6).
-    Top right: how random the weight gradients after the sample are (mean cosine of two computations,
-    blue). Bottom: the private image, then per β the two reconstructions, each titled with its SSIM.
+    Top right: how random the weight gradients after the sample are (the cosine of two computations on the
+    same image, one blue line per weight matrix: the output layer's and the decoder's). Bottom: the private
+    image, then per β the two reconstructions, each titled with its SSIM.
     Returns the Figure.
     """
     plt = _plt()
@@ -85,11 +90,13 @@ def precode_knob_figure(runs: Mapping[float, Mapping], original: torch.Tensor, *
     ax_ssim.set_ylim(-0.05, 1.05)
     ax_ssim.set_title("attack SSIM (dashed: success, 0.6)", fontsize=8)
     ax_ssim.legend(fontsize=7)
-    cos = [_after_sample_weights(runs[b]["cosines"], deterministic) for b in betas]
-    ax_cos.plot(betas, cos, "o-", color=ROLE["protected"])
+    for name, style in zip(_after_sample_weights(runs[betas[0]]["cosines"], deterministic), ("o-", "s--", "^:")):
+        ax_cos.plot(betas, [runs[b]["cosines"][name] for b in betas], style, color=ROLE["protected"],
+                    label=_short(name))
+    ax_cos.legend(fontsize=7)
     ax_cos.set_ylim(-0.25, 1.05)
     ax_cos.axhline(0, color="0.5", lw=0.6)
-    ax_cos.set_title("weight gradients after the sample:\ncosine of two samples (1 = fixed)", fontsize=8)
+    ax_cos.set_title("after the sample: cosine of two\nweight gradients (1 = fixed)", fontsize=8)
     for ax in (ax_acc, ax_ssim, ax_cos):
         ax.set_xscale("log")
         ax.set_xlabel("KL weight β")
