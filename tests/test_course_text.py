@@ -95,6 +95,15 @@ def test_no_stale_phrases(path):
         assert phrase not in md, f"{path.name}: stale phrase {phrase!r}"
 
 
+@pytest.mark.parametrize("path", NOTEBOOKS + [ROOT / "app" / "playground.ipynb"], ids=lambda p: p.name)
+def test_markdown_has_no_control_characters(path):
+    r"""A tab or backspace in a cell is an unescaped backslash written by a script (``"\\text"`` typed as
+    ``"\text"`` in a Python string): the formula renders as ``extstd``."""
+    for i, cell in enumerate(_nb(path).cells):
+        bad = sorted({repr(ch) for ch in cell.source if ord(ch) < 32 and ch != "\n"})
+        assert not bad, f"{path.name} cell {i}: control characters {bad} (an unescaped backslash?)"
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_course_checks_are_one_collapsed_tagged_cell(path):
     nb = _nb(path)
