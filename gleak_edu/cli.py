@@ -14,9 +14,9 @@
           [--seed N] --json OUT
     gleak epsilon --history "NOISE_MULTIPLIER:SAMPLE_RATE:STEPS,..." [--delta D] [--accountant rdp|prv|gdp]
     gleak sweep ppp [--noise-levels S,S,...] [--seeds N,N,...] [--images N] [--iterations N]
-          [--epochs N] [--max-grad-norm C] [--cache DIR | --no-cache] --json OUT [--png OUT]
+          [--epochs N] [--max-grad-norm C] [--train-images N] [--workers N] [--address RAY] [--cache DIR | --no-cache] --json OUT [--png OUT]
     gleak arena [--noise-levels S,S,...] [--prune-fractions P,P,...] [--images N] [--seeds N,N,...]
-          [--max-grad-norm C] [--workers N] [--cache DIR | --no-cache] --json OUT [--png OUT]
+          [--max-grad-norm C] [--workers N] [--address RAY] [--cache DIR | --no-cache] --json OUT [--png OUT]
     gleak cache info|clear [--cache DIR] [--experiment arena|ppp] [--json OUT]
 
 Two noise units, two flags: ``--noise-std`` is the absolute standard deviation of the
@@ -276,6 +276,10 @@ def _build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--epochs", type=_positive_int("--epochs", 1000), help="training epochs (2)")
     sw.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"), help="per-example clipping bound C (1.0)")
     sw.add_argument("--train-images", type=_positive_int("--train-images", 4000), help="use only this many training images (all 4,000)")
+    sw.add_argument("--workers", type=_positive_int("--workers", 64), default=1,
+                    help="CPUs of a local Ray computing missing cells (1: in this process, no Ray; "
+                    "the numbers do not depend on it)")
+    sw.add_argument("--address", help="run missing cells on the Ray cluster at this address (default $RAY_ADDRESS)")
     cache = sw.add_mutually_exclusive_group()
     cache.add_argument("--cache", type=_out_path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
     cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
@@ -293,7 +297,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ar.add_argument("--max-grad-norm", type=_positive_float("--max-grad-norm"),
                     help="clipping bound C of the clipped defenses (1.0)")
     ar.add_argument("--workers", type=_positive_int("--workers", 64), default=2,
-                    help="processes computing missing cells (2; the numbers do not depend on it)")
+                    help="CPUs of a local Ray computing missing cells (2; 1: in this process, no Ray; "
+                    "the numbers do not depend on it)")
+    ar.add_argument("--address", help="run missing cells on the Ray cluster at this address, e.g. 10.0.0.5:6379 "
+                    "(default $RAY_ADDRESS; the cache of this machine keeps the results)")
     ar_cache = ar.add_mutually_exclusive_group()
     ar_cache.add_argument("--cache", type=_out_path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
     ar_cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
@@ -651,7 +658,8 @@ def _run_sweep(args) -> dict:
 
     for level in overrides.get("noise_levels", ()):
         check_noise_multiplier(level, "--noise-levels value")
-    result = sweeps.ppp_sweep(cache_dir=args.cache, use_cache=not args.no_cache, progress=sys.stderr.isatty(), **overrides)
+    result = sweeps.ppp_sweep(cache_dir=args.cache, use_cache=not args.no_cache, progress=sys.stderr.isatty(),
+                              workers=args.workers, address=args.address, **overrides)
     print(result.table())
     claims = sweeps.claim_check(result)
     for c in claims:
@@ -685,7 +693,7 @@ def _run_arena(args) -> dict:
         if value is not None
     }
     result = arena.arena(cache_dir=args.cache, use_cache=not args.no_cache, progress=sys.stderr.isatty(),
-                         workers=args.workers, **overrides)
+                         workers=args.workers, address=args.address, **overrides)
     print(result.table())
     print(f"{result.computed} cells computed, {result.cached} from the cache")
     if args.png is not None:

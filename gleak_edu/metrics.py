@@ -21,11 +21,12 @@ spread stays visible.
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-__all__ = ["SUCCESS_SSIM", "attack_success", "mse", "psnr", "ssim", "label_accuracy", "match_order", "reid_ranks", "rank1_accuracy", "PSNR_CAP_DB"]
+__all__ = ["SUCCESS_SSIM", "attack_success", "Rate", "success_rate", "mse", "psnr", "ssim", "label_accuracy", "match_order", "reid_ranks", "rank1_accuracy", "PSNR_CAP_DB"]
 
 PSNR_CAP_DB = 100.0
 
@@ -89,6 +90,84 @@ def attack_success(reconstruction: torch.Tensor, truth: torch.Tensor, threshold:
     if not 0 < float(threshold) <= 1:
         raise ValueError(f"the success threshold is an SSIM in (0, 1], got {threshold}")
     return ssim(reconstruction, truth) >= float(threshold)
+
+
+@dataclass(frozen=True)
+class Rate:
+    """A success rate with its 95 % (or other) confidence interval: ``successes`` of ``n``.
+
+    Attributes:
+        successes: how many trials succeeded (0..n).
+        n: how many trials (>= 0; with 0 the rate is undefined: ``rate`` is nan, the interval [0, 1]).
+        rate: successes / n, in [0, 1] (nan for n = 0).
+        low, high: the interval's ends, in [0, 1].
+        confidence: the interval's level (0.95).
+        method: how the interval was computed ("wilson": scipy's Wilson score interval).
+    """
+
+    successes: int
+    n: int
+    rate: float
+    low: float
+    high: float
+    confidence: float = 0.95
+    method: str = "wilson"
+
+    def __str__(self) -> str:
+        if self.n == 0:
+            return "no trials"
+        return (f"{self.successes}/{self.n} = {100 * self.rate:.0f} % "
+                f"({100 * self.confidence:.0f} % CI {100 * self.low:.0f}-{100 * self.high:.0f} %)")
+
+    def as_dict(self) -> dict:
+        """JSON-ready: successes, n, rate, low, high, confidence, method (rate null for n = 0)."""
+        return {"successes": self.successes, "n": self.n, "rate": None if self.n == 0 else self.rate,
+                "low": self.low, "high": self.high, "confidence": self.confidence, "method": self.method}
+
+
+def success_rate(outcomes=None, *, successes: int | None = None, n: int | None = None,
+                 confidence: float = 0.95, method: str = "wilson") -> Rate:
+    """A success rate with its confidence interval, from scipy (``binomtest(...).proportion_ci``).
+
+    Give either ``outcomes`` (an iterable or tensor of bools, one per trial; None entries, e.g. an
+    attack that could not run, count as trials that failed) or ``successes`` and ``n``.
+
+    Args:
+        outcomes: one bool per (image, seed) trial.
+        successes, n: the counts, whole numbers with 0 <= successes <= n.
+        confidence: the interval's level, in (0, 1).
+        method: "wilson" (default; good at small n and near 0 or 1) or "exact" (Clopper-Pearson).
+
+    Returns:
+        :class:`Rate`; ``str(rate)`` reads "4/50 = 8 % (95 % CI 3-19 %)".
+
+    Raises:
+        ValueError: for both or neither of ``outcomes`` and the counts, counts that are not whole
+            numbers with 0 <= successes <= n, a confidence outside (0, 1), or an unknown method.
+    """
+    from scipy.stats import binomtest
+
+    if (outcomes is None) == (successes is None and n is None):
+        raise ValueError("give either outcomes (one bool per trial) or successes= and n=")
+    if outcomes is not None:
+        if isinstance(outcomes, torch.Tensor):
+            outcomes = outcomes.reshape(-1).tolist()
+        flags = [bool(o) if o is not None else False for o in outcomes]
+        successes, n = sum(flags), len(flags)
+    for name, v in (("successes", successes), ("n", n)):
+        if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {v!r}")
+    successes, n = int(successes), int(n)
+    if successes > n:
+        raise ValueError(f"successes ({successes}) cannot exceed the number of trials n ({n})")
+    if not 0 < float(confidence) < 1:
+        raise ValueError(f"confidence must lie in (0, 1), e.g. 0.95; got {confidence}")
+    if method not in ("wilson", "exact"):
+        raise ValueError(f"method must be 'wilson' or 'exact' (Clopper-Pearson), got {method!r}")
+    if n == 0:
+        return Rate(0, 0, float("nan"), 0.0, 1.0, float(confidence), method)
+    ci = binomtest(successes, n).proportion_ci(confidence_level=float(confidence), method=method)
+    return Rate(successes, n, successes / n, float(ci.low), float(ci.high), float(confidence), method)
 
 
 def label_accuracy(predicted, true) -> float:

@@ -46,6 +46,7 @@ from gleak_edu.attacks import inverting_gradients, precode_bypass
 from gleak_edu.defenses import perturbed_gradient, train_perturbed
 from gleak_edu.models import MLP
 from gleak_edu.precode import add_precode
+from gleak_edu.scale import run_cells
 
 __all__ = [
     "DEFENSES",
@@ -242,7 +243,9 @@ class SweepResult:
             [0, 1]), accuracy_loss (points of accuracy below "none", in [0, 1]),
             epsilon (at ``settings.delta``; inf without noise), ssim and psnr
             (means over seeds and images; dB), success_rate (share of attacked
-            images with SSIM >= ``settings.success_ssim``), diverged (any seed).
+            images with SSIM >= ``settings.success_ssim``) with its counts successes
+            and n and its 95 % Wilson interval success_low, success_high
+            (:func:`gleak_edu.metrics.success_rate`), diverged (any seed).
         cached, computed: how many cells came from the cache / were computed.
         test_images: the attacked images ``[images, 1, 28, 28]``.
     """
@@ -268,20 +271,31 @@ class SweepResult:
 
     def table(self) -> str:
         """The tidy table as aligned text."""
-        head = f"{'defense':8} {'σ (×C)':>6} {'attack':6} {'accuracy':>8} {'loss':>6} {'epsilon':>8} {'SSIM':>6} {'PSNR':>6} {'success':>7}"
+        head = f"{'defense':8} {'σ (×C)':>6} {'attack':6} {'accuracy':>8} {'loss':>6} {'epsilon':>8} {'SSIM':>6} {'PSNR':>6} {'success [95 % CI]':>17}"
         lines = [head, "-" * len(head)]
         for r in self.rows:
             eps = "inf" if math.isinf(r["epsilon"]) else ("-" if math.isnan(r["epsilon"]) else f"{r['epsilon']:.3g}")
             lines.append(
                 f"{r['defense']:8} {r['noise_multiplier']:6g} {r['attack']:6} {r['accuracy']:8.3f} {r['accuracy_loss']:6.3f} "
-                f"{eps:>8} {r['ssim']:6.3f} {r['psnr']:6.1f} {r['success_rate']:7.0%}" + ("  diverged" if r["diverged"] else "")
+                f"{eps:>8} {r['ssim']:6.3f} {r['psnr']:6.1f} "
+                f"{_rate_text(r):>17}" + ("  diverged" if r["diverged"] else "")
             )
         lines.append(f"σ: the noise multiplier (noise std σ·C, C = {self.settings.max_grad_norm:g})")
         return "\n".join(lines)
 
     def to_json(self) -> dict:
-        """Settings, versions and rows, JSON-ready (inf written as the string "inf", nan as null)."""
+        """Settings, versions and rows (each rate with ``successes``, ``n``, ``success_low``, ``success_high``), JSON-ready (inf written as the string "inf", nan as null)."""
         return _finite({"settings": dataclasses.asdict(self.settings), "versions": _versions(), "rows": self.rows})
+
+
+def _rate_text(row: dict) -> str:
+    return f"{row['successes']}/{row['n']} [{100 * row['success_low']:.0f}-{100 * row['success_high']:.0f}]"
+
+
+def _rate_fields(rate: metrics.Rate) -> dict:
+    """A row's success-rate fields: the rate, its counts and its 95 % Wilson interval."""
+    return {"success_rate": rate.rate, "successes": rate.successes, "n": rate.n,
+            "success_low": rate.low, "success_high": rate.high}
 
 
 def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
@@ -302,11 +316,17 @@ def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
                 "defense": defense, "noise_multiplier": noise_multiplier, "attack": attack, "accuracy": acc,
                 "accuracy_loss": base - acc, "epsilon": _number(group[0]["epsilon"]),
                 "ssim": mean(ssims), "psnr": mean(psnrs),
-                "success_rate": mean(float(v is not None and v >= settings.success_ssim) for v in ssims),
+                **_rate_fields(metrics.success_rate([v is not None and v >= settings.success_ssim for v in ssims])),
                 "diverged": any(bool(c["diverged"]) for c in group),
                 "accuracy_per_seed": [_number(c["accuracy"]) for c in group],
             })
     return rows
+
+
+def _cell_task(defense: str, noise_multiplier: float, seed: int, shared) -> dict:
+    """One sweep cell where :func:`gleak_edu.scale.run_cells` runs it; ``shared`` is ``(settings, (train, test))``."""
+    settings, split_data = shared
+    return sweep_cell(settings, defense, noise_multiplier, seed, data=split_data)
 
 
 def ppp_sweep(
@@ -315,6 +335,8 @@ def ppp_sweep(
     cache_dir: str | Path | None = None,
     use_cache: bool = True,
     progress: bool = False,
+    workers: int = 1,
+    address: str | None = None,
     **overrides,
 ) -> SweepResult:
     """Run (or load from the cache) the trade-off sweep of notebook 04.
@@ -327,13 +349,17 @@ def ppp_sweep(
             gives one warning before any cell is computed, and the run goes on
             without writing the cache (see :func:`gleak_edu._cache.open_cache`).
         use_cache: False computes every cell (and still writes the cache).
-        progress: a tqdm bar over cells.
+        progress: a tqdm bar over cells (those from the cache count as done at the start).
+        workers: 1 computes missing cells in this process; more runs them as tasks of a local
+            Ray with this many CPUs (:func:`gleak_edu.scale.run_cells`; the numbers do not depend on it).
+        address: a Ray cluster for the missing cells (default ``$RAY_ADDRESS``).
 
     Returns:
         :class:`SweepResult` (cells, tidy rows, cache counts).
 
     Raises:
-        ValueError: for invalid settings (see :class:`PPPSweepSettings`).
+        ValueError: for invalid settings (see :class:`PPPSweepSettings`) or workers < 1.
+        ImportError: when an address is given and Ray is not installed.
     """
     from tqdm.auto import tqdm
 
@@ -343,19 +369,31 @@ def ppp_sweep(
     todo = [(d, 0.0, s) for d in ("none", "precode") for s in settings.seeds]
     todo += [(d, nm, s) for nm in settings.noise_levels for d in ("full", "ppp") for s in settings.seeds]
     result = SweepResult(settings)
-    loaded = None
-    for defense, noise_multiplier, seed in tqdm(todo, desc="sweep", disable=not progress, leave=False):
-        key, spec = _cell_key(settings, defense, noise_multiplier, seed)
+    missing = {}
+    for where in todo:
+        key, spec = _cell_key(settings, *where)
         cell = cache.read(key, schema) if use_cache else None
         if cell is None:
-            if loaded is None:
-                loaded = training.split(gdata.mnist_subset(), settings.test_fraction, seed=0)
-            cell = sweep_cell(settings, defense, noise_multiplier, seed, data=loaded)
-            cache.write(key, spec, cell)
-            result.computed += 1
+            missing[where] = (key, spec)
         else:
             result.cached += 1
-        result.cells[(defense, noise_multiplier, seed)] = cell
+            result.cells[where] = cell
+    loaded = training.split(gdata.mnist_subset(), settings.test_fraction, seed=0) if missing else None
+
+    def store(where, cell: dict) -> None:
+        key, spec = missing[where]
+        cache.write(key, spec, cell)
+        result.cells[where] = cell
+        result.computed += 1
+
+    bar = tqdm(total=len(todo), initial=result.cached, desc=f"sweep ({result.cached} from cache)",
+               disable=not progress or not missing, leave=False)
+    try:
+        run_cells(_cell_task, list(missing), store, workers=int(workers), address=address,
+                  shared=(settings, loaded), progress=bar)
+    finally:
+        bar.close()
+    result.cells = {where: result.cells[where] for where in todo}  # the grid's order, whatever order cells finished in
     cache.close()  # the size bound: least recently used cells of other runs evicted
     result.rows = _rows(settings, result.cells)
     _, (x_test, _) = loaded or training.split(gdata.mnist_subset(), settings.test_fraction, seed=0)

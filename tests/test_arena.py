@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 
 import pytest
@@ -276,6 +277,43 @@ def test_workers_give_the_same_numbers(tiny, tmp_path):
         (local / f"arena-{cell_key(grid.cell_spec(settings, *cell))[:24]}.json").unlink()
     result = arena.arena(cache_dir=local, workers=2, **TINY)
     assert result.computed == 2 and _numbers(result.rows) == _numbers(first.rows)
+
+
+def test_a_ray_cluster_computes_the_missing_cells(tiny, tmp_path):
+    """``address=``: a Ray cluster started as a lab would (``ray start --head``) computes the cells; this
+    process's cache keeps them, and the numbers are those computed in-process."""
+    import socket
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    from gleak_edu._cache import cell_key
+
+    ray_cli = Path(sys.executable).with_name("ray")
+    if not ray_cli.exists():
+        pytest.skip("ray is not installed (the scale extra)")
+    root, first = tiny
+    local = _copy(root, tmp_path / "cache")
+    settings = arena.ArenaSettings(**TINY)
+    for cell in (("pruning", 0.9, 0), ("noise", 3.0, 0)):
+        (local / f"arena-{cell_key(grid.cell_spec(settings, *cell))[:24]}.json").unlink()
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    temp = Path(tempfile.mkdtemp(prefix="ray", dir="/tmp"))  # short: Ray's socket paths must fit in 107 bytes
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    start = [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", "--object-store-memory=200000000", f"--temp-dir={temp}", "--disable-usage-stats"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=180)
+    try:
+        result = arena.arena(cache_dir=local, address=f"127.0.0.1:{port}", **TINY)
+    finally:
+        subprocess.run([str(ray_cli), "stop", "--force"], env=env, capture_output=True, timeout=120)
+        shutil.rmtree(temp, ignore_errors=True)
+    assert result.computed == 2 and result.cached == N_CELLS - 2
+    assert _numbers(result.rows) == _numbers(first.rows)
+    assert arena.arena(cache_dir=local, compute=False, **TINY).cached == N_CELLS  # the cache kept the cluster's cells
 
 
 def test_settings_are_checked():

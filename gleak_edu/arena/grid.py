@@ -1,4 +1,4 @@
-"""The arena's grid: its cells cached on disk, computed in a pool of processes when missing, and :func:`arena`.
+"""The arena's grid: its cells cached on disk, the missing ones computed in-process or as Ray tasks, and :func:`arena`.
 
 One JSON file per (defense, level, seed) cell (:mod:`gleak_edu._cache`),
 keyed by the SHA-256 of every setting that cell depends on (a change in the
@@ -12,15 +12,13 @@ with a warning that names it.
 from __future__ import annotations
 
 import dataclasses
-import multiprocessing
-import threading
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
 
 from gleak_edu import data as gdata
 from gleak_edu import training
+from gleak_edu.scale import run_cells
 from gleak_edu._cache import Array, Flag, ListOf, Null, Number, Record, Text, cell_key, finite, open_cache, versions
 from gleak_edu.arena.cell import arena_cell
 from gleak_edu.arena.results import ArenaResult, rows_of
@@ -114,60 +112,22 @@ def _data(settings: ArenaSettings):
     return _DATA[settings.test_fraction]
 
 
-def _set_data(test_fraction: float, split_data) -> None:
-    """A worker's initializer: the parent's split, so workers do not load the MNIST subset again."""
-    _DATA[test_fraction] = split_data
+def _cell_task(defense: str, level: float, seed: int, shared) -> dict:
+    """One cell where :func:`gleak_edu.scale.run_cells` runs it; ``shared`` is ``(settings, (train, test))``."""
+    settings, split_data = shared
+    return arena_cell(settings, defense, level, seed, data=split_data)
 
 
-def _worker_cell(settings: ArenaSettings, defense: str, level: float, seed: int) -> dict:
-    return arena_cell(settings, defense, level, seed, data=_data(settings))
+def _store_by_cell(todo: list, store):
+    """``store(item, cell)`` for :func:`run_cells`, which hands back the cell's (defense, level, seed) only."""
+    by_cell = {item[0]: item for item in todo}
+    return lambda where, cell: store(by_cell[where], cell)
 
 
-def _run_parallel(settings: ArenaSettings, todo: list, store, workers: int) -> None:
-    """Compute ``todo`` in this process and ``workers - 1`` spawned ones, slowest cells first.
-
-    This process computes too (one process fewer to start and to hold in
-    memory: about 0.5 GB, which matters under Binder's 2 GB); a feeder
-    thread per worker process hands it the next cell and stores its result.
-    """
-    # the slowest cells (Opacus training, PRECODE models) first, so the processes finish together
+def _slow_first(todo: list) -> list:
+    """The slowest cells (Opacus training, PRECODE models) first, so the workers finish together."""
     slow = {d for d, s in DEFENSE_SPECS.items() if s.bottleneck or s.knob == "noise_multiplier"}
-    queue = sorted(todo, key=lambda item: item[0][0] not in slow)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def take():
-        with lock:
-            return queue.pop(0) if queue and not errors else None
-
-    def done(item, cell) -> None:
-        with lock:
-            store(item, cell)
-
-    def feed(pool) -> None:
-        try:
-            while (item := take()) is not None:
-                done(item, pool.submit(_worker_cell, settings, *item[0]).result())
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
-            with lock:
-                errors.append(exc)
-
-    ctx = multiprocessing.get_context("spawn")  # torch is not fork-safe once its thread pools exist
-    with ProcessPoolExecutor(max_workers=workers - 1, mp_context=ctx, initializer=_set_data,
-                             initargs=(settings.test_fraction, _data(settings))) as pool:
-        feeders = [threading.Thread(target=feed, args=(pool,), daemon=True) for _ in range(workers - 1)]
-        for t in feeders:
-            t.start()
-        try:
-            while (item := take()) is not None:
-                done(item, arena_cell(settings, *item[0], data=_data(settings)))
-        except BaseException as exc:
-            with lock:
-                errors.append(exc)
-        for t in feeders:
-            t.join()
-    if errors:
-        raise errors[0]
+    return sorted(todo, key=lambda item: item[0][0] not in slow)
 
 
 def arena(
@@ -177,6 +137,7 @@ def arena(
     use_cache: bool = True,
     progress: bool = False,
     workers: int = 1,
+    address: str | None = None,
     compute: bool = True,
     **overrides,
 ) -> ArenaResult:
@@ -190,10 +151,14 @@ def arena(
             gives one warning before any cell is computed, and the run goes on
             without writing the cache (see :func:`gleak_edu._cache.open_cache`).
         use_cache: False computes every cell (and still writes the cache).
-        progress: a tqdm bar over the cells.
-        workers: compute missing cells in this many processes, this one
-            included (each cell runs single-threaded, so the numbers are the
+        progress: a tqdm bar over the cells (those from the cache count as done at the start; its
+            postfix says how many cells are running and waiting).
+        workers: 1 computes missing cells in this process; more runs them as
+            tasks of a local Ray with this many CPUs (:func:`gleak_edu.scale.run_cells`;
+            each cell runs single-threaded and seeds itself, so the numbers are the
             same for any count; 2 on a 2-core CPU nearly halves a cold run).
+        address: a Ray cluster to run the missing cells on (default ``$RAY_ADDRESS``;
+            see :mod:`gleak_edu.scale`); the results are written to this process's cache.
         compute: False only loads: a cell missing from the cache raises
             LookupError instead of being computed (to load a grid that
             ``gleak arena`` computed, in seconds or not at all).
@@ -204,6 +169,8 @@ def arena(
     Raises:
         ValueError: for invalid settings or overrides (see :class:`gleak_edu.arena.ArenaSettings`),
             or workers < 1.
+        ImportError: when an address is given and Ray is not installed (workers > 1 without Ray: a warning,
+            and the cells run in this process).
         LookupError: with ``compute=False``, when cells are missing from the cache.
     """
     from tqdm.auto import tqdm
@@ -231,7 +198,8 @@ def arena(
             f"{len(todo)} of {len(todo) + result.cached} arena cells are not in the cache {cache.root}: compute them "
             "with `gleak arena --json arena.json` (same settings and cache folder) or arena(..., compute=True)"
         )
-    bar = tqdm(total=len(todo), desc="arena cells", disable=not progress or not todo, leave=False)
+    bar = tqdm(total=len(todo) + result.cached, initial=result.cached, desc=f"arena cells ({result.cached} from cache)",
+               disable=not progress or not todo, leave=False)
 
     def store(item, cell: dict) -> None:  # called from one thread at a time
         where, key, spec = item
@@ -241,12 +209,12 @@ def arena(
         result.computed += 1
         bar.update()
 
-    if int(workers) > 1 and len(todo) > 1:
-        _run_parallel(settings, todo, store, min(int(workers), len(todo)))
-    else:
-        for item in todo:
-            store(item, arena_cell(settings, *item[0], data=_data(settings)))
-    bar.close()
+    try:
+        run_cells(_cell_task, [item[0] for item in _slow_first(todo)], _store_by_cell(todo, store),
+                  workers=int(workers), address=address, shared=(settings, _data(settings)) if todo else None,
+                  progress=bar)
+    finally:
+        bar.close()
     cache.close()  # the size bound: least recently used cells of other runs evicted
     result.rows = rows_of(settings, result.cells)
     first = result.cells[cells_of(settings)[0]]

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from gleak_edu._cache import finite, number, versions
+from gleak_edu.metrics import success_rate
 from gleak_edu.arena.settings import (
     ATTACK_NAMES,
     ATTACKS,
@@ -62,14 +63,17 @@ def rows_of(settings: ArenaSettings, cells: dict) -> list[dict]:
         }
         for attack in ATTACKS:
             reason = impossible(attack, defense)
-            row = {**common, "attack": attack, "impossible": reason, "success_rate": None, "ssim": None,
-                   "psnr": None, "label_accuracy": None, "seconds": None}
+            row = {**common, "attack": attack, "impossible": reason, "success_rate": None, "successes": None, "n": None,
+                   "success_low": None, "success_high": None, "ssim": None, "psnr": None, "label_accuracy": None,
+                   "seconds": None}
             if reason is None:
                 outs = [c["attacks"][attack] for c in group]
                 ssims = [v for o in outs for v in o["ssim"]]
                 labels = [v for o in outs if o["label_correct"] is not None for v in o["label_correct"]]
+                rate = success_rate([v is not None and v >= settings.success_ssim for v in ssims])
                 row.update(
-                    success_rate=_mean([float(v is not None and v >= settings.success_ssim) for v in ssims]),
+                    success_rate=rate.rate, successes=rate.successes, n=rate.n,
+                    success_low=rate.low, success_high=rate.high,
                     ssim=_mean(ssims), psnr=_mean([v for o in outs for v in o["psnr"]]),
                     label_accuracy=_mean([float(bool(v)) for v in labels]) if labels else None,
                     seconds=_mean([v for o in outs for v in o["seconds"]]),
@@ -94,6 +98,8 @@ class ArenaResult:
             :data:`gleak_edu.arena.DEFENSE_LEVEL`); ``attack``; ``impossible``
             (the reason, or None); ``success_rate`` (share of attacked images,
             over seeds, with SSIM >= ``settings.success_ssim``, in [0, 1]);
+            ``successes`` and ``n`` (its counts) and ``success_low``/``success_high``
+            (its 95 % Wilson interval, :func:`gleak_edu.metrics.success_rate`);
             ``ssim`` (mean, in [-1, 1]); ``psnr`` (mean, dB);
             ``label_accuracy`` (share of labels right, in [0, 1]; None for an
             attack that reads no label, e.g. analytic); ``accuracy`` (mean
@@ -237,7 +243,7 @@ class ArenaResult:
         """The arena as text, one block per noise level (or only ``level``): each defense's level with its unit,
         success rate and mean SSIM per attack (rows) and defense (columns), then each defense's accuracy cost and epsilon."""
         levels = self.settings.noise_levels if level is None else (self._level(level),)
-        width = 14
+        width = 19
         blocks = []
         for lv in levels:
             summary = self.defense_summary(lv)
@@ -249,7 +255,9 @@ class ArenaResult:
                 cells = []
                 for d in DEFENSES:
                     r = self.row(d, a, lv)
-                    cells.append("n/a" if r["impossible"] else f"{r['success_rate']:.0%} ({r['ssim']:.2f})")
+                    cells.append("n/a" if r["impossible"] else
+                                 f"{r['successes']}/{r['n']} [{100 * r['success_low']:.0f}-{100 * r['success_high']:.0f}] "
+                                 f"{r['ssim']:.2f}")
                 lines.append(f"{ATTACK_NAMES[a]:22}" + "".join(f"{c:>{width}}" for c in cells))
             lines.append(f"{'accuracy':22}" + "".join(f"{s['accuracy']:>{width}.1%}" for s in summary))
             lines.append(f"{'accuracy cost (pts)':22}" + "".join(f"{100 * s['accuracy_cost']:>{width}.1f}" for s in summary))
@@ -258,7 +266,8 @@ class ArenaResult:
             blocks.append("\n".join(lines))
         notes = self.impossible_notes()
         legend = (
-            f"cells: success rate (share of images with SSIM >= {self.settings.success_ssim:g}) and, in brackets, mean SSIM; "
+            f"cells: successes/attacked images (SSIM >= {self.settings.success_ssim:g}), [95 % Wilson interval of the "
+            f"success rate, in %], mean SSIM; "
             f"pruning {self.settings.prune_fractions[0]:.0%}.\n{self._unit_legend()}"
         )
         return "\n\n".join(blocks) + "\n" + legend + "\n" + "\n".join(f"n/a: {k}: {v}" for k, v in notes.items())

@@ -57,6 +57,7 @@ from gleak_edu.exercises import (
     unanswered,
 )
 from gleak_edu.fl import client_gradient
+from gleak_edu.metrics import success_rate
 from gleak_edu.sweeps import victim
 
 __all__ = [
@@ -327,6 +328,11 @@ def load_full_grid(path: str | Path | None = None) -> FullGrid:
         for k in _NUMERIC:
             if isinstance(r.get(k), str):
                 r[k] = number(r[k])
+        if "successes" not in r:  # a grid written before rows carried their counts and interval
+            n = settings.images * len(settings.seeds)
+            rate = None if r["success_rate"] is None else success_rate(successes=round(r["success_rate"] * n), n=n)
+            r.update(successes=rate and rate.successes, n=rate and rate.n, success_low=rate and rate.low,
+                     success_high=rate and rate.high)
         rows.append(r)
     shape = (settings.images, 1, 28, 28)
     cells, per_image = {}, {}

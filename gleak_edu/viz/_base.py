@@ -480,10 +480,14 @@ def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float |
                 ax_heat.text(j, i, "n/a", ha="center", va="center", fontsize=8, color="0.3")
                 continue
             v, q = values[i, j], ssims[i, j]
+            row = result.row(defenses[j], shown[i], level, prune_fraction)
             colour = "white" if v > 0.6 else "black"
-            ax_heat.text(j, i - 0.12, f"{v:.0%}", ha="center", va="center", fontsize=9, color=colour, weight="bold")
+            ax_heat.text(j, i - 0.14, f"{row['successes']}/{row['n']}", ha="center", va="center", fontsize=9,
+                         color=colour, weight="bold")
+            small = f"[{100 * row['success_low']:.0f}-{100 * row['success_high']:.0f} %]"
             if np.isfinite(q):
-                ax_heat.text(j, i + 0.25, f"SSIM {q:.2f}", ha="center", va="center", fontsize=6, color=colour)
+                small += f" SSIM {q:.2f}"
+            ax_heat.text(j, i + 0.25, small, ha="center", va="center", fontsize=5.5, color=colour)
     ax_heat.set_yticks(range(len(shown)))
     ax_heat.set_yticklabels([arena.ATTACK_NAMES[a] for a in shown], fontsize=8)
     ax_heat.set_xticks(range(len(defenses)))
@@ -547,10 +551,11 @@ def arena_heatmap(result, level: float | None = None, *, prune_fraction: float |
 
     The same orientation as the text table (:meth:`gleak_edu.arena.ArenaResult.table`):
     one row per attack, one column per defense, each column headed by the
-    defense and its level in its unit. Each cell shows the success rate (share
+    defense and its level in its unit. Each cell is coloured by the success rate (share
     of attacked images with SSIM >= ``result.settings.success_ssim``; white to
     vermillion, :data:`gleak_edu.viz.palette.SEQUENTIAL`: the redder, the more
-    the attack works) and the mean SSIM. Impossible pairs are grey and hatched
+    the attack works) and shows its counts (successes/n), its 95 % Wilson
+    interval and the mean SSIM. Impossible pairs are grey and hatched
     with "n/a", their reasons listed under the figure. Under each defense's
     column: its accuracy cost (test accuracy of "none" minus its own, in
     points; blue bars, grey when it costs nothing), its accuracy and, for the
