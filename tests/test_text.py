@@ -190,3 +190,17 @@ def test_text_panels_run_headless(model, vocab):
     noisy = panel.run(1.0)
     assert noisy.metrics["order_accuracy"] <= 0.4 and "per release" in panel.summary.value
     assert panel.view.updates > 0
+
+
+def test_stop_when_exact_skips_the_matching_only_where_the_start_is_exact(model, vocab):
+    rng = random.Random(5)
+    words = _random_sentence(rng, vocab, 7)
+    toks = vocab.encode(" ".join(words))
+    g = fl.client_text_gradient(model, toks, torch.tensor([2]))
+    full = text_recovery(model, g, vocab, truth=(toks, 2))
+    quick = text_recovery(model, g, vocab, truth=(toks, 2), stop_when_exact=True)
+    assert quick.tokens == full.tokens and quick.metrics == full.metrics
+    if full.loss <= 1e-12:  # the similarity start decoded exactly: no step was taken
+        assert quick.iterations == 0 and "exactly" in quick.message and full.iterations == 200
+    noisy = clip_and_noise(g, 0.1, 1.0, seed=0)  # noise: no exact start, the matching runs in full
+    assert text_recovery(model, noisy, vocab, stop_when_exact=True).iterations == 200

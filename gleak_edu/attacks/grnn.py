@@ -9,6 +9,7 @@ working on batches where DLG's pixel search gets lost.
 from __future__ import annotations
 
 import math
+import threading
 from typing import Mapping, Sequence
 
 import torch
@@ -32,6 +33,8 @@ from gleak_edu.attacks._common import (
 )
 
 __all__ = ["GRNNGenerator", "grnn", "total_variation"]
+
+_GLOBAL_RNG = threading.Lock()
 
 
 class GRNNGenerator(nn.Module):
@@ -166,7 +169,9 @@ def grnn(
     check_num_classes(model, num_classes)
     _, target = params_and_target(model, shared)
     param_grads = gradient_fn(model)
-    with torch.random.fork_rng(devices=[]):
+    # the generator's init draws from torch's global random state: seeded and restored, one run at a time
+    # (two GRNN runs side by side in threads, gleak_edu.scale.side_by_side, must not interleave here)
+    with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):
         torch.manual_seed(int(seed))
         gen_net = GRNNGenerator((c, h, w), num_classes, z_dim=z_dim)
         z = torch.randn(b, z_dim)
