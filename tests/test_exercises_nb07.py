@@ -12,7 +12,7 @@ matplotlib.use("Agg")
 from matplotlib.colors import to_hex  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from gleak_edu import arena, viz  # noqa: E402
+from gleak_edu import arena, metrics, viz  # noqa: E402
 from gleak_edu.exercises import QUESTIONS  # noqa: E402
 from gleak_edu.exercises import nb07 as ex  # noqa: E402
 from gleak_edu.viz import palette  # noqa: E402
@@ -31,12 +31,15 @@ def fake_result(levels=(0.01, 1.0), images=3, seed=0, rates=None):
                  "epsilon": 1.5 if arena.DEFENSE_SPECS[d].dp else None, "attacked_noise_multiplier": None,
                  "attacked_noise_std": None, "diverged": False, "attack": a, "impossible": reason}
             if reason:
-                r.update(success_rate=None, ssim=None, psnr=None, label_accuracy=None, seconds=None)
+                r.update(success_rate=None, successes=None, n=None, success_low=None, success_high=None, ssim=None,
+                         psnr=None, label_accuracy=None, seconds=None)
             else:
                 rate = 0.0 if a == "grnn" else rnd.choice([0.0, 1 / 3, 2 / 3, 1.0])
                 if rates and (d, a, lv) in rates:
                     rate = rates[(d, a, lv)]
-                r.update(success_rate=rate, ssim=rnd.uniform(0, 1), psnr=20.0, label_accuracy=None, seconds=1.0)
+                ci = metrics.success_rate(successes=round(rate * images), n=images)
+                r.update(success_rate=rate, successes=ci.successes, n=ci.n, success_low=ci.low, success_high=ci.high,
+                         ssim=rnd.uniform(0, 1), psnr=20.0, label_accuracy=None, seconds=1.0)
             rows.append(r)
     return arena.ArenaResult(settings, rows=rows)
 
