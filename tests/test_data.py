@@ -195,3 +195,24 @@ def test_load_image_gif_first_frame(tmp_path, rgb_array):
     Image.fromarray(rgb_array).save(path)
     x = data.load_image(path)  # docstring: "any format imageio reads"
     _check_image_tensor(x, (1, 3, 32, 32))
+
+
+def test_heldout_photos_are_new_seeded_crops_that_no_notebook_uses():
+    import json
+    from pathlib import Path
+
+    from gleak_edu import data
+
+    a, b = data.heldout_photos(10), data.heldout_photos(10)
+    assert a.images.shape == (10, 3, 32, 32) and a.images.dtype == torch.float32
+    assert 0 <= float(a.images.min()) and float(a.images.max()) <= 1
+    assert torch.equal(a.images, b.images) and not torch.equal(a.images, data.heldout_photos(10, seed=1).images)
+    assert a.labels.tolist() == list(range(10)) and len(set(a.item_names)) == 10
+    course = data.photos().images
+    assert torch.cdist(a.images.flatten(1), course.flatten(1)).min() > 1.0  # none is one of the course's 13 photos
+    root = Path(__file__).resolve().parents[1]
+    for nb in sorted((root / "notebooks").glob("*.ipynb")) + [root / "app" / "playground.ipynb"]:
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"])
+        assert "heldout" not in code, f"{nb.name} uses the held-out evaluation set"
+    with pytest.raises(ValueError, match="whole number of crops"):
+        data.heldout_photos(0)
