@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-__all__ = ["SUCCESS_SSIM", "attack_success", "Rate", "success_rate", "mse", "psnr", "ssim", "label_accuracy", "match_order", "reid_ranks", "rank1_accuracy", "PSNR_CAP_DB"]
+__all__ = ["SUCCESS_SSIM", "attack_success", "Rate", "rate_brief", "success_rate", "mse", "psnr", "ssim", "label_accuracy", "match_order", "reid_ranks", "rank1_accuracy", "PSNR_CAP_DB"]
 
 PSNR_CAP_DB = 100.0
 
@@ -119,10 +119,20 @@ class Rate:
         return (f"{self.successes}/{self.n} = {100 * self.rate:.0f} % "
                 f"({100 * self.confidence:.0f} % CI {100 * self.low:.0f}-{100 * self.high:.0f} %)")
 
+    def row_fields(self) -> dict:
+        """The fields a results row carries: ``success_rate``, ``successes``, ``n``, ``success_low``, ``success_high``."""
+        return {"success_rate": self.rate, "successes": self.successes, "n": self.n,
+                "success_low": self.low, "success_high": self.high}
+
     def as_dict(self) -> dict:
         """JSON-ready: successes, n, rate, low, high, confidence, method (rate null for n = 0)."""
         return {"successes": self.successes, "n": self.n, "rate": None if self.n == 0 else self.rate,
                 "low": self.low, "high": self.high, "confidence": self.confidence, "method": self.method}
+
+
+def rate_brief(row: dict) -> str:
+    """A results row's rate in a table cell: ``"2/3 [21-94]"`` (successes/n, the interval's ends in %)."""
+    return f"{row['successes']}/{row['n']} [{100 * row['success_low']:.0f}-{100 * row['success_high']:.0f}]"
 
 
 def success_rate(outcomes=None, *, successes: int | None = None, n: int | None = None,

@@ -278,7 +278,7 @@ class SweepResult:
             lines.append(
                 f"{r['defense']:8} {r['noise_multiplier']:6g} {r['attack']:6} {r['accuracy']:8.3f} {r['accuracy_loss']:6.3f} "
                 f"{eps:>8} {r['ssim']:6.3f} {r['psnr']:6.1f} "
-                f"{_rate_text(r):>17}" + ("  diverged" if r["diverged"] else "")
+                f"{metrics.rate_brief(r):>17}" + ("  diverged" if r["diverged"] else "")
             )
         lines.append(f"σ: the noise multiplier (noise std σ·C, C = {self.settings.max_grad_norm:g})")
         return "\n".join(lines)
@@ -286,16 +286,6 @@ class SweepResult:
     def to_json(self) -> dict:
         """Settings, versions and rows (each rate with ``successes``, ``n``, ``success_low``, ``success_high``), JSON-ready (inf written as the string "inf", nan as null)."""
         return _finite({"settings": dataclasses.asdict(self.settings), "versions": _versions(), "rows": self.rows})
-
-
-def _rate_text(row: dict) -> str:
-    return f"{row['successes']}/{row['n']} [{100 * row['success_low']:.0f}-{100 * row['success_high']:.0f}]"
-
-
-def _rate_fields(rate: metrics.Rate) -> dict:
-    """A row's success-rate fields: the rate, its counts and its 95 % Wilson interval."""
-    return {"success_rate": rate.rate, "successes": rate.successes, "n": rate.n,
-            "success_low": rate.low, "success_high": rate.high}
 
 
 def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
@@ -316,7 +306,7 @@ def _rows(settings: PPPSweepSettings, cells: dict) -> list[dict]:
                 "defense": defense, "noise_multiplier": noise_multiplier, "attack": attack, "accuracy": acc,
                 "accuracy_loss": base - acc, "epsilon": _number(group[0]["epsilon"]),
                 "ssim": mean(ssims), "psnr": mean(psnrs),
-                **_rate_fields(metrics.success_rate([v is not None and v >= settings.success_ssim for v in ssims])),
+                **metrics.success_rate([v is not None and v >= settings.success_ssim for v in ssims]).row_fields(),
                 "diverged": any(bool(c["diverged"]) for c in group),
                 "accuracy_per_seed": [_number(c["accuracy"]) for c in group],
             })

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from gleak_edu._cache import finite, number, versions
-from gleak_edu.metrics import success_rate
+from gleak_edu.metrics import rate_brief, success_rate
 from gleak_edu.arena.settings import (
     ATTACK_NAMES,
     ATTACKS,
@@ -70,10 +70,8 @@ def rows_of(settings: ArenaSettings, cells: dict) -> list[dict]:
                 outs = [c["attacks"][attack] for c in group]
                 ssims = [v for o in outs for v in o["ssim"]]
                 labels = [v for o in outs if o["label_correct"] is not None for v in o["label_correct"]]
-                rate = success_rate([v is not None and v >= settings.success_ssim for v in ssims])
                 row.update(
-                    success_rate=rate.rate, successes=rate.successes, n=rate.n,
-                    success_low=rate.low, success_high=rate.high,
+                    **success_rate([v is not None and v >= settings.success_ssim for v in ssims]).row_fields(),
                     ssim=_mean(ssims), psnr=_mean([v for o in outs for v in o["psnr"]]),
                     label_accuracy=_mean([float(bool(v)) for v in labels]) if labels else None,
                     seconds=_mean([v for o in outs for v in o["seconds"]]),
@@ -256,8 +254,7 @@ class ArenaResult:
                 for d in DEFENSES:
                     r = self.row(d, a, lv)
                     cells.append("n/a" if r["impossible"] else
-                                 f"{r['successes']}/{r['n']} [{100 * r['success_low']:.0f}-{100 * r['success_high']:.0f}] "
-                                 f"{r['ssim']:.2f}")
+                                 f"{rate_brief(r)} {r['ssim']:.2f}")
                 lines.append(f"{ATTACK_NAMES[a]:22}" + "".join(f"{c:>{width}}" for c in cells))
             lines.append(f"{'accuracy':22}" + "".join(f"{s['accuracy']:>{width}.1%}" for s in summary))
             lines.append(f"{'accuracy cost (pts)':22}" + "".join(f"{100 * s['accuracy_cost']:>{width}.1f}" for s in summary))

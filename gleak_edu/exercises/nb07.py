@@ -330,9 +330,10 @@ def load_full_grid(path: str | Path | None = None) -> FullGrid:
                 r[k] = number(r[k])
         if "successes" not in r:  # a grid written before rows carried their counts and interval
             n = settings.images * len(settings.seeds)
-            rate = None if r["success_rate"] is None else success_rate(successes=round(r["success_rate"] * n), n=n)
-            r.update(successes=rate and rate.successes, n=rate and rate.n, success_low=rate and rate.low,
-                     success_high=rate and rate.high)
+            if r["success_rate"] is None:  # an impossible pairing
+                r.update(successes=None, n=None, success_low=None, success_high=None)
+            else:
+                r.update(success_rate(successes=round(r["success_rate"] * n), n=n).row_fields())
         rows.append(r)
     shape = (settings.images, 1, 28, 28)
     cells, per_image = {}, {}
