@@ -145,31 +145,37 @@ def shared_gradient(settings: ArenaSettings, defense: str, level: float, model, 
                               seed=seed)
 
 
-def _run_attack(attack: str, settings: ArenaSettings, model, shared, x, y, i: int) -> tuple[torch.Tensor | None, int | None, str]:
-    """One attack on one image through the registry.
+def _run_attack(attack: str, settings: ArenaSettings, model, shareds, xs, ys, seed: int) -> list[tuple]:
+    """One attack on every image of a cell through the registry, all images in one vectorised run
+    (:meth:`gleak_edu.attacks.AttackSpec.run_many`; image i's attack is seeded with i).
 
     Returns:
-        ``(reconstruction [1, 1, 28, 28] clamped to [0, 1] or None, predicted
-        label or None (an attack that reads no label), error)``; the error is
-        "" or the first line of the ValueError that stopped the attack (e.g.
-        an all-zero output-layer gradient leaves iDLG no label to read).
+        one ``(reconstruction [1, 1, 28, 28] in [0, 1] or None, predicted label or None (an attack that
+        reads no label), error, seconds)`` per image; the error is "" or the first line of the ValueError that
+        stopped the attack on that image (e.g. an all-zero output-layer gradient leaves iDLG no label to read);
+        seconds is the image's share of the run.
     """
     spec = ATTACK_REGISTRY[attack]
-    kwargs: dict = dict(input_shape=tuple(x.shape), num_classes=CLASSES, truth=(x, y))
-    if "seed" in spec.defaults:
-        kwargs["seed"] = i
+    kwargs: dict = dict(input_shape=(1, *xs.shape[1:]), num_classes=CLASSES)
     budget = settings.iterations(attack)
     if budget is not None:
         kwargs["iterations"] = budget
     restarts = settings.restarts(attack)
     if restarts > 1:
         kwargs["options"] = AttackOptions(restarts=restarts)
-    try:
-        res = spec.run(model, shared, **kwargs)
-    except ValueError as exc:
-        return None, None, str(exc).splitlines()[0]
-    label = None if res.labels is None else int(res.labels.reshape(-1)[0])
-    return res.reconstruction.detach(), label, ""  # every AttackResult is already in [0, 1]
+    n = len(shareds)
+    start = time.perf_counter()
+    results = spec.run_many(model, shareds, seeds=list(range(n)),
+                            truths=[(xs[i : i + 1], ys[i : i + 1]) for i in range(n)], **kwargs)
+    share = (time.perf_counter() - start) / n
+    out = []
+    for res in results:
+        if isinstance(res, ValueError):
+            out.append((None, None, str(res).splitlines()[0], share))
+        else:
+            label = None if res.labels is None else int(res.labels.reshape(-1)[0])
+            out.append((res.reconstruction.detach(), label, "", share))  # every AttackResult is already in [0, 1]
+    return out
 
 
 def arena_cell(settings: ArenaSettings, defense: str, level: float, seed: int, data=None) -> dict:
@@ -235,26 +241,29 @@ def _attack_cell(settings: ArenaSettings, defense: str, level: float, seed: int,
     attacks = {a: {"ssim": [], "psnr": [], "label_correct": [], "seconds": [], "errors": [], "reconstructions": []}
                for a in possible_attacks(defense)}
     xs, ys = test[0][: settings.images], test[1][: settings.images]
-    for i in range(settings.images):
-        x, y = xs[i : i + 1], ys[i : i + 1]
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(1000 * seed + i)
-            shared = shared_gradient(settings, defense, level, model, x, y, noise_multiplier=attacked, seed=1000 * seed + i)
-            for attack, out in attacks.items():
-                start = time.perf_counter()
-                rec, label, error = _run_attack(attack, settings, model, shared, x, y, i)
-                out["seconds"].append(time.perf_counter() - start)
-                out["errors"].append(error)
-                if rec is None:
-                    out["ssim"].append(None)
-                    out["psnr"].append(None)
-                    out["reconstructions"].append(torch.zeros_like(x[0]).tolist())
-                else:
-                    rec = (rec * 1e4).round() / 1e4  # what the cache keeps: score the same numbers
-                    out["ssim"].append(float(metrics.ssim(rec, x)[0]))
-                    out["psnr"].append(float(metrics.psnr(rec, x)[0]))
-                    out["reconstructions"].append(rec[0].tolist())
-                out["label_correct"].append(label is not None and label == int(y[0]))
+    shareds = []
+    with torch.random.fork_rng(devices=[]):
+        for i in range(settings.images):
+            torch.manual_seed(1000 * seed + i)  # PRECODE's sample of image i (its noise has its own seed)
+            shareds.append(shared_gradient(settings, defense, level, model, xs[i : i + 1], ys[i : i + 1],
+                                           noise_multiplier=attacked, seed=1000 * seed + i))
+        # the attacks' own draws (PRECODE's samples) go on from there: with one image, the stream a cell always used
+        runs = {attack: _run_attack(attack, settings, model, shareds, xs, ys, seed) for attack in attacks}
+    for attack, out in attacks.items():
+        for i, (rec, label, error, seconds) in enumerate(runs[attack]):
+            x, y = xs[i : i + 1], ys[i : i + 1]
+            out["seconds"].append(seconds)
+            out["errors"].append(error)
+            if rec is None:
+                out["ssim"].append(None)
+                out["psnr"].append(None)
+                out["reconstructions"].append(torch.zeros_like(x[0]).tolist())
+            else:
+                rec = (rec * 1e4).round() / 1e4  # what the cache keeps: score the same numbers
+                out["ssim"].append(float(metrics.ssim(rec, x)[0]))
+                out["psnr"].append(float(metrics.psnr(rec, x)[0]))
+                out["reconstructions"].append(rec[0].tolist())
+            out["label_correct"].append(label is not None and label == int(y[0]))
     for attack, out in attacks.items():
         if not ATTACK_REGISTRY[attack].recovers_labels:
             out["label_correct"] = None  # it reads no label: nothing to be right or wrong about

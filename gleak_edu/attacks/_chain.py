@@ -12,7 +12,16 @@ faster per evaluation than autograd's double backward on a 2-core CPU). The valu
 rounding; the tests check it layer by layer.
 
 Models opt in with a ``chain()`` method returning their layers in forward order
-(see :mod:`gleak_edu.models`); anything else falls back to autograd.
+(see :mod:`gleak_edu.models`; ``nn.Sequential`` entries are expanded, so a
+PRECODE head ``Sequential(bottleneck, linear)`` works); anything else falls back
+to autograd. PRECODE's variational bottleneck is a chain layer too where asked
+(``chain_gradient_fn(model, bottleneck=True)``, as :func:`matching_fn` does for
+several problems): in train mode it draws fresh noise eps ~ N(0, I) for every
+row of every evaluation (as the model itself does), in eval mode it passes its mean.
+
+:func:`matching_fn` also matches several problems at once (one shared gradient
+per image, "stacked" targets): the arena attacks its images in one vectorised
+evaluation, as batched restarts do.
 """
 
 from __future__ import annotations
@@ -23,12 +32,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gleak_edu.precode import VariationalBottleneck
+
 __all__ = ["chain_gradient_fn", "autograd_gradient_fn", "gradient_fn", "batched_gradient_fn", "vmap_gradient_fn", "matching_fn"]
 
 _ACTS = (nn.Sigmoid, nn.Tanh, nn.ReLU)
 
 
-def _supported(layer: nn.Module) -> bool:
+def _supported(layer: nn.Module, bottleneck: bool = False) -> bool:
+    if type(layer) is VariationalBottleneck:
+        return bottleneck
     if isinstance(layer, nn.Conv2d):
         return (
             type(layer) is nn.Conv2d and layer.groups == 1 and layer.padding_mode == "zeros"
@@ -38,6 +51,38 @@ def _supported(layer: nn.Module) -> bool:
         k, s = layer.kernel_size, layer.stride
         return k == s and isinstance(k, int) and layer.padding == 0 and not layer.ceil_mode
     return type(layer) in (nn.Linear, nn.Flatten, nn.Sigmoid, nn.Tanh, nn.ReLU)
+
+
+def _expanded(layers) -> list[nn.Module]:
+    """The chain's layers with every ``nn.Sequential`` replaced by its children (recursively)."""
+    out: list[nn.Module] = []
+    for layer in layers:
+        out += _expanded(list(layer)) if type(layer) is nn.Sequential else [layer]
+    return out
+
+
+def _own_parameters(layer: nn.Module) -> list[nn.Parameter]:
+    """The parameters a chain layer's step computes gradients for (the bottleneck's encoder's and decoder's)."""
+    if type(layer) is VariationalBottleneck:
+        return [layer.encoder.weight, layer.encoder.bias, layer.decoder.weight, layer.decoder.bias]
+    return list(layer.parameters(recurse=False))
+
+
+def _linear_grads(d: torch.Tensor, hin: torch.Tensor, out: list, groups: int, fuse: bool, iw: int, ib: int | None) -> None:
+    """A linear layer's weight and bias gradients from dL/d(output) ``d [N, O]`` and its input ``hin [N, I]``."""
+    if groups:
+        dg = d.reshape(groups, -1, d.shape[-1])  # [G, B, O]
+        hg = hin.reshape(groups, -1, hin.shape[-1])  # [G, B, I]
+        if fuse and dg.shape[1] < min(dg.shape[2], hg.shape[2]):
+            out[iw] = _Outer(dg, hg)  # the [G, O, I] product is never formed
+        else:
+            out[iw] = torch.bmm(dg.transpose(1, 2), hg)
+        if ib is not None:
+            out[ib] = dg.sum(1)
+    else:
+        out[iw] = d.t() @ hin
+        if ib is not None:
+            out[ib] = d.sum(0)
 
 
 class _Outer:
@@ -52,7 +97,7 @@ class _Outer:
         return torch.bmm(self.d.transpose(1, 2), self.h)
 
 
-def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]] | None:
+def chain_gradient_fn(model: nn.Module, bottleneck: bool = False) -> Callable[[torch.Tensor, torch.Tensor], list[torch.Tensor]] | None:
     """``f(x, soft_labels) -> [grad of each parameter]`` for a chain model, or None if unsupported.
 
     The loss is the soft-label cross-entropy averaged over the batch,
@@ -61,11 +106,19 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
     ``model.parameters()`` order and stay differentiable with respect to x and
     soft. Returns None if the model has no ``chain()`` or a layer is not
     supported, or if its parameters are not exactly the chain's.
+
+    ``bottleneck``: also compile PRECODE's variational bottleneck (used when
+    several problems are matched at once, :func:`matching_fn` with
+    ``problems``). Off by default, so a single attack on a PRECODE model keeps
+    drawing its samples exactly as before (through autograd or vmap).
     """
     layers = model.chain() if hasattr(model, "chain") else None
-    if not layers or not all(_supported(layer) for layer in layers):
+    if not layers:
         return None
-    chain_params = [p for layer in layers for p in layer.parameters(recurse=False)]
+    layers = _expanded(layers)
+    if not all(_supported(layer, bottleneck) for layer in layers):
+        return None
+    chain_params = [p for layer in layers for p in _own_parameters(layer)]
     model_params = [p for p in model.parameters() if p.requires_grad]
     if len(chain_params) != len(model_params) or any(a is not b for a, b in zip(chain_params, model_params)):
         return None
@@ -131,20 +184,34 @@ def chain_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tensor]
                 return F.linear(h, wt, bias), h
 
             def bwd(d, hin, out, groups, fuse=False, *, wt=wt, iw=iw, ib=ib, first=first):
-                if groups:
-                    dg = d.reshape(groups, -1, d.shape[-1])  # [G, B, O]
-                    hg = hin.reshape(groups, -1, hin.shape[-1])  # [G, B, I]
-                    if fuse and dg.shape[1] < min(dg.shape[2], hg.shape[2]):
-                        out[iw] = _Outer(dg, hg)  # the [G, O, I] product is never formed
-                    else:
-                        out[iw] = torch.bmm(dg.transpose(1, 2), hg)
-                    if ib is not None:
-                        out[ib] = dg.sum(1)
-                else:
-                    out[iw] = d.t() @ hin
-                    if ib is not None:
-                        out[ib] = d.sum(0)
+                _linear_grads(d, hin, out, groups, fuse, iw, ib)
                 return None if first else d @ wt
+
+        elif type(layer) is VariationalBottleneck:
+            # [mu, s] = encoder(h), sigma = softplus(s), z = mu + sigma * eps (train) or mu (eval), out = decoder(z)
+            vb = layer
+            we, be = vb.encoder.weight.detach(), vb.encoder.bias.detach()
+            wd, bd = vb.decoder.weight.detach(), vb.decoder.bias.detach()
+            iwe, ibe = index[id(vb.encoder.weight)], index[id(vb.encoder.bias)]
+            iwd, ibd = index[id(vb.decoder.weight)], index[id(vb.decoder.bias)]
+
+            def fwd(h, vb=vb, we=we, be=be, wd=wd, bd=bd):
+                mu, s = F.linear(h, we, be).chunk(2, dim=1)
+                if vb.training:  # the mode at call time, as the model's own forward reads it
+                    eps = torch.randn_like(mu)
+                    z = mu + F.softplus(s) * eps
+                else:
+                    eps, z = None, mu
+                return F.linear(z, wd, bd), (h, z, s, eps)
+
+            def bwd(d, saved, out, groups, fuse=False, *, we=we, wd=wd, iwe=iwe, ibe=ibe, iwd=iwd, ibd=ibd, first=first):
+                h, z, s, eps = saved
+                _linear_grads(d, z, out, groups, fuse, iwd, ibd)
+                dz = d @ wd
+                ds = torch.zeros_like(dz) if eps is None else dz * eps * torch.sigmoid(s)  # softplus' = sigmoid
+                da = torch.cat([dz, ds], dim=1)
+                _linear_grads(da, h, out, groups, fuse, iwe, ibe)
+                return None if first else da @ we
 
         elif isinstance(layer, nn.AvgPool2d):
             kk = layer.kernel_size
@@ -285,7 +352,7 @@ def batched_gradient_fn(model: nn.Module) -> Callable[[torch.Tensor, torch.Tenso
 
 
 def matching_fn(
-    model: nn.Module, target: "list[torch.Tensor | None]"
+    model: nn.Module, target: "list[torch.Tensor | None]", problems: int | None = None
 ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """The gradient-matching terms of R restarts at once, without forming the largest gradients.
 
@@ -298,6 +365,13 @@ def matching_fn(
     of the soft-label cross-entropy averaged over its B images. DLG and GRNN
     use the first, Inverting Gradients' cosine the other two.
 
+    ``problems``: P independent problems at once (one shared gradient per
+    image, as the arena attacks its images): each target tensor then has a
+    leading dimension P (``[P, *param.shape]``), and the R rows of ``x`` come
+    problem by problem, the same number R / P for each (rows ``p * R/P`` to
+    ``(p + 1) * R/P - 1`` are matched against problem p). The returned
+    function's ``target_sq_norm`` is then a float64 tensor ``[P]``, not a float.
+
     A linear layer's weight gradient is ``d^T h`` (d: dL/d(output), h: its
     input). For it the chain program never forms the ``[O, I]`` matrix per
     restart: ``||d^T h||^2 = sum((d d^T) * (h h^T))`` and
@@ -305,8 +379,13 @@ def matching_fn(
     distance cancels large terms). For LeNet-Zhu's classifier that is 76,800
     of its 85,000 gradient entries. Other parameters are compared directly.
     Models without a ``chain()`` go through :func:`vmap_gradient_fn`.
+
+    Raises:
+        ValueError: no parameter selected, or stacked targets whose leading
+            dimension is not ``problems``; when called, a row count that is
+            not a multiple of ``problems``.
     """
-    fast = chain_gradient_fn(model)
+    fast = chain_gradient_fn(model, bottleneck=problems is not None)
     if fast is not None:
         def program(x: torch.Tensor, soft: torch.Tensor) -> list:
             return fast(x, soft, fuse=True)
@@ -328,8 +407,12 @@ def matching_fn(
     pick = [i for i, t in enumerate(target) if t is not None]
     if not pick:
         raise ValueError("no parameter selected for matching")
+    P = None if problems is None else int(problems)
+    lead = 1 if P is not None else 0  # the problems' dimension, when stacked
+    if P is not None and any(target[i].ndim < 1 or target[i].shape[0] != P for i in pick):
+        raise ValueError(f"stacked targets must have a leading dimension of {P} problems")
     t64 = {i: target[i].detach().double() for i in pick}
-    tt = {i: float(t64[i].pow(2).sum()) for i in pick}
+    tt = {i: (t64[i].pow(2).flatten(lead).sum(-1) if P is not None else float(t64[i].pow(2).sum())) for i in pick}
     layout: dict = {}
 
     def terms(x: torch.Tensor, soft: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -337,16 +420,24 @@ def matching_fn(
         if not layout:  # which parameters come as factors (fixed per model and batch size)
             layout["outer"] = [i for i in pick if isinstance(parts[i], _Outer)]
             layout["dense"] = [i for i in pick if not isinstance(parts[i], _Outer)]
-            dense_t = [target[i].detach().float().reshape(-1) for i in layout["dense"]]
-            layout["t"] = torch.cat(dense_t) if dense_t else None
+            dense_t = [target[i].detach().float().flatten(lead) for i in layout["dense"]]
+            layout["t"] = torch.cat(dense_t, -1) if dense_t else None
             layout["tt_outer"] = sum(tt[i] for i in layout["outer"])
         r = x.shape[0]
+        if P is not None and r % P:
+            raise ValueError(f"{r} rows cannot be split evenly between {P} problems")
+        per = 1 if P is None else r // P  # rows per problem
         if layout["t"] is not None:  # every directly compared gradient as one flat vector per restart
             g = torch.cat([parts[i].reshape(r, -1) for i in layout["dense"]], 1)
             t = layout["t"]
-            sq = (g - t).pow(2).sum(1).double()
+            if P is None:
+                sq = (g - t).pow(2).sum(1).double()
+                gt = (g @ t).double()
+            else:
+                gp = g.view(P, per, -1)
+                sq = (gp - t[:, None]).pow(2).sum(-1).reshape(r).double()
+                gt = (gp * t[:, None]).sum(-1).reshape(r).double()
             gg = g.pow(2).sum(1).double()
-            gt = (g @ t).double()
         else:
             sq = gg = gt = torch.zeros(r, dtype=torch.float64)
         for i in layout["outer"]:
@@ -355,14 +446,24 @@ def matching_fn(
             if d.shape[1] == 1:  # one image per restart: a rank-one gradient
                 d1, h1 = d[:, 0], h[:, 0]
                 g2 = d1.pow(2).sum(1) * h1.pow(2).sum(1)
-                gtv = ((d1 @ t) * h1).sum(1)
+                if P is None:
+                    gtv = ((d1 @ t) * h1).sum(1)
+                else:  # [P, per, O] x [P, O, I]
+                    gtv = (torch.bmm(d1.view(P, per, -1), t) * h1.view(P, per, -1)).sum(-1).reshape(r)
             else:
                 g2 = (torch.bmm(d, d.transpose(1, 2)) * torch.bmm(h, h.transpose(1, 2))).sum((1, 2))
-                gtv = (d * (h @ t.t())).sum((1, 2))
+                if P is None:
+                    gtv = (d * (h @ t.t())).sum((1, 2))
+                else:
+                    tr = t.repeat_interleave(per, 0)  # [R, O, I]
+                    gtv = (d * torch.bmm(h, tr.transpose(1, 2))).sum((1, 2))
             sq = sq + (g2 - 2 * gtv)
             gg = gg + g2
             gt = gt + gtv
-        return sq + layout["tt_outer"], gg, gt
+        tt_outer = layout["tt_outer"]
+        if P is not None and torch.is_tensor(tt_outer):
+            tt_outer = tt_outer.repeat_interleave(per)
+        return sq + tt_outer, gg, gt
 
     terms.target_sq_norm = sum(tt.values())  # type: ignore[attr-defined]
     return terms

@@ -441,6 +441,19 @@ class RestartBook:
         """``ids`` sorted by best loss so far, lowest first (never-finite restarts last)."""
         return ids[torch.argsort(self.best_loss[ids], stable=True)]
 
+    def halve(self, ids: torch.Tensor, problems: int, iteration: int) -> torch.Tensor:
+        """Successive halving on rows ``ids`` (restart ids, problem by problem, the same count for each of
+        ``problems``): keep the better half of each problem's rows; returns the row indices kept (int64, per
+        problem best first), the dropped restarts' reason recorded."""
+        per = len(ids) // problems
+        kept_rows: list[int] = []
+        for p in range(problems):
+            order = self.ranking(ids[p * per:(p + 1) * per])
+            kept = order[: math.ceil(per / 2)]
+            self.stop_reason(order[len(kept):].tolist(), f"dropped at iteration {iteration} (successive halving)")
+            kept_rows += [int(torch.nonzero(ids == r)[0]) for r in kept.tolist()]
+        return torch.tensor(kept_rows)
+
     def stop_reason(self, ids: Sequence[int], reason: str) -> None:
         for r in ids:
             self.reasons[int(r)] = reason

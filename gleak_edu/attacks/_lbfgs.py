@@ -284,16 +284,14 @@ class BatchedLBFGS:
 
     def reset(self, rows: torch.Tensor) -> None:
         """Forget the history of the rows in the bool mask ``rows`` (a restart from a new point)."""
-        keep = (~rows).to(torch.float64)
-        self.W *= keep[:, None, None]
-        self.G *= keep[:, None, None]
-        self.SY *= keep[:, None, None]
-        self.YY *= keep[:, None, None]
-        self.valid &= ~rows[:, None]
-        self.gamma = torch.where(rows, torch.ones_like(self.gamma), self.gamma)
-        self.n_iter = torch.where(rows, torch.zeros_like(self.n_iter), self.n_iter)
-        self._wg *= keep[:, None]
-        self._wd *= keep[:, None]
+        idx = torch.nonzero(rows).flatten()  # only these rows are written (a retry resets one row of many)
+        if not len(idx):
+            return
+        for name in ("W", "G", "SY", "YY", "_wg", "_wd"):
+            getattr(self, name)[idx] = 0
+        self.valid[idx] = False
+        self.gamma[idx] = 1.0
+        self.n_iter[idx] = 0
 
     def keep(self, rows: torch.Tensor) -> None:
         """Keep only the rows with these indices (int64 ``[R']``); ``x`` becomes ``x[rows]`` (a new tensor)."""

@@ -88,7 +88,35 @@ def _run(
     callback: Callback | None,
     options: AttackOptions | None,
 ) -> AttackResult:
-    """DLG's engine (and iDLG's, with ``fixed_labels``): batched restarts, retries, successive halving."""
+    """DLG's engine (and iDLG's, with ``fixed_labels``) on one shared gradient."""
+    return _run_problems(
+        attack, model, [shared], input_shape=input_shape, num_classes=num_classes,
+        fixed_labels=None if fixed_labels is None else [fixed_labels], iterations=iterations, lr=lr, seeds=[seed],
+        truths=[truth], callback=callback, options=options,
+    )[0]
+
+
+def _run_problems(
+    attack: str,
+    model: nn.Module,
+    shareds: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    fixed_labels: Sequence[torch.Tensor] | None,
+    iterations: int,
+    lr: float,
+    seeds: Sequence[int],
+    truths: Sequence[object],
+    callback: Callback | None,
+    options: AttackOptions | None,
+) -> list[AttackResult]:
+    """DLG's engine: P independent problems (shared gradients), each with batched restarts, retries and
+    successive halving, all in one vectorised evaluation; one result per problem.
+
+    Rows come problem by problem (R restarts each, the same count for every problem after each halving), so
+    problem p with seed s runs exactly the rows the single attack with seed s would run.
+    """
     options = options_of(options)
     callback_every, metrics_every = options.every(10, 10)
     restarts, retries, max_evals_per_step = options.restarts, options.retries, options.max_evals_per_step
@@ -97,36 +125,46 @@ def _run(
     iterations = check_hyper(iterations, lr)
     if isinstance(max_evals_per_step, bool) or not isinstance(max_evals_per_step, int) or not 1 <= max_evals_per_step <= 1000:
         raise ValueError(f"max_evals_per_step must be a whole number in 1..1000, got {max_evals_per_step!r}")
-    check_batchnorm(model, restarts)
-    truth, true_labels = check_truth(truth, (b, c, h, w))
+    P = len(shareds)
+    if P < 1 or len(seeds) != P or len(truths) != P or (fixed_labels is not None and len(fixed_labels) != P):
+        raise ValueError("give one seed, one truth (or None) and, for iDLG, one label per shared gradient")
+    if P > 1 and callback is not None:
+        raise ValueError("a callback follows one attack: attack one shared gradient at a time to use it")
+    check_batchnorm(model, restarts * P)
+    checked = [check_truth(t, (b, c, h, w)) for t in truths]
     check_num_classes(model, num_classes)
-    check_shared(model, shared)
+    for shared in shareds:
+        check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     k = int(num_classes)
     nx = b * c * h * w
     R = restarts
-    gen = torch.Generator().manual_seed(int(seed))
+    gens = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
     joint = fixed_labels is None
     nz = nx + (b * k if joint else 0)
-    z = torch.randn(R, nz, generator=gen)  # row 0 is the single-restart draw of the same seed
+    z = torch.cat([torch.randn(R, nz, generator=gen) for gen in gens])  # row p*R is problem p's single-restart draw
 
-    rec = Recorder(attack, truth=truth, callback=callback, callback_every=callback_every, metrics_every=metrics_every,
-                   progress=options.progress, iterations=iterations)
-    terms = matching_fn(model, [shared[n] for n in names])  # all restarts in one vectorised evaluation
-    one_hot = None if joint else F.one_hot(fixed_labels, k).to(torch.float32)
-    book = RestartBook(R)
-    ids = torch.arange(R)  # the restarts still running, in row order
+    single = P == 1
+    rec = Recorder(attack, truth=checked[0][0] if single else None, callback=callback, callback_every=callback_every,
+                   metrics_every=metrics_every, progress=options.progress, iterations=iterations)
+    if single:  # all restarts in one vectorised evaluation
+        terms = matching_fn(model, [shareds[0][n] for n in names])
+    else:  # and every problem's too
+        terms = matching_fn(model, [torch.stack([s[n] for s in shareds]) for n in names], problems=P)
+    one_hot = None if joint else torch.stack([F.one_hot(lab, k).to(torch.float32) for lab in fixed_labels])  # [P, b, k]
+    book = RestartBook(P * R)
+    ids = torch.arange(P * R)  # the rows still running (restart r of problem p is p * R + r), in row order
     halve_at = halving_points(R, iterations) if options.successive_halving else []
 
-    def labels_of(zz: torch.Tensor) -> torch.Tensor:
+    def labels_of(zz: torch.Tensor, problem: int) -> torch.Tensor:
         if joint:
             return zz[nx:].view(b, k).argmax(1)
-        return fixed_labels.clone()
+        return fixed_labels[problem].clone()
 
     def fn(zz: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         n = zz.shape[0]
         zz = zz.detach().requires_grad_(True)
-        soft = F.softmax(zz[:, nx:].view(n, b, k), dim=-1) if joint else one_hot.expand(n, b, k)
+        soft = F.softmax(zz[:, nx:].view(n, b, k), dim=-1) if joint else one_hot.repeat_interleave(n // P, 0)
         dist = terms(zz[:, :nx].view(n, b, c, h, w), soft)[0]
         (gz,) = torch.autograd.grad(dist.sum(), zz)
         rec.evaluations += 1
@@ -134,11 +172,15 @@ def _run(
         return dist.detach(), gz
 
     message = f"ran all {iterations} iterations"
-    scale = float(terms.target_sq_norm) or 1.0
+    if single:
+        scale: float | torch.Tensor = float(terms.target_sq_norm) or 1.0
+    else:  # per problem, repeated for its rows where used
+        norms = terms.target_sq_norm
+        scale = torch.where(norms > 0, norms, torch.ones_like(norms))
     # per running row: the loss its current run started from, steps in the run, finished (frozen)
-    run_start = torch.full((R,), math.nan, dtype=torch.float64)
-    run_steps = torch.zeros(R, dtype=torch.long)
-    finished = torch.zeros(R, dtype=torch.bool)
+    run_start = torch.full((P * R,), math.nan, dtype=torch.float64)
+    run_steps = torch.zeros(P * R, dtype=torch.long)
+    finished = torch.zeros(P * R, dtype=torch.bool)
     it = 0
     with fast_attack_mode(model, options.num_threads):
         # the history's vectors in float32 (as torch's L-BFGS keeps them), its Gram matrices
@@ -158,7 +200,8 @@ def _run(
                 # line search overshoots), or the sigmoids saturate and the run freezes
                 # far from zero loss. The attacker sees both in the matching loss alone.
                 exploded = finite & (last > 10 * run_start)
-                frozen = info.converged & (info.evaluations <= 2) & (last > 1e-4 * scale)
+                row_scale = scale if single else scale.repeat_interleave(len(ids) // P)
+                frozen = info.converged & (info.evaluations <= 2) & (last > 1e-4 * row_scale)
                 stalled = (run_steps == 50) & (last > 0.01 * run_start)
                 failed = live & (~finite | exploded | frozen | stalled)
                 notes = []
@@ -168,11 +211,11 @@ def _run(
                         "non-finite loss" if not finite[row] else "exploding loss" if exploded[row]
                         else "frozen run" if frozen[row] else "stalled run"
                     )
-                    who = f"restart {r}: " if R > 1 else ""
+                    who = f"restart {r % R}: " if R > 1 else ""
                     if book.retries[r] < retries and it < iterations:
                         book.retries[r] += 1
                         notes.append(f"{who}retry {int(book.retries[r])} ({why})")
-                        z[row] = torch.randn(z.shape[1], generator=gen)
+                        z[row] = torch.randn(z.shape[1], generator=gens[r // R])
                         opt.reset(torch.arange(len(ids)) == row)
                         run_start[row] = math.nan
                         run_steps[row] = 0
@@ -187,44 +230,66 @@ def _run(
                 finished |= done
                 cur = torch.where(finished & ~done, torch.full_like(last, math.inf), torch.nan_to_num(last, nan=math.inf))
                 show = int(cur.argmin())
-                if rec.record(it, float(last[show]), z[show, :nx].view(b, c, h, w), labels_of(z[show]), note="; ".join(notes) or None):
+                if rec.record(it, float(last[show]), z[show, :nx].view(b, c, h, w), labels_of(z[show], int(ids[show]) // R),
+                              note="; ".join(notes) or None):
                     message = f"stopped by the callback at iteration {it}"
                     break
                 if bool(finished.all()):
-                    reasons = sorted({book.reasons[int(r)] for r in ids})
-                    message = "; ".join(reasons)
+                    if single:
+                        message = "; ".join(sorted({book.reasons[int(r)] for r in ids}))
                     break
-                if it in halve_at and len(ids) > 1:  # successive halving: keep the better half
-                    order = book.ranking(ids)
-                    kept = order[: math.ceil(len(ids) / 2)]
-                    for r in order[len(kept):].tolist():
-                        book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
-                    rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
+                if it in halve_at and len(ids) > P:  # successive halving: keep the better half of each problem's rows
+                    rows = book.halve(ids, P, it)
                     ids = ids[rows]
                     opt.keep(rows)
                     run_start, run_steps, finished = run_start[rows], run_steps[rows], finished[rows]
         rec.close()
-    message = rec.stop_note(it) or message
-    best = book.best_row()
-    if best is None:  # not even the first evaluation was finite
-        rec.best = opt.x[0, :nx].view(b, c, h, w).detach().clone()
-        rec.best_labels = labels_of(opt.x[0])
-        message = "the very first evaluation was non-finite; returned the random start"
-        book.diverged[:] = True
-        best = 0
-    else:
-        rec.best = book.best_z[best, :nx].view(b, c, h, w).clone()
-        rec.best_labels = labels_of(book.best_z[best])
-        rec.best_loss = float(book.best_loss[best])
-    used = int(book.retries.sum())
-    if used:
-        message += f"; {used} retr{'y' if used == 1 else 'ies'}"
-    if R > 1:
-        message += f"; best of {R} restarts: restart {best}"
-    result = rec.result(it, bool(book.diverged[best]), message, true_labels, used)
-    result.restarts = R
-    result.per_restart = book.report(truth, lambda zz: zz[:nx].view(b, c, h, w))
-    return rec.finish(result)
+    stop_note = rec.stop_note(it)
+    results = []
+    for p_ in range(P):
+        block = slice(p_ * R, (p_ + 1) * R)
+        truth, true_labels = checked[p_]
+        out = rec if single else Recorder(attack, truth=truth, callback=None, callback_every=callback_every,
+                                          metrics_every=metrics_every, progress=False, iterations=iterations)
+        diverged = book.diverged[block].clone()
+        losses = book.best_loss[block]
+        seen = book.best_z is not None and bool(book._seen[block].any())
+        note = message
+        if not single:
+            ended = sorted({book.reasons[r] for r in range(block.start, block.stop)})
+            note = "; ".join(ended) if bool(finished.all()) else message
+        if not seen:  # not even the first evaluation was finite
+            best = 0
+            start = z_start = opt.x[p_ * (len(ids) // P)] if len(ids) >= P else opt.x[0]
+            out.best = z_start[:nx].view(b, c, h, w).detach().clone()
+            out.best_labels = labels_of(start, p_)
+            note = "the very first evaluation was non-finite; returned the random start"
+            diverged[:] = True
+        else:
+            best = int(losses.argmin())
+            out.best = book.best_z[p_ * R + best, :nx].view(b, c, h, w).clone()
+            out.best_labels = labels_of(book.best_z[p_ * R + best], p_)
+            out.best_loss = float(losses[best])
+        note = stop_note or note
+        used = int(book.retries[block].sum())
+        if used:
+            note += f"; {used} retr{'y' if used == 1 else 'ies'}"
+        if R > 1:
+            note += f"; best of {R} restarts: restart {best}"
+        if not single:  # one clock and one count for all problems: each gets its share
+            out.evaluations = rec.evaluations
+            out.seconds = rec.seconds / P
+            note += f"; attacked together with {P - 1} other gradient(s) (seconds are this one's share)"
+        result = out.result(it, bool(diverged[best]), note, true_labels, used)
+        result.restarts = R
+        rows_book = RestartBook(R)
+        rows_book.best_loss, rows_book.retries = book.best_loss[block], book.retries[block]
+        rows_book.reasons, rows_book.diverged = book.reasons[block], diverged
+        rows_book.best_z = None if book.best_z is None else book.best_z[block]
+        rows_book._seen = book._seen[block] if book.best_z is not None else None
+        result.per_restart = rows_book.report(truth, lambda zz: zz[:nx].view(b, c, h, w))
+        results.append(out.finish(result))
+    return results
 
 
 @keeps_model
@@ -353,3 +418,27 @@ def idlg(
         "iDLG", model, shared, input_shape=input_shape, num_classes=num_classes, fixed_labels=label,
         iterations=iterations, lr=lr, seed=seed, truth=truth, callback=callback, options=options,
     )
+
+
+@keeps_model
+def _dlg_many(model: nn.Module, shareds: Sequence[Mapping[str, torch.Tensor]], *, input_shape: Sequence[int],
+              num_classes: int, seeds: Sequence[int], truths: Sequence[object], iterations: int = 300, lr: float = 1.0,
+              options: AttackOptions | None = None) -> list[AttackResult]:
+    """:func:`dlg` on P shared gradients at once (one vectorised evaluation; see ``AttackSpec.run_many``)."""
+    return _run_problems("DLG", model, shareds, input_shape=input_shape, num_classes=num_classes, fixed_labels=None,
+                         iterations=iterations, lr=lr, seeds=seeds, truths=truths, callback=None, options=options)
+
+
+@keeps_model
+def _idlg_many(model: nn.Module, shareds: Sequence[Mapping[str, torch.Tensor]], *, input_shape: Sequence[int],
+               num_classes: int, seeds: Sequence[int], truths: Sequence[object], iterations: int = 300, lr: float = 1.0,
+               options: AttackOptions | None = None) -> list[AttackResult]:
+    """:func:`idlg` on P shared gradients at once (each its own label from :func:`idlg_label`)."""
+    b = check_input_shape(input_shape, model)[0]
+    if b != 1:
+        raise ValueError(
+            f"iDLG's analytic label rule needs batch size 1, but input_shape has batch size {b}; use dlg for batches"
+        )
+    labels = [torch.tensor([idlg_label(model, shared)], dtype=torch.int64) for shared in shareds]
+    return _run_problems("iDLG", model, shareds, input_shape=input_shape, num_classes=num_classes, fixed_labels=labels,
+                         iterations=iterations, lr=lr, seeds=seeds, truths=truths, callback=None, options=options)

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from typing import Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gleak_edu.attacks._chain import gradient_fn
+from gleak_edu.attacks._chain import chain_gradient_fn, gradient_fn, vmap_gradient_fn
 from gleak_edu.attacks._common import (
     AttackOptions,
     AttackResult,
@@ -215,3 +216,112 @@ def grnn(
         rec.best = fake.detach().clone()
         rec.best_labels = soft.detach().argmax(1)
     return rec.finish(rec.result(it, diverged, message, true_labels))
+
+
+
+@keeps_model
+def _grnn_problems(
+    model: nn.Module,
+    shareds: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    iterations: int = 1500,
+    lr: float = 1e-4,
+    tv_weight: float = 1e-3,
+    z_dim: int = 128,
+    seeds: Sequence[int],
+    truths: Sequence[object],
+    options: AttackOptions | None = None,
+) -> list[AttackResult]:
+    """GRNN on P shared gradients at once: P generators (each initialised as :func:`grnn` with its seed) stacked
+    and evaluated with ``torch.func.vmap``, the victim's gradients of all P fakes in one batched evaluation, one
+    RMSprop over the stacked weights (elementwise, so each generator follows its own run). One result per
+    gradient, as :func:`grnn` would give it (to float rounding). No callback; ``seconds`` is each one's share."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    options = options_of(options)
+    if options.restarts != 1:
+        raise ValueError(f"GRNN has no restarts (its generator is one run); got options.restarts={options.restarts}")
+    b, c, h, w = check_input_shape(input_shape, model)
+    iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
+    if isinstance(z_dim, bool) or not isinstance(z_dim, int) or not 1 <= z_dim <= 4096:
+        raise ValueError(f"z_dim must be a whole number in 1..4096, got {z_dim!r}")
+    P = len(shareds)
+    if P < 1 or len(seeds) != P or len(truths) != P:
+        raise ValueError("give one seed and one truth (or None) per shared gradient")
+    checked = [check_truth(t, (b, c, h, w)) for t in truths]
+    check_num_classes(model, num_classes)
+    targets = torch.stack([params_and_target(model, shared)[1] for shared in shareds])  # [P, D]
+    param_grads = chain_gradient_fn(model, bottleneck=True) or vmap_gradient_fn(model)
+    nets, codes = [], []
+    for seed in seeds:
+        with _GLOBAL_RNG, torch.random.fork_rng(devices=[]):  # as grnn() seeds each generator
+            torch.manual_seed(int(seed))
+            nets.append(GRNNGenerator((c, h, w), num_classes, z_dim=z_dim))
+            codes.append(torch.randn(b, z_dim))
+    params, buffers = stack_module_state(nets)  # [P, ...] leaves
+    z = torch.stack(codes)  # [P, b, z_dim]
+
+    def generate(pr, bf, code):
+        return functional_call(nets[0], (pr, bf), (code,))
+
+    many = vmap(generate, in_dims=(0, 0, 0))  # convolutions with per-generator weights become grouped ones
+
+    gparams = list(params.values())
+    opt = torch.optim.RMSprop(gparams, lr=lr, momentum=0.99, foreach=True)
+    best_loss = torch.full((P,), math.inf, dtype=torch.float64)
+    best = torch.zeros(P, b, c, h, w)
+    best_labels = torch.zeros(P, b, dtype=torch.int64)
+    diverged = torch.zeros(P, dtype=torch.bool)
+    alive = torch.ones(P, dtype=torch.bool)
+    evaluations, it = 0, 0
+    start = time.perf_counter()
+    with fast_attack_mode(model, options.num_threads):
+        for it in range(1, iterations + 1):
+            fake, soft = many(params, buffers, z)  # [P, b, c, h, w], [P, b, K]
+            grads = param_grads(fake, soft)
+            g = torch.cat([gr.reshape(P, -1) for gr in grads], 1)
+            sq = (g - targets).pow(2).sum(1)
+            tv = total_variation(fake, per_first=True)
+            objective = sq + sq.sqrt() + tv_weight * tv
+            evaluations += 1
+            value = objective.detach().double()
+            finite = torch.isfinite(value)
+            newly = alive & ~finite
+            diverged |= newly
+            alive &= finite
+            better = alive & (value < best_loss)
+            if bool(better.any()):
+                best_loss[better] = value[better]
+                best[better] = fake.detach()[better]
+                best_labels[better] = soft.detach().argmax(-1)[better]
+            if not bool(alive.any()):
+                break
+            if bool(alive.all()):
+                ggrads = torch.autograd.grad(objective.sum(), gparams)
+            else:  # a diverged generator stops: its loss leaves the sum (its weights get no gradient)
+                total = torch.where(alive, objective, torch.zeros_like(objective)).sum()
+                ggrads = [torch.nan_to_num(g_) * alive.view(-1, *([1] * (g_.ndim - 1)))
+                          for g_ in torch.autograd.grad(total, gparams)]
+            for p_, g_ in zip(gparams, ggrads):
+                p_.grad = g_
+            opt.step()
+    seconds = time.perf_counter() - start
+    results = []
+    for p_ in range(P):
+        truth, true_labels = checked[p_]
+        rec = Recorder("GRNN", truth=truth, callback=None, callback_every=50, metrics_every=50, progress=False,
+                       iterations=iterations)
+        if math.isfinite(float(best_loss[p_])):
+            rec.best, rec.best_labels, rec.best_loss = best[p_].clone(), best_labels[p_].clone(), float(best_loss[p_])
+        else:  # never a finite loss: the generator's first output
+            with torch.no_grad():
+                fake, soft = many(params, buffers, z)
+            rec.best, rec.best_labels = fake[p_].detach().clone(), soft[p_].argmax(-1)
+        rec.evaluations, rec.seconds = evaluations, seconds / P
+        message = (f"the loss became non-finite; kept the best output (loss {rec.best_loss:.3g})" if diverged[p_]
+                   else f"ran all {it} iterations")
+        message += f"; attacked together with {P - 1} other gradient(s) (seconds are this one's share)" if P > 1 else ""
+        results.append(rec.result(it, bool(diverged[p_]), message, true_labels))
+    return results

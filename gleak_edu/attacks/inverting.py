@@ -135,7 +135,34 @@ def _inverting(
     callback: Callback | None,
     options: AttackOptions | None,
 ) -> AttackResult:
-    """Inverting Gradients' engine, matching the parameters named in ``layers`` (None: all)."""
+    """Inverting Gradients' engine on one shared gradient, matching the parameters named in ``layers`` (None: all)."""
+    return _inverting_problems(
+        attack, model, [shared], input_shape=input_shape, num_classes=num_classes,
+        labels=None if labels is None else [labels], layers=layers, iterations=iterations, lr=lr,
+        tv_weight=tv_weight, seeds=[seed], truths=[truth], callback=callback, options=options,
+    )[0]
+
+
+def _inverting_problems(
+    attack: str,
+    model: nn.Module,
+    shareds: Sequence[Mapping[str, torch.Tensor]],
+    *,
+    input_shape: Sequence[int],
+    num_classes: int,
+    labels: Sequence[torch.Tensor] | None,
+    layers: Sequence[str] | None,
+    iterations: int,
+    lr: float,
+    tv_weight: float,
+    seeds: Sequence[int],
+    truths: Sequence[object],
+    callback: Callback | None,
+    options: AttackOptions | None,
+) -> list[AttackResult]:
+    """Inverting Gradients' engine: P independent problems (shared gradients) with R restarts each, all in one
+    vectorised evaluation per step (rows problem by problem; Adam is elementwise, so every row follows its own
+    run); one result per problem."""
     options = options_of(options)
     callback_every, metrics_every = options.every(50, 100)
     restarts = options.restarts
@@ -143,9 +170,15 @@ def _inverting(
     check_num_classes(model, num_classes)
     restarts = check_restarts(restarts)[0]
     iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
-    check_batchnorm(model, restarts)
-    truth, true_labels = check_truth(truth, (b, c, h, w))
-    check_shared(model, shared)
+    P = len(shareds)
+    if P < 1 or len(seeds) != P or len(truths) != P or (labels is not None and len(labels) != P):
+        raise ValueError("give one seed, one truth (or None) and, if any, one label tensor per shared gradient")
+    if P > 1 and callback is not None:
+        raise ValueError("a callback follows one attack: attack one shared gradient at a time to use it")
+    check_batchnorm(model, restarts * P)
+    checked = [check_truth(t, (b, c, h, w)) for t in truths]
+    for shared in shareds:
+        check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     selected = list(names) if layers is None else list(layers)
     unknown = [n for n in selected if n not in names]
@@ -154,23 +187,29 @@ def _inverting(
     if labels is None:
         if b != 1:
             raise ValueError("give the labels for a batch (the analytic label rule reads a single label)")
-        labels = torch.tensor([_label_from_output_gradient(model, shared)], dtype=torch.int64)
-    labels = torch.as_tensor(labels, dtype=torch.int64).reshape(-1)
-    if labels.numel() != b:
-        raise ValueError(f"labels must have {b} entries, got {labels.numel()}")
+        labels = [torch.tensor([_label_from_output_gradient(model, shared)], dtype=torch.int64) for shared in shareds]
+    labels = [torch.as_tensor(lab, dtype=torch.int64).reshape(-1) for lab in labels]
+    if any(lab.numel() != b for lab in labels):
+        raise ValueError(f"labels must have {b} entries, got {[lab.numel() for lab in labels]}")
 
     R = restarts
-    gen = torch.Generator().manual_seed(int(seed))
-    x = torch.rand((R, b, c, h, w), generator=gen)  # restart r's start is the r-th draw of the old sequential runs
-    rec = Recorder(attack, truth=truth, callback=callback, callback_every=callback_every, metrics_every=metrics_every,
-                   progress=options.progress, iterations=iterations)
+    single = P == 1
+    # restart r's start is the r-th draw of the old sequential runs; problem p draws from its own seed
+    x = torch.cat([torch.rand((R, b, c, h, w), generator=torch.Generator().manual_seed(int(seed))) for seed in seeds])
+    rec = Recorder(attack, truth=checked[0][0] if single else None, callback=callback, callback_every=callback_every,
+                   metrics_every=metrics_every, progress=options.progress, iterations=iterations)
     milestones = [int(iterations * f) for f in (3 / 8, 5 / 8, 7 / 8)]
     halve_at = halving_points(R, iterations) if options.successive_halving else []
-    terms = matching_fn(model, [shared[n] if n in selected else None for n in names])
-    target_norm = math.sqrt(terms.target_sq_norm)
-    soft = F.one_hot(labels, num_classes).to(torch.float32)
-    book = RestartBook(R)
-    ids = torch.arange(R)
+    if single:
+        terms = matching_fn(model, [shareds[0][n] if n in selected else None for n in names])
+        target_norm: float | torch.Tensor = math.sqrt(terms.target_sq_norm)
+    else:
+        terms = matching_fn(model, [torch.stack([s[n] for s in shareds]) if n in selected else None for n in names],
+                            problems=P)
+        target_norm = terms.target_sq_norm.sqrt()
+    soft = torch.stack([F.one_hot(lab, num_classes).to(torch.float32) for lab in labels])  # [P, b, K]
+    book = RestartBook(P * R)
+    ids = torch.arange(P * R)  # restart r of problem p is row p * R + r
     it = 0
     message = f"{R} restart(s) of {iterations} steps"
     with fast_attack_mode(model, options.num_threads):
@@ -180,8 +219,9 @@ def _inverting(
         with rec.interruptible():
             for it in range(1, iterations + 1):
                 n = x.shape[0]
-                _, gg, gt = terms(x, soft.expand(n, b, num_classes))
-                cos = 1 - gt / (gg.sqrt() * target_norm + 1e-12)
+                _, gg, gt = terms(x, soft.repeat_interleave(n // P, 0))
+                norm = target_norm if single else target_norm.repeat_interleave(n // P)
+                cos = 1 - gt / (gg.sqrt() * norm + 1e-12)
                 tv = total_variation(x, per_first=True)
                 objective = cos.float() + tv_weight * tv
                 (gx,) = torch.autograd.grad(objective.sum(), x)
@@ -194,15 +234,11 @@ def _inverting(
                     x.clamp_(0, 1)
                 book.current(value, x.detach().reshape(n, -1), ids)  # IG keeps each run's final iterate
                 show = int(value.argmin())
-                if rec.record(it, float(value[show]), x[show], labels):
+                if rec.record(it, float(value[show]), x[show], labels[int(ids[show]) // R]):
                     message = f"stopped by the callback at iteration {it}"
                     break
-                if it in halve_at and n > 1:  # successive halving: keep the better half
-                    order = book.ranking(ids)
-                    kept = order[: math.ceil(n / 2)]
-                    for r in order[len(kept):].tolist():
-                        book.stop_reason([r], f"dropped at iteration {it} (successive halving)")
-                    rows = torch.tensor([int(torch.nonzero(ids == r)[0]) for r in kept.tolist()])
+                if it in halve_at and n > P:  # successive halving: keep the better half of each problem's rows
+                    rows = book.halve(ids, P, it)
                     ids = ids[rows]
                     state = opt.state[x]
                     x = x.detach()[rows].clone().requires_grad_(True)
@@ -213,19 +249,33 @@ def _inverting(
                     opt = new_opt
         rec.close()
     message = rec.stop_note(it) or message
-    best = book.best_row()
-    if best is None:  # interrupted before the first step ended: the random start
+    if book.best_row() is None:  # interrupted before the first step ended: the random start
         book.current(torch.full((len(ids),), math.inf), x.detach().reshape(len(ids), -1), ids)
-        best = int(ids[0])
-    rec.best = book.best_z[best].view(b, c, h, w).clone()
-    rec.best_labels, rec.best_loss = labels.clone(), float(book.best_loss[best])
-    message += f"; kept the lowest final matching loss ({rec.best_loss:.3g})" + (f": restart {best}" if R > 1 else "")
-    result = rec.result(it, False, message, true_labels)
-    result.restarts = R
-    result.per_restart = book.report(truth, lambda zz: zz.view(b, c, h, w))
-    for row in result.per_restart:
-        row.pop("retries"), row.pop("diverged")
-    return rec.finish(result)
+    results = []
+    for p_ in range(P):
+        block = slice(p_ * R, (p_ + 1) * R)
+        truth, true_labels = checked[p_]
+        out = rec if single else Recorder(attack, truth=truth, callback=None, callback_every=callback_every,
+                                          metrics_every=metrics_every, progress=False, iterations=iterations)
+        losses = book.best_loss[block]
+        best = int(losses.argmin()) if bool(torch.isfinite(losses).any()) else 0
+        out.best = book.best_z[p_ * R + best].view(b, c, h, w).clone()
+        out.best_labels, out.best_loss = labels[p_].clone(), float(losses[best])
+        note = message + f"; kept the lowest final matching loss ({out.best_loss:.3g})" + (f": restart {best}" if R > 1 else "")
+        if not single:  # one clock and one count for all problems: each gets its share
+            out.evaluations = rec.evaluations
+            out.seconds = rec.seconds / P
+            note += f"; attacked together with {P - 1} other gradient(s) (seconds are this one's share)"
+        result = out.result(it, False, note, true_labels)
+        result.restarts = R
+        rows_book = RestartBook(R)
+        rows_book.best_loss, rows_book.reasons = losses, book.reasons[block]
+        rows_book.best_z, rows_book._seen = book.best_z[block], book._seen[block]
+        result.per_restart = rows_book.report(truth, lambda zz: zz.view(b, c, h, w))
+        for row in result.per_restart:
+            row.pop("retries"), row.pop("diverged")
+        results.append(out.finish(result))
+    return results
 
 
 @keeps_model
@@ -276,3 +326,25 @@ def precode_bypass(
         "bypass", model, shared, input_shape=input_shape, num_classes=num_classes, labels=None, layers=layers,
         iterations=iterations, lr=lr, tv_weight=tv_weight, seed=seed, truth=truth, callback=callback, options=options,
     )
+
+
+@keeps_model
+def _inverting_many(model: nn.Module, shareds: Sequence[Mapping[str, torch.Tensor]], *, input_shape: Sequence[int],
+                    num_classes: int, seeds: Sequence[int], truths: Sequence[object], iterations: int = 1000,
+                    lr: float = 0.1, tv_weight: float = 1e-4, options: AttackOptions | None = None) -> list[AttackResult]:
+    """:func:`inverting_gradients` on P shared gradients at once (labels read off each gradient)."""
+    return _inverting_problems("IG", model, shareds, input_shape=input_shape, num_classes=num_classes, labels=None,
+                               layers=None, iterations=iterations, lr=lr, tv_weight=tv_weight, seeds=seeds,
+                               truths=truths, callback=None, options=options)
+
+
+@keeps_model
+def _bypass_many(model: nn.Module, shareds: Sequence[Mapping[str, torch.Tensor]], *, input_shape: Sequence[int],
+                 num_classes: int, seeds: Sequence[int], truths: Sequence[object], iterations: int = 1000,
+                 lr: float = 0.1, tv_weight: float = 1e-3, options: AttackOptions | None = None) -> list[AttackResult]:
+    """:func:`precode_bypass` (its default layers) on P shared gradients at once."""
+    layers = deterministic_parameters(model)
+    model.eval()  # the mode is restored by @keeps_model
+    return _inverting_problems("bypass", model, shareds, input_shape=input_shape, num_classes=num_classes,
+                               labels=None, layers=layers, iterations=iterations, lr=lr, tv_weight=tv_weight,
+                               seeds=seeds, truths=truths, callback=None, options=options)

@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 from gleak_edu.attacks._common import AttackResult
 from gleak_edu.attacks.analytic import analytic_recovery
-from gleak_edu.attacks.dlg import dlg, idlg
-from gleak_edu.attacks.grnn import grnn
-from gleak_edu.attacks.inverting import inverting_gradients, precode_bypass
+from gleak_edu.attacks.dlg import _dlg_many, _idlg_many, dlg, idlg
+from gleak_edu.attacks.grnn import _grnn_problems, grnn
+from gleak_edu.attacks.inverting import _bypass_many, _inverting_many, inverting_gradients, precode_bypass
 from gleak_edu.attacks.text import text_recovery
 
 __all__ = ["ATTACKS", "IMAGE_ATTACKS", "AttackSpec", "attack_spec"]
@@ -37,6 +37,8 @@ class AttackSpec:
         recovers_labels: the result's ``labels`` are recovered (False: None, analytic).
         takes_restarts: accepts ``AttackOptions(restarts > 1)``.
         max_batch: the largest batch it handles (None: any up to the engine's bound).
+        many: the attack on several shared gradients in one vectorised run
+            (:meth:`run_many`), or None (one after the other).
     """
 
     key: str
@@ -49,6 +51,7 @@ class AttackSpec:
     recovers_labels: bool = True
     takes_restarts: bool = True
     max_batch: int | None = None
+    many: Callable[..., list[AttackResult]] | None = None
 
     @property
     def defaults(self) -> dict[str, Any]:
@@ -65,16 +68,64 @@ class AttackSpec:
         """Call the attack: ``spec.run(model, shared, input_shape=..., num_classes=..., ...)``."""
         return self.function(model, shared, **kwargs)
 
+    def run_many(self, model, shareds, *, seeds, truths=None, **kwargs: Any) -> list[AttackResult | ValueError]:
+        """The attack on P independent shared gradients (e.g. one per test image) of the same model.
+
+        Where the attack has a vectorised form (:attr:`many`: DLG, iDLG,
+        Inverting Gradients, the bypass, GRNN), all P run together: one
+        evaluation computes every gradient's matching loss (P x restarts rows,
+        the machinery of batched restarts), each row following its own run, so
+        gradient p's result is the one ``run(model, shareds[p], seed=seeds[p])``
+        gives, to float rounding (and PRECODE's random draws, which are taken in
+        another order). On a small model P gradients then cost little more than
+        one. Otherwise they run one after the other. A callback is not accepted
+        (it follows one run).
+
+        Args:
+            model: the victim; shareds: P gradients (name -> tensor) of single images or batches of
+                ``input_shape``; seeds: P seeds; truths: P truths (as ``truth`` of the attack) or None;
+            kwargs: the attack's other keywords (``input_shape``, ``num_classes``, ``iterations``, ``options``...).
+
+        Returns:
+            P entries in order: an :class:`AttackResult`, or the ValueError that stopped the attack on that
+            gradient (e.g. iDLG's label rule on an all-zero output gradient, or bad arguments).
+
+        Raises:
+            ValueError: when the seeds or truths do not number one per gradient, or a callback is given.
+        """
+        shareds = list(shareds)
+        truths = [None] * len(shareds) if truths is None else list(truths)
+        if len(seeds) != len(shareds) or len(truths) != len(shareds):
+            raise ValueError(f"give one seed and one truth per shared gradient ({len(shareds)}), "
+                             f"got {len(seeds)} and {len(truths)}")
+        if "callback" in kwargs:
+            raise ValueError("run_many takes no callback: run the attack on one gradient to follow it")
+        if self.many is not None and len(shareds) > 1:
+            try:
+                return list(self.many(model, shareds, seeds=list(seeds), truths=truths, **kwargs))
+            except ValueError:
+                pass  # one gradient the attack cannot read (a label rule): each on its own, to say which
+        out: list[AttackResult | ValueError] = []
+        for shared, seed, truth in zip(shareds, seeds, truths):
+            extra = {"seed": seed} if "seed" in self.defaults else {}
+            try:
+                out.append(self.function(model, shared, truth=truth, **extra, **kwargs))
+            except ValueError as exc:
+                out.append(exc)
+        return out
+
 
 _SPECS = (
-    AttackSpec("dlg", "DLG", dlg, "Zhu, Liu, Han: Deep Leakage from Gradients (NeurIPS 2019)"),
-    AttackSpec("idlg", "iDLG", idlg, "Zhao, Mopuri, Bilen: iDLG (arXiv 2001.02610, 2020)", max_batch=1),
+    AttackSpec("dlg", "DLG", dlg, "Zhu, Liu, Han: Deep Leakage from Gradients (NeurIPS 2019)", many=_dlg_many),
+    AttackSpec("idlg", "iDLG", idlg, "Zhao, Mopuri, Bilen: iDLG (arXiv 2001.02610, 2020)", max_batch=1,
+               many=_idlg_many),
     AttackSpec("ig", "Inverting Gradients", inverting_gradients,
-               "Geiping, Bauermeister, Droege, Moeller: Inverting Gradients (NeurIPS 2020)"),
-    AttackSpec("grnn", "GRNN", grnn, "Ren, Deng, Xie: GRNN (ACM TIST 2022)", takes_restarts=False),
+               "Geiping, Bauermeister, Droege, Moeller: Inverting Gradients (NeurIPS 2020)", many=_inverting_many),
+    AttackSpec("grnn", "GRNN", grnn, "Ren, Deng, Xie: GRNN (ACM TIST 2022)", takes_restarts=False,
+               many=_grnn_problems),
     AttackSpec("bypass", "PRECODE bypass", precode_bypass,
                "Scheliga, Mäder, Seeland: Dropout is not all you need (arXiv 2208.04767)",
-               needs_bottleneck=True, max_batch=1),
+               needs_bottleneck=True, max_batch=1, many=_bypass_many),
     AttackSpec("analytic", "analytic (1st layer)", analytic_recovery,
                "Phong et al.: Privacy-preserving deep learning via additively homomorphic encryption (2017)",
                needs_first_linear=True, recovers_labels=False, takes_restarts=False, max_batch=1),
