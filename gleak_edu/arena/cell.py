@@ -145,7 +145,7 @@ def shared_gradient(settings: ArenaSettings, defense: str, level: float, model, 
                               seed=seed)
 
 
-def _run_attack(attack: str, settings: ArenaSettings, model, shareds, xs, ys, seed: int) -> list[tuple]:
+def _run_attack(attack: str, settings: ArenaSettings, model, shareds, xs, ys) -> list[tuple]:
     """One attack on every image of a cell through the registry, all images in one vectorised run
     (:meth:`gleak_edu.attacks.AttackSpec.run_many`; image i's attack is seeded with i).
 
@@ -248,7 +248,7 @@ def _attack_cell(settings: ArenaSettings, defense: str, level: float, seed: int,
             shareds.append(shared_gradient(settings, defense, level, model, xs[i : i + 1], ys[i : i + 1],
                                            noise_multiplier=attacked, seed=1000 * seed + i))
         # the attacks' own draws (PRECODE's samples) go on from there: with one image, the stream a cell always used
-        runs = {attack: _run_attack(attack, settings, model, shareds, xs, ys, seed) for attack in attacks}
+        runs = {attack: _run_attack(attack, settings, model, shareds, xs, ys) for attack in attacks}
     for attack, out in attacks.items():
         for i, (rec, label, error, seconds) in enumerate(runs[attack]):
             x, y = xs[i : i + 1], ys[i : i + 1]
