@@ -441,6 +441,15 @@ class RestartBook:
         """``ids`` sorted by best loss so far, lowest first (never-finite restarts last)."""
         return ids[torch.argsort(self.best_loss[ids], stable=True)]
 
+    def part(self, rows: slice) -> "RestartBook":
+        """The bookkeeping of the restarts in ``rows`` (one problem's block) as a book of its own (views)."""
+        out = RestartBook(rows.stop - rows.start)
+        out.best_loss, out.retries = self.best_loss[rows], self.retries[rows]
+        out.reasons, out.diverged = self.reasons[rows], self.diverged[rows]
+        if self.best_z is not None:
+            out.best_z, out._seen = self.best_z[rows], self._seen[rows]
+        return out
+
     def halve(self, ids: torch.Tensor, problems: int, iteration: int) -> torch.Tensor:
         """Successive halving on rows ``ids`` (restart ids, problem by problem, the same count for each of
         ``problems``): keep the better half of each problem's rows; returns the row indices kept (int64, per
@@ -480,6 +489,48 @@ class RestartBook:
                 row["ssim"] = float(metrics.ssim(est, truth).mean())
             out.append(row)
         return out
+
+
+def check_problems(model: nn.Module, shareds: Sequence[Mapping[str, torch.Tensor]], seeds: Sequence[int],
+                   truths: Sequence[Any], callback: Callback | None, rows: int,
+                   shape: Sequence[int]) -> list[tuple[torch.Tensor | None, torch.Tensor | None]]:
+    """The checks of an engine attacking P shared gradients at once (``rows`` = P x restarts rows).
+
+    Returns each problem's ``(truth images, truth labels)`` (:func:`check_truth`).
+
+    Raises:
+        ValueError: no gradient, seeds or truths not one per gradient, a callback with more than one gradient,
+            batched rows on a model with BatchNorm in train mode, a malformed truth.
+        SharedGradientError: a gradient that does not match the model.
+    """
+    P = len(shareds)
+    if P < 1 or len(seeds) != P or len(truths) != P:
+        raise ValueError(f"give one seed and one truth (or None) per shared gradient ({P}), got {len(seeds)} and "
+                         f"{len(truths)}")
+    if P > 1 and callback is not None:
+        raise ValueError("a callback follows one attack: attack one shared gradient at a time to use it")
+    check_batchnorm(model, rows)
+    checked = [check_truth(t, shape) for t in truths]
+    for shared in shareds:
+        check_shared(model, shared)
+    return checked
+
+
+def problem_recorder(rec: "Recorder", truth: torch.Tensor | None, problems: int) -> "Recorder":
+    """The recorder that builds one problem's result: ``rec`` itself for a single problem; otherwise a fresh
+    one for ``truth`` holding the shared run's evaluation count and its share (1/P) of the clock."""
+    if problems == 1:
+        return rec
+    out = Recorder(rec.attack, truth=truth, callback=None, callback_every=rec.callback_every,
+                   metrics_every=rec.metrics_every, progress=False, iterations=1)
+    out.evaluations, out.seconds = rec.evaluations, rec.seconds / problems
+    return out
+
+
+def shared_run_note(problems: int) -> str:
+    """What a result's message adds when its gradient was attacked together with others ("" for one)."""
+    return "" if problems == 1 else (
+        f"; attacked together with {problems - 1} other gradient(s) (seconds are this one's share)")
 
 
 def halving_points(restarts: int, iterations: int) -> list[int]:

@@ -25,14 +25,15 @@ from gleak_edu.attacks._common import (
     RestartBook,
     check_input_shape,
     check_num_classes,
-    check_batchnorm,
     check_hyper,
     check_restarts,
-    check_truth,
+    check_problems,
     fast_attack_mode,
     halving_points,
     keeps_model,
     options_of,
+    problem_recorder,
+    shared_run_note,
 )
 from gleak_edu.attacks._lbfgs import batched_lbfgs
 from gleak_edu.fl import check_shared
@@ -126,15 +127,10 @@ def _run_problems(
     if isinstance(max_evals_per_step, bool) or not isinstance(max_evals_per_step, int) or not 1 <= max_evals_per_step <= 1000:
         raise ValueError(f"max_evals_per_step must be a whole number in 1..1000, got {max_evals_per_step!r}")
     P = len(shareds)
-    if P < 1 or len(seeds) != P or len(truths) != P or (fixed_labels is not None and len(fixed_labels) != P):
-        raise ValueError("give one seed, one truth (or None) and, for iDLG, one label per shared gradient")
-    if P > 1 and callback is not None:
-        raise ValueError("a callback follows one attack: attack one shared gradient at a time to use it")
-    check_batchnorm(model, restarts * P)
-    checked = [check_truth(t, (b, c, h, w)) for t in truths]
+    if fixed_labels is not None and len(fixed_labels) != P:
+        raise ValueError(f"give one label per shared gradient ({P}), got {len(fixed_labels)}")
+    checked = check_problems(model, shareds, seeds, truths, callback, restarts * P, (b, c, h, w))
     check_num_classes(model, num_classes)
-    for shared in shareds:
-        check_shared(model, shared)
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     k = int(num_classes)
     nx = b * c * h * w
@@ -249,45 +245,30 @@ def _run_problems(
     for p_ in range(P):
         block = slice(p_ * R, (p_ + 1) * R)
         truth, true_labels = checked[p_]
-        out = rec if single else Recorder(attack, truth=truth, callback=None, callback_every=callback_every,
-                                          metrics_every=metrics_every, progress=False, iterations=iterations)
-        diverged = book.diverged[block].clone()
-        losses = book.best_loss[block]
-        seen = book.best_z is not None and bool(book._seen[block].any())
-        note = message
-        if not single:
-            ended = sorted({book.reasons[r] for r in range(block.start, block.stop)})
-            note = "; ".join(ended) if bool(finished.all()) else message
-        if not seen:  # not even the first evaluation was finite
-            best = 0
-            start = z_start = opt.x[p_ * (len(ids) // P)] if len(ids) >= P else opt.x[0]
-            out.best = z_start[:nx].view(b, c, h, w).detach().clone()
-            out.best_labels = labels_of(start, p_)
-            note = "the very first evaluation was non-finite; returned the random start"
-            diverged[:] = True
-        else:
-            best = int(losses.argmin())
-            out.best = book.best_z[p_ * R + best, :nx].view(b, c, h, w).clone()
-            out.best_labels = labels_of(book.best_z[p_ * R + best], p_)
-            out.best_loss = float(losses[best])
+        out = problem_recorder(rec, truth, P)
+        part = book.part(block)
+        part.diverged = part.diverged.clone()
+        note = message if single or not bool(finished.all()) else "; ".join(sorted(set(part.reasons)))
         note = stop_note or note
-        used = int(book.retries[block].sum())
+        if part.best_z is None or not bool(part._seen.any()):  # not even the first evaluation was finite
+            best = 0
+            start = opt.x[p_ * (len(ids) // P)]
+            out.best, out.best_labels = start[:nx].view(b, c, h, w).detach().clone(), labels_of(start, p_)
+            note = "the very first evaluation was non-finite; returned the random start"
+            part.diverged[:] = True
+        else:
+            best = int(part.best_loss.argmin())
+            out.best = part.best_z[best, :nx].view(b, c, h, w).clone()
+            out.best_labels = labels_of(part.best_z[best], p_)
+            out.best_loss = float(part.best_loss[best])
+        used = int(part.retries.sum())
         if used:
             note += f"; {used} retr{'y' if used == 1 else 'ies'}"
         if R > 1:
             note += f"; best of {R} restarts: restart {best}"
-        if not single:  # one clock and one count for all problems: each gets its share
-            out.evaluations = rec.evaluations
-            out.seconds = rec.seconds / P
-            note += f"; attacked together with {P - 1} other gradient(s) (seconds are this one's share)"
-        result = out.result(it, bool(diverged[best]), note, true_labels, used)
+        result = out.result(it, bool(part.diverged[best]), note + shared_run_note(P), true_labels, used)
         result.restarts = R
-        rows_book = RestartBook(R)
-        rows_book.best_loss, rows_book.retries = book.best_loss[block], book.retries[block]
-        rows_book.reasons, rows_book.diverged = book.reasons[block], diverged
-        rows_book.best_z = None if book.best_z is None else book.best_z[block]
-        rows_book._seen = book._seen[block] if book.best_z is not None else None
-        result.per_restart = rows_book.report(truth, lambda zz: zz[:nx].view(b, c, h, w))
+        result.per_restart = part.report(truth, lambda zz: zz[:nx].view(b, c, h, w))
         results.append(out.finish(result))
     return results
 

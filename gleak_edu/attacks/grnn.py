@@ -100,6 +100,18 @@ def total_variation(x: torch.Tensor, per_first: bool = False) -> torch.Tensor:
     return dh.mean() + dw.mean()
 
 
+def _checked(model, options, input_shape, iterations, lr, tv_weight, z_dim):
+    """GRNN's argument checks: ``(options, (B, C, H, W), iterations)``; ValueError names the bad one."""
+    options = options_of(options)
+    if options.restarts != 1:
+        raise ValueError(f"GRNN has no restarts (its generator is one run); got options.restarts={options.restarts}")
+    shape = check_input_shape(input_shape, model)
+    iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
+    if isinstance(z_dim, bool) or not isinstance(z_dim, int) or not 1 <= z_dim <= 4096:
+        raise ValueError(f"z_dim must be a whole number in 1..4096, got {z_dim!r}")
+    return options, shape, iterations
+
+
 @keeps_model
 def grnn(
     model: nn.Module,
@@ -158,14 +170,8 @@ def grnn(
             hyperparameters, or ``options.restarts`` > 1.
         CallbackError, AttackInterrupted: as for :func:`gleak_edu.attacks.dlg`.
     """
-    options = options_of(options)
+    options, (b, c, h, w), iterations = _checked(model, options, input_shape, iterations, lr, tv_weight, z_dim)
     callback_every, metrics_every = options.every(50, 50)
-    if options.restarts != 1:
-        raise ValueError(f"GRNN has no restarts (its generator is one run); got options.restarts={options.restarts}")
-    b, c, h, w = check_input_shape(input_shape, model)
-    iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
-    if isinstance(z_dim, bool) or not isinstance(z_dim, int) or not 1 <= z_dim <= 4096:
-        raise ValueError(f"z_dim must be a whole number in 1..4096, got {z_dim!r}")
     truth, true_labels = check_truth(truth, (b, c, h, w))
     check_num_classes(model, num_classes)
     _, target = params_and_target(model, shared)
@@ -240,13 +246,7 @@ def _grnn_problems(
     gradient, as :func:`grnn` would give it (to float rounding). No callback; ``seconds`` is each one's share."""
     from torch.func import functional_call, stack_module_state, vmap
 
-    options = options_of(options)
-    if options.restarts != 1:
-        raise ValueError(f"GRNN has no restarts (its generator is one run); got options.restarts={options.restarts}")
-    b, c, h, w = check_input_shape(input_shape, model)
-    iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
-    if isinstance(z_dim, bool) or not isinstance(z_dim, int) or not 1 <= z_dim <= 4096:
-        raise ValueError(f"z_dim must be a whole number in 1..4096, got {z_dim!r}")
+    options, (b, c, h, w), iterations = _checked(model, options, input_shape, iterations, lr, tv_weight, z_dim)
     P = len(shareds)
     if P < 1 or len(seeds) != P or len(truths) != P:
         raise ValueError("give one seed and one truth (or None) per shared gradient")

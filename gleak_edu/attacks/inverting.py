@@ -24,18 +24,18 @@ from gleak_edu.attacks._common import (
     Recorder,
     RestartBook,
     check_input_shape,
-    check_batchnorm,
     check_hyper,
     check_num_classes,
     check_restarts,
-    check_truth,
+    check_problems,
     fast_attack_mode,
     halving_points,
     keeps_model,
     options_of,
+    problem_recorder,
+    shared_run_note,
 )
 from gleak_edu.attacks.dlg import idlg_label
-from gleak_edu.fl import check_shared
 from gleak_edu.attacks.grnn import total_variation
 from gleak_edu.models import output_layer
 from gleak_edu.precode import deterministic_parameters
@@ -171,14 +171,9 @@ def _inverting_problems(
     restarts = check_restarts(restarts)[0]
     iterations = check_hyper(iterations, lr, tv_weight=tv_weight)
     P = len(shareds)
-    if P < 1 or len(seeds) != P or len(truths) != P or (labels is not None and len(labels) != P):
-        raise ValueError("give one seed, one truth (or None) and, if any, one label tensor per shared gradient")
-    if P > 1 and callback is not None:
-        raise ValueError("a callback follows one attack: attack one shared gradient at a time to use it")
-    check_batchnorm(model, restarts * P)
-    checked = [check_truth(t, (b, c, h, w)) for t in truths]
-    for shared in shareds:
-        check_shared(model, shared)
+    if labels is not None and len(labels) != P:
+        raise ValueError(f"give one label tensor per shared gradient ({P}), got {len(labels)}")
+    checked = check_problems(model, shareds, seeds, truths, callback, restarts * P, (b, c, h, w))
     names = [n for n, p in model.named_parameters() if p.requires_grad]
     selected = list(names) if layers is None else list(layers)
     unknown = [n for n in selected if n not in names]
@@ -253,25 +248,16 @@ def _inverting_problems(
         book.current(torch.full((len(ids),), math.inf), x.detach().reshape(len(ids), -1), ids)
     results = []
     for p_ in range(P):
-        block = slice(p_ * R, (p_ + 1) * R)
         truth, true_labels = checked[p_]
-        out = rec if single else Recorder(attack, truth=truth, callback=None, callback_every=callback_every,
-                                          metrics_every=metrics_every, progress=False, iterations=iterations)
-        losses = book.best_loss[block]
-        best = int(losses.argmin()) if bool(torch.isfinite(losses).any()) else 0
-        out.best = book.best_z[p_ * R + best].view(b, c, h, w).clone()
-        out.best_labels, out.best_loss = labels[p_].clone(), float(losses[best])
+        out = problem_recorder(rec, truth, P)
+        part = book.part(slice(p_ * R, (p_ + 1) * R))
+        best = int(part.best_loss.argmin())  # every loss inf: the first restart
+        out.best = part.best_z[best].view(b, c, h, w).clone()
+        out.best_labels, out.best_loss = labels[p_].clone(), float(part.best_loss[best])
         note = message + f"; kept the lowest final matching loss ({out.best_loss:.3g})" + (f": restart {best}" if R > 1 else "")
-        if not single:  # one clock and one count for all problems: each gets its share
-            out.evaluations = rec.evaluations
-            out.seconds = rec.seconds / P
-            note += f"; attacked together with {P - 1} other gradient(s) (seconds are this one's share)"
-        result = out.result(it, False, note, true_labels)
+        result = out.result(it, False, note + shared_run_note(P), true_labels)
         result.restarts = R
-        rows_book = RestartBook(R)
-        rows_book.best_loss, rows_book.reasons = losses, book.reasons[block]
-        rows_book.best_z, rows_book._seen = book.best_z[block], book._seen[block]
-        result.per_restart = rows_book.report(truth, lambda zz: zz.view(b, c, h, w))
+        result.per_restart = part.report(truth, lambda zz: zz.view(b, c, h, w))
         for row in result.per_restart:
             row.pop("retries"), row.pop("diverged")
         results.append(out.finish(result))
