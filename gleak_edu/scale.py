@@ -134,7 +134,8 @@ def run_cells(
         pending = {task.remote(*item, shared_ref): item for item in items}
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         if progress is not None:
-            progress.set_postfix_str(f"{min(len(pending), cpus)} running, {len(pending)} waiting", refresh=False)
+            running = min(len(pending), cpus)
+            progress.set_postfix_str(f"{running} running, {len(pending) - running} waiting", refresh=False)
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1)
             item = pending.pop(done[0])
@@ -147,8 +148,9 @@ def run_cells(
                 raise cause from None
             store(item, result)
             if progress is not None:
+                running = min(len(pending), cpus)
+                progress.set_postfix_str(f"{running} running, {len(pending) - running} waiting", refresh=False)
                 progress.update()
-                progress.set_postfix_str(f"{min(len(pending), cpus)} running, {len(pending)} waiting", refresh=False)
         where = f"Ray cluster at {address}" if address else f"local Ray ({min(int(workers), len(items))} CPUs)"
     finally:
         if started:

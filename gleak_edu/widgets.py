@@ -779,8 +779,11 @@ class ArenaPanel(_Panel):
         self.strip.value = viz.png_bytes(grid, scale=3)
         self.caption.value = (
             f"<b>{html.escape(pair)}</b>: "
-            f"top the private digits, bottom the reconstructions (first seed) · success {row['success_rate']:.0%}, "
-            f"mean SSIM {row['ssim']:.2f}, PSNR {row['psnr']:.1f} dB"
+            f"top the private digits, bottom the reconstructions (first seed) · success over every seed "
+            f"{row['successes']}/{row['n']} = {row['success_rate']:.0%} (95 % CI {100 * row['success_low']:.0f}-"
+            f"{100 * row['success_high']:.0f} %)" + (" (no evidence: it rebuilt nothing without a defense either)"
+                                                      if row.get("no_evidence") else "")
+            + f", mean SSIM {row['ssim']:.2f}, PSNR {row['psnr']:.1f} dB"
         )
 
 

@@ -16,7 +16,7 @@ from gleak_edu.attacks import IMAGE_ATTACKS
 
 # Small enough for a unit test: 300 training images, one epoch, a 784-32-32-10 MLP, one attacked digit,
 # few attack steps (Inverting Gradients needs about 60 to recover a digit from this untrained-ish model).
-TINY = dict(noise_levels=(0.01, 3.0), images=1, epochs=1, train_images=300, hidden=(32, 32), bottleneck=16,
+TINY = dict(noise_levels=(0.01, 3.0), seeds=(0,), images=1, epochs=1, train_images=300, hidden=(32, 32), bottleneck=16,
             dlg_iterations=2, ig_iterations=60, grnn_iterations=5)
 N_CELLS = 3 + 4 * 2  # none, pruning, PRECODE once; noise, PPP, DP fixed, DP dynamic at each level
 
@@ -157,6 +157,90 @@ def test_science_on_a_tiny_grid(tiny):
     assert 0 < eps < result.row("dp_fixed", "ig", 0.01)["epsilon"]  # more noise, smaller epsilon
 
 
+def test_no_evidence_marks_the_zeros_of_attacks_that_fail_without_a_defense(tiny):
+    """An attack that rebuilds nothing without a defense (DLG with 2 iterations here) proves no defense: its 0s
+    say "no evidence", in the rows, the table and the heatmap; an attack that works without a defense keeps its 0s."""
+    import matplotlib.pyplot as plt
+
+    _, result = tiny
+    base = {r["attack"]: r["successes"] for r in result.rows if r["defense"] == "none"}
+    assert base["dlg"] == 0 and base["ig"] == 1  # the tiny budgets: DLG fails everywhere, IG works without a defense
+    for r in result.rows:
+        assert r["no_evidence"] == (r["impossible"] is None and r["successes"] == 0 and base[r["attack"]] == 0), r
+    assert all(r["no_evidence"] for r in result.rows if r["attack"] == "dlg")
+    assert not any(r["no_evidence"] for r in result.rows if r["attack"] == "ig")
+    assert result.row("dp_fixed", "ig", 3.0)["successes"] == 0  # a real zero: IG worked without a defense
+    text = result.table(3.0)
+    dlg_line = next(line for line in text.splitlines() if line.startswith("DLG"))
+    assert dlg_line.count("no evidence 0/1") == len(arena.DEFENSES)
+    ig_line = next(line for line in text.splitlines() if line.startswith("Inverting Gradients"))
+    assert "no evidence" not in ig_line
+    fig = viz.arena_heatmap(result, 3.0)
+    texts = [t.get_text() for ax in fig.axes for t in ax.texts] + [t.get_text() for t in fig.texts]
+    assert sum(t == "no evidence" for t in texts) == sum(
+        r["no_evidence"] for r in result.rows if r["level"] in (3.0, 0.0) or r["defense"] == "pruning")
+    assert any("no evidence: the attack rebuilt no image" in t for t in texts)  # the footnote
+    plt.close(fig)
+    # the rule reads the cells: once DLG succeeds without a defense, its zeros elsewhere are evidence again
+    cells = {k: json.loads(json.dumps(c)) for k, c in result.cells.items()}
+    cells[("none", 0.0, 0)]["attacks"]["dlg"]["ssim"] = [0.9]
+    rows = arena.results.rows_of(result.settings, cells)
+    assert not any(r["no_evidence"] for r in rows if r["attack"] == "dlg")
+
+
+def test_every_cell_measures_its_signal_to_noise_ratio(tiny):
+    import statistics
+
+    _, result = tiny
+    s = result.settings
+    for (defense, level, seed), cell in result.cells.items():
+        assert len(cell["snr"]) == s.images
+        for r in cell["snr"]:
+            assert r["gradient_norm"] > 0 and -1 <= r["cosine"] <= 1
+            if defense in arena.NOISY:
+                assert r["noise_norm"] > 0 and r["snr"] == pytest.approx(r["signal_norm"] / r["noise_norm"])
+            else:
+                assert r["noise_norm"] == 0 and r["snr"] is None
+            if defense in ("none", "precode"):
+                assert r["cosine"] == pytest.approx(1.0) and r["signal_norm"] == pytest.approx(r["gradient_norm"])
+            if defense == "pruning":
+                assert r["signal_norm"] < r["gradient_norm"] and r["cosine"] > 0.5  # the largest 10 % keep the direction
+            if defense == "noise":  # an absolute std on every entry: norm ~ std * sqrt(entries)
+                assert r["noise_norm"] == pytest.approx(level * math.sqrt(r["entries"]), rel=0.05)
+            if defense in ("ppp", "dp_fixed"):  # clipped to C = 1, then noise of std σ·C on the entries it perturbs
+                assert r["signal_norm"] <= s.max_grad_norm * (1 + 1e-6)
+                assert r["noise_norm"] == pytest.approx(level * s.max_grad_norm * math.sqrt(r["entries"]), rel=0.05)
+    ppp = result.cells[("ppp", 3.0, 0)]["snr"][0]["entries"]
+    assert ppp < result.cells[("precode", 0.0, 0)]["snr"][0]["entries"]  # PPP noises only the deterministic layers
+    for r in result.rows:
+        values = [c["snr"] for key, cell in result.cells.items() if key[:2] == (r["defense"], r["level"])
+                  for c in cell["snr"] if c["snr"] is not None]
+        assert r["snr"] == (statistics.median(values) if values else None)
+    assert "signal/noise (median)" in result.table()
+
+
+def test_gradient_snr_leaves_the_callers_random_stream_alone():
+    import torch
+
+    from gleak_edu import sweeps
+
+    settings = arena.ArenaSettings(**TINY)
+    model = sweeps.victim(settings, "ppp", seed=0).train()
+    x, y = torch.rand(1, 1, 28, 28, generator=torch.Generator().manual_seed(0)), torch.tensor([3])
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    own = arena.gradient_snr(settings, "ppp", 0.5, model, x, y, seed=9)
+    assert torch.equal(torch.rand(3), before)
+    with torch.random.fork_rng():
+        torch.manual_seed(9)
+        shared = arena.shared_gradient(settings, "ppp", 0.5, model, x, y, seed=9)
+    given = arena.gradient_snr(settings, "ppp", 0.5, model, x, y, shared, seed=9)
+    assert given == pytest.approx(own)  # the same sample and noise as the cell's own gradient
+    with pytest.raises(ValueError, match="defense must be one of"):
+        arena.gradient_snr(settings, "blur", 0.5, model, x, y, seed=0)
+
+
 def test_each_defense_reaches_the_shared_gradient():
     import torch
 
@@ -213,8 +297,31 @@ def test_cache_is_reused_then_invalidated_cell_by_cell(tiny, tmp_path):
     assert again.cached == N_CELLS and again.computed == 0
     assert again.rows == first.rows  # read back: identical, timings too
     # a pruning fraction concerns the pruning cell only, the dynamic schedule's end only dp_dynamic
-    changed = arena.arena(cache_dir=local, **{**TINY, "prune_fractions": (0.5,), "dynamic_end": 0.5})
+    bars = []
+
+    class Bar:  # what the progress bar is told: one step per computed cell, cached cells counted at the start
+        def __init__(self, total, initial, **kwargs):
+            self.total, self.n, self.postfix = total, initial, ""
+            bars.append(self)
+
+        def update(self, k=1):
+            self.n += k
+
+        def set_postfix_str(self, text, refresh=True):
+            self.postfix = text
+
+        def close(self):
+            pass
+
+    import tqdm.auto
+    monkeypatch = pytest.MonkeyPatch()
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    try:
+        changed = arena.arena(cache_dir=local, progress=True, **{**TINY, "prune_fractions": (0.5,), "dynamic_end": 0.5})
+    finally:
+        monkeypatch.undo()
     assert changed.computed == 1 + 2 and changed.cached == N_CELLS - 3
+    assert len(bars) == 1 and bars[0].n == bars[0].total == N_CELLS  # each computed cell counted once
     # load-only: what the notebook does to read the command's full grid
     assert arena.arena(cache_dir=local, compute=False, **TINY).cached == N_CELLS
     with pytest.raises(LookupError, match="gleak arena"):
@@ -355,6 +462,8 @@ def test_heatmap_and_panel_render_from_the_result(tiny):
     assert panel.renders == 1 and panel.last_level == 0.01  # the handler ran once with the first level
     first_png = panel.image.value
     assert first_png[:8] == b"\x89PNG\r\n\x1a\n" and "bypass" in panel.caption.value.lower()
+    row = result.row("ppp", "bypass", 0.01)
+    assert f"{row['successes']}/{row['n']} = " in panel.caption.value and "95 % CI" in panel.caption.value
     panel.noise.value = 3.0  # moving the slider re-renders from the stored cells
     assert panel.renders == 2 and panel.last_level == 3.0 and panel.image.value != first_png
     panel.defense.value = "none"  # an impossible pair shows its reason, no images

@@ -22,7 +22,7 @@ from gleak_edu.arena import grid
 from gleak_edu.attacks import ATTACKS as REGISTRY
 
 IMG = [[[0.5] * 28 for _ in range(28)]]
-ARENA = dict(noise_levels=(0.5,), images=2)
+ARENA = dict(noise_levels=(0.5,), seeds=(0,), images=2)
 N_ARENA = 7  # none, noise, pruning, PRECODE, PPP, DP fixed, DP dynamic at one level
 SWEEP = dict(noise_levels=(0.5,), seeds=(0,), images=2)
 N_SWEEP = 4  # none, PRECODE, full, PPP
@@ -38,7 +38,9 @@ def fake_arena_cell(settings, defense, level, seed, data=None):
     return {"accuracy": 0.9, "epsilon": 2.0 if defense in ("dp_fixed", "dp_dynamic") else None, "diverged": False,
             "train_seconds": 1.0, "steps": 5, "attacked_noise_multiplier": float(level) if multiplier else None,
             "attacked_noise_std": arena.attacked_noise_std(settings, defense, level),
-            "truth": [IMG] * n, "labels": [3] * n, "attacks": attacks}
+            "truth": [IMG] * n, "labels": [3] * n, "attacks": attacks,
+            "snr": [{"gradient_norm": 2.0, "signal_norm": 1.0, "noise_norm": 0.5 if defense in arena.NOISY else 0.0,
+                     "snr": 2.0 if defense in arena.NOISY else None, "cosine": 1.0, "entries": 100}] * n}
 
 
 def fake_sweep_cell(settings, defense, noise_multiplier, seed, data=None):
@@ -136,6 +138,8 @@ WRONG_VALUES = {
 }
 ARENA_WRONG_VALUES = {  # the arena's own fields (the damaged cell is DP fixed's)
     "attacked_noise_multiplier null": lambda r: r.update(attacked_noise_multiplier=None),
+    "snr negative": lambda r: r.update(snr=[{**r["snr"][0], "snr": -1.0}] + r["snr"][1:]),
+    "snr missing": lambda r: r.pop("snr"),
     "attacked_noise_multiplier negative": lambda r: r.update(attacked_noise_multiplier=-0.5),
     "attacked_noise_std null": lambda r: r.update(attacked_noise_std=None),
     "the old attacked_sigma": lambda r: r.update(attacked_sigma=r.pop("attacked_noise_multiplier")),

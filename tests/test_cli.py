@@ -342,6 +342,8 @@ def test_train_json_uses_the_new_names(tmp_path, capsys):
     assert all(b > 0 for b in res["max_grad_norm_history"])
     cp = res["checkpoints"][0]
     assert cp["step"] == 0 and cp["noise_multiplier"] == 2.0 and cp["max_grad_norm"] > 0
+    assert res["attack_n"] == 1 and res["attack_successes"] in (0, 1)  # one checkpoint x one digit, with its interval
+    assert 0 <= res["attack_success_low"] <= res["attack_success_rate"] <= res["attack_success_high"] <= 1
     words = json.dumps(res)
     for old in ('"sigma', '"clip"', '"clip_history"', '"noise_history"'):
         assert old not in words, old

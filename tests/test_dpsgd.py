@@ -234,6 +234,11 @@ def test_without_dp_the_attack_succeeds_and_fixed_noise_stops_it(mnist_small):
     assert all(len(cp["ig"]["reconstructions"]) == 2 for cp in fixed.checkpoints)
     summary = fixed.summary()
     assert set(summary) >= {"test_accuracy", "epsilon", "attack_success_rate", "ssim", "psnr", "max_grad_norm"}
+    # the rate comes with its count and 95 % Wilson interval: 0 of 2 checkpoints x 2 digits
+    assert (summary["attack_successes"], summary["attack_n"]) == (0, 4) and summary["attack_success_low"] == 0
+    assert summary["attack_success_high"] == pytest.approx(0.49, abs=0.005)
+    assert plain.summary()["attack_success_low"] == pytest.approx(0.51, abs=0.005)
+    assert str(plain.attack_success) == "4/4 = 100 % (95 % CI 51-100 %)"
     # the attacks do not disturb training: same weights with and without them
     a, b = _mlp(), _mlp()
     train_dp(a, train, test, noise_multiplier=1.0, epochs=1, batch_size=64)

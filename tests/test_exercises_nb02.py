@@ -175,7 +175,7 @@ def test_race_figure_and_table():
     colors = _colors(fig)
     assert ROLE["leak"].upper() in colors and ROLE["reference"].upper() in colors
     table = viz.race_table(runs, budgets={"DLG": 4000, "GRNN": 800})
-    assert "4/4" in table and "0/4" in table and "/ 4000" in table
+    assert "4/4 [51-100]" in table and "0/4 [0-49]" in table and "/ 4000" in table  # counts with the Wilson interval
     matplotlib.pyplot.close("all")
 
 

@@ -65,7 +65,7 @@ def test_local_ray_stores_every_result_and_reraises_a_cell_error(monkeypatch):
     bar = _Bar()
     where = scale.run_cells(operator.truediv, [(6,), (3,), (9,)], store, workers=2, shared=3, progress=bar)
     assert where == "local Ray (2 CPUs)" and got == {(6,): 2.0, (3,): 1.0, (9,): 3.0} and bar.n == 3
-    assert "waiting" in bar.postfix
+    assert bar.postfix == "0 running, 0 waiting"  # what is left after the last cell: running and waiting apart
     with pytest.raises(ZeroDivisionError):
         scale.run_cells(operator.truediv, [(6,), (3,)], store, workers=2, shared=0)
     import ray

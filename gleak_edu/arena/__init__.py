@@ -90,7 +90,7 @@ from gleak_edu.arena.settings import (
     impossible,
     possible_attacks,
 )
-from gleak_edu.arena.cell import arena_cell, attacked_noise_std, shared_gradient
+from gleak_edu.arena.cell import arena_cell, attacked_noise_std, gradient_snr, shared_gradient
 from gleak_edu.arena.results import ArenaResult
 from gleak_edu.arena.grid import arena
 
@@ -113,5 +113,6 @@ __all__ = [
     "defense_label",
     "impossible",
     "possible_attacks",
+    "gradient_snr",
     "shared_gradient",
 ]

@@ -31,6 +31,7 @@ from gleak_edu.defenses import (
     dp_shared_gradient,
     gaussian_noise,
     noise_schedule,
+    perturbation_scope,
     perturbed_gradient,
     prune_gradients,
     steps_per_epoch,
@@ -39,7 +40,7 @@ from gleak_edu.defenses import (
 from gleak_edu.fl import client_gradient
 from gleak_edu.sweeps import victim
 
-__all__ = ["arena_cell", "attacked_noise_std", "shared_gradient"]
+__all__ = ["arena_cell", "attacked_noise_std", "gradient_snr", "shared_gradient"]
 
 
 def _train(settings: ArenaSettings, defense: str, level: float, seed: int, model, train, test) -> tuple[dict, float | None]:
@@ -54,14 +55,14 @@ def _train(settings: ArenaSettings, defense: str, level: float, seed: int, model
     common = dict(epochs=settings.epochs, batch_size=settings.batch_size, lr=settings.lr, delta=settings.delta, seed=seed)
     attacked: float | None = None
     if defense in ("none", "precode", "pruning", "noise"):
-        transform = None
-        if defense == "pruning":
-            def transform(grads, batch_size, step):
-                return prune_gradients(grads, level)
-        elif defense == "noise":
+        def pruned(grads, batch_size, step):
+            return prune_gradients(grads, level)
+
+        def noised(grads, batch_size, step):
             # noise std `level` on the batch's gradient sum = level / B on its mean (DP-SGD's noise, no clipping)
-            def transform(grads, batch_size, step):
-                return gaussian_noise(grads, level / batch_size, seed=(seed + 1) * 1_000_003 + step)
+            return gaussian_noise(grads, level / batch_size, seed=(seed + 1) * 1_000_003 + step)
+
+        transform = {"pruning": pruned, "noise": noised}.get(defense)
         res = train_perturbed(model, train, test, noise_multiplier=0.0, max_grad_norm=settings.max_grad_norm,
                               scope="none", gradient_transform=transform, **common)
     elif defense == "dp_dynamic":
@@ -145,6 +146,78 @@ def shared_gradient(settings: ArenaSettings, defense: str, level: float, model, 
                               seed=seed)
 
 
+def _norm(grads, names) -> float:
+    return float(torch.sqrt(sum(grads[n].double().pow(2).sum() for n in names)))
+
+
+def gradient_snr(settings: ArenaSettings, defense: str, level: float, model, x, y, shared=None, *,
+                 noise_multiplier: float | None = None, seed: int) -> dict:
+    """How far one image's shared gradient stands above the noise the defense adds to it.
+
+    Compares the shared gradient (:func:`shared_gradient`, or ``shared`` when
+    the caller already has it) with the same gradient without its noise
+    (clipped as the defense clips, noise multiplier 0) and with the plain one.
+    Each gradient is computed under ``torch.manual_seed(seed)`` inside a forked
+    random state, as the arena's cell seeds image i (``seed = 1000 * seed + i``),
+    so PRECODE's sample and the noise are the ones the attacks saw and the
+    caller's random stream is left as it was.
+
+    Args:
+        settings, defense, level, noise_multiplier, seed: as :func:`shared_gradient`.
+        model: the defense's trained victim, in train mode.
+        x: one image float32 ``[1, 1, 28, 28]`` in [0, 1]; y: its label int64 ``[1]``.
+        shared: the shared gradient already computed with these arguments (None: computed here).
+
+    Returns:
+        dict: ``gradient_norm`` (the plain gradient's L2 norm over every parameter,
+        before any defense), ``signal_norm`` (L2 norm of the shared gradient
+        without its noise, after clipping and pruning, over the entries the
+        noise goes on: every entry, PPP's deterministic ones for "ppp"),
+        ``noise_norm`` (L2 norm of the noise on those entries; 0 without noise),
+        ``snr`` (signal_norm / noise_norm, a ratio of norms; None without noise),
+        ``cosine`` (cosine similarity, over every parameter, of the shared
+        gradient without its noise with the plain gradient: how much of the
+        gradient's direction pruning or clipping keeps; 1 when they leave it
+        alone), ``entries`` (how many entries the noise goes on).
+
+    Raises:
+        ValueError: as :func:`shared_gradient`.
+    """
+    _check_defense(defense)
+
+    def seeded(fn, *args, **kwargs):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)  # PRECODE's sample, as in the arena's cell
+            return fn(*args, **kwargs)
+
+    c = settings.max_grad_norm
+    plain = seeded(client_gradient, model, x, y)
+    if shared is None:
+        shared = seeded(shared_gradient, settings, defense, level, model, x, y, noise_multiplier=noise_multiplier,
+                        seed=seed)
+    names = list(shared)
+    if defense == "noise":
+        clean = plain
+    elif defense == "ppp":
+        clean = seeded(perturbed_gradient, model, x, y, noise_multiplier=0.0, max_grad_norm=c, scope="ppp", seed=seed)
+        names = perturbation_scope(model, "ppp")
+    elif defense == "dp_fixed":
+        clean = seeded(dp_shared_gradient, model, x, y, noise_multiplier=0.0, max_grad_norm=c, seed=seed)
+    elif defense == "dp_dynamic":
+        clean = seeded(dp_shared_gradient, model, x, y, noise_multiplier=0.0, max_grad_norm=c, clipping="dynamic",
+                       seed=seed)
+    else:  # none, pruning, precode: no noise
+        clean = shared
+    noise = {n: shared[n] - clean[n] for n in names}
+    signal_norm, noise_norm = _norm(clean, names), _norm(noise, names)
+    every = list(plain)
+    dot = float(sum((clean[n].double() * plain[n].double()).sum() for n in every))
+    cosine = dot / max(_norm(clean, every) * _norm(plain, every), 1e-30)
+    return {"gradient_norm": _norm(plain, every), "signal_norm": signal_norm, "noise_norm": noise_norm,
+            "snr": signal_norm / noise_norm if noise_norm > 0 else None,
+            "cosine": max(-1.0, min(1.0, cosine)), "entries": int(sum(clean[n].numel() for n in names))}
+
+
 def _run_attack(attack: str, settings: ArenaSettings, model, shareds, xs, ys) -> list[tuple]:
     """One attack on every image of a cell through the registry, all images in one vectorised run
     (:meth:`gleak_edu.attacks.AttackSpec.run_many`; image i's attack is seeded with i).
@@ -204,7 +277,9 @@ def arena_cell(settings: ArenaSettings, defense: str, level: float, seed: int, d
         the defenses without one), ``attacked_noise_std`` (the noise std per
         perturbed entry of the attacked gradient, see
         :func:`attacked_noise_std`; None for "dp_dynamic"), ``truth``
-        ``[images][1][28][28]`` and ``labels`` (the attacked images), and
+        ``[images][1][28][28]`` and ``labels`` (the attacked images),
+        ``snr`` (one :func:`gradient_snr` dict per image: the shared
+        gradient's signal and noise norms and their ratio), and
         ``attacks``: for every attack that is possible against the defense,
         ``{"ssim": [...] (in [-1, 1]), "psnr": [...] (dB, at most 100),
         "label_correct": [...] (None for an attack that reads no label, e.g.
@@ -249,6 +324,9 @@ def _attack_cell(settings: ArenaSettings, defense: str, level: float, seed: int,
                                            noise_multiplier=attacked, seed=1000 * seed + i))
         # the attacks' own draws (PRECODE's samples) go on from there: with one image, the stream a cell always used
         runs = {attack: _run_attack(attack, settings, model, shareds, xs, ys) for attack in attacks}
+    model.train()
+    snr = [gradient_snr(settings, defense, level, model, xs[i : i + 1], ys[i : i + 1], shareds[i],
+                        noise_multiplier=attacked, seed=1000 * seed + i) for i in range(settings.images)]
     for attack, out in attacks.items():
         for i, (rec, label, error, seconds) in enumerate(runs[attack]):
             x, y = xs[i : i + 1], ys[i : i + 1]
@@ -269,4 +347,4 @@ def _attack_cell(settings: ArenaSettings, defense: str, level: float, seed: int,
             out["label_correct"] = None  # it reads no label: nothing to be right or wrong about
     return {**summary, "attacked_noise_multiplier": attacked,
             "attacked_noise_std": attacked_noise_std(settings, defense, level),
-            "truth": xs.tolist(), "labels": ys.tolist(), "attacks": attacks}
+            "truth": xs.tolist(), "labels": ys.tolist(), "snr": snr, "attacks": attacks}

@@ -37,7 +37,8 @@ __all__ = ["arena", "cell_schema", "cell_spec"]
 # Bump when what a cell computes or holds changes without a version change (invalidates cached cells).
 # 2: every defense trains through train_perturbed, attacks through the registry, attacked_sigma split into
 #    attacked_noise_multiplier and attacked_noise_std, clip renamed max_grad_norm.
-CELL_FORMAT = 2
+# 3: a cell's images are attacked in one vectorised run; each image's signal-to-noise ratio ("snr").
+CELL_FORMAT = 3
 
 
 def cell_spec(settings: ArenaSettings, defense: str, level: float, seed: int) -> dict:
@@ -67,7 +68,9 @@ def cell_schema(settings: ArenaSettings, defense: str) -> Record:
     finite >= 0 for the defenses with a noise multiplier, else null;
     attacked_noise_std finite >= 0, null for "dp_dynamic"; steps a whole
     number >= 0; truth ``images`` digits ``[1][28][28]`` in [0, 1]; labels
-    ``images`` whole numbers in [0, 9]; attacks exactly the attacks possible
+    ``images`` whole numbers in [0, 9]; snr ``images`` records of finite
+    norms >= 0 (gradient_norm, signal_norm, noise_norm), snr >= 0 or null,
+    cosine in [-1, 1] and entries a whole number >= 1; attacks exactly the attacks possible
     against ``defense``, each with one entry per image: ssim in [-1, 1] or
     null, psnr finite or null, seconds finite >= 0, errors strings,
     reconstructions ``[1][28][28]`` in [0, 1], and label_correct null for an
@@ -98,6 +101,10 @@ def cell_schema(settings: ArenaSettings, defense: str) -> Record:
         "attacked_noise_std": Null() if defense == "dp_dynamic" else Number(0.0),
         "truth": ListOf(image, n),
         "labels": ListOf(Number(0, CLASSES - 1, integer=True), n),
+        "snr": ListOf(Record({
+            "gradient_norm": Number(0.0), "signal_norm": Number(0.0), "noise_norm": Number(0.0),
+            "snr": Number(0.0, null=True), "cosine": Number(-1.0, 1.0), "entries": Number(1, 2**53, integer=True),
+        }), n),
         "attacks": Record({a: attack(a) for a in possible_attacks(defense)}, exact=True),
     })
 
@@ -206,8 +213,7 @@ def arena(
         cell = finite(cell)
         cache.write(key, spec, cell)
         result.cells[where] = cell
-        result.computed += 1
-        bar.update()
+        result.computed += 1  # the bar is advanced by run_cells
 
     try:
         run_cells(_cell_task, [item[0] for item in _slow_first(todo)], _store_by_cell(todo, store),

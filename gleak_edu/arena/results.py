@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import statistics
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,8 +42,19 @@ def _optional(v) -> float | None:
     return None if v is None else number(v)
 
 
+def _median_snr(group: list[dict]) -> float | None:
+    """The median signal-to-noise ratio over a row's images and seeds (None without noise, or for cells without one)."""
+    values = [number(r["snr"]) for c in group for r in c.get("snr") or () if r["snr"] is not None]
+    return statistics.median(values) if values else None
+
+
 def rows_of(settings: ArenaSettings, cells: dict) -> list[dict]:
-    """The tidy rows of :class:`ArenaResult` built from its cells ``{(defense, level, seed): cell}``."""
+    """The tidy rows of :class:`ArenaResult` built from its cells ``{(defense, level, seed): cell}``.
+
+    An attack that rebuilds no image without a defense gives no evidence about
+    any defense: its rows with 0 successes are flagged ``no_evidence`` (a 0 there
+    says nothing about the defense; a success still counts).
+    """
     base = {seed: number(cells[("none", 0.0, seed)]["accuracy"]) for seed in settings.seeds}
     groups: list[tuple[str, float]] = []
     for defense, level, seed in cells_of(settings):
@@ -60,12 +72,13 @@ def rows_of(settings: ArenaSettings, cells: dict) -> list[dict]:
             "attacked_noise_multiplier": _optional(group[0]["attacked_noise_multiplier"]),
             "attacked_noise_std": _optional(group[0]["attacked_noise_std"]),
             "diverged": any(bool(c["diverged"]) for c in group),
+            "snr": _median_snr(group),
         }
         for attack in ATTACKS:
             reason = impossible(attack, defense)
             row = {**common, "attack": attack, "impossible": reason, "success_rate": None, "successes": None, "n": None,
                    "success_low": None, "success_high": None, "ssim": None, "psnr": None, "label_accuracy": None,
-                   "seconds": None}
+                   "seconds": None, "no_evidence": False}
             if reason is None:
                 outs = [c["attacks"][attack] for c in group]
                 ssims = [v for o in outs for v in o["ssim"]]
@@ -77,6 +90,9 @@ def rows_of(settings: ArenaSettings, cells: dict) -> list[dict]:
                     seconds=_mean([v for o in outs for v in o["seconds"]]),
                 )
             rows.append(row)
+    baseline = {r["attack"]: r["successes"] for r in rows if r["defense"] == "none"}
+    for r in rows:
+        r["no_evidence"] = r["successes"] == 0 and baseline.get(r["attack"]) == 0
     return rows
 
 
@@ -108,8 +124,13 @@ class ArenaResult:
             ``attacked_noise_multiplier`` (σ at the attacked step; None
             without one); ``attacked_noise_std`` (noise std per perturbed
             entry of the attacked gradient; None for "dp_dynamic", whose
-            bound is per example); ``seconds`` (mean attack time per image);
-            ``diverged``. Impossible rows have None for every attack number.
+            bound is per example); ``snr`` (the median over images and seeds of
+            the shared gradient's signal-to-noise ratio, a ratio of L2 norms,
+            :func:`gleak_edu.arena.gradient_snr`; None for a defense without
+            noise); ``no_evidence`` (True when the attack rebuilt no image
+            here *and* none without a defense: its 0 says nothing about the
+            defense); ``seconds`` (mean attack time per image); ``diverged``.
+            Impossible rows have None for every attack number.
         cached, computed: how many cells came from the cache / were computed.
         test_images: the attacked images ``[images, 1, 28, 28]`` float32 in [0, 1];
             test_labels: int64 ``[images]``.
@@ -196,7 +217,8 @@ class ArenaResult:
 
     def defense_summary(self, level: float | None = None, prune_fraction: float | None = None) -> list[dict]:
         """Per defense at one stop of the noise slider: defense, level, knob (its unit), label (with the unit),
-        accuracy, accuracy_cost, epsilon, attacked_noise_multiplier, attacked_noise_std, diverged."""
+        accuracy, accuracy_cost, epsilon, attacked_noise_multiplier, attacked_noise_std, diverged, snr (median
+        signal-to-noise ratio of the shared gradient; None without noise)."""
         out = []
         for d in DEFENSES:
             r = self.row(d, ATTACKS[0], level, prune_fraction)
@@ -204,7 +226,7 @@ class ArenaResult:
                 "defense": d, "level": r["level"], "knob": r["knob"], "label": defense_label(d, r["level"], self.settings),
                 "accuracy": r["accuracy"], "accuracy_cost": r["accuracy_cost"], "epsilon": r["epsilon"],
                 "attacked_noise_multiplier": r["attacked_noise_multiplier"], "attacked_noise_std": r["attacked_noise_std"],
-                "diverged": r["diverged"],
+                "diverged": r["diverged"], "snr": r.get("snr"),  # rows built before the SNR was measured have none
             })
         return out
 
@@ -241,7 +263,7 @@ class ArenaResult:
         """The arena as text, one block per noise level (or only ``level``): each defense's level with its unit,
         success rate and mean SSIM per attack (rows) and defense (columns), then each defense's accuracy cost and epsilon."""
         levels = self.settings.noise_levels if level is None else (self._level(level),)
-        width = 19
+        width = 21
         blocks = []
         for lv in levels:
             summary = self.defense_summary(lv)
@@ -253,18 +275,22 @@ class ArenaResult:
                 cells = []
                 for d in DEFENSES:
                     r = self.row(d, a, lv)
-                    cells.append("n/a" if r["impossible"] else
-                                 f"{rate_brief(r)} {r['ssim']:.2f}")
+                    cells.append("n/a" if r["impossible"] else f"no evidence {r['successes']}/{r['n']}"
+                                 if r.get("no_evidence") else f"{rate_brief(r)} {r['ssim']:.2f}")
                 lines.append(f"{ATTACK_NAMES[a]:22}" + "".join(f"{c:>{width}}" for c in cells))
             lines.append(f"{'accuracy':22}" + "".join(f"{s['accuracy']:>{width}.1%}" for s in summary))
             lines.append(f"{'accuracy cost (pts)':22}" + "".join(f"{100 * s['accuracy_cost']:>{width}.1f}" for s in summary))
+            lines.append(f"{'signal/noise (median)':22}" + "".join(
+                f"{'-' if s['snr'] is None else format(s['snr'], '.2g'):>{width}}" for s in summary))
             lines.append(f"{'epsilon':22}" + "".join(
                 f"{'-' if s['epsilon'] is None else format(s['epsilon'], '.3g'):>{width}}" for s in summary))
             blocks.append("\n".join(lines))
         notes = self.impossible_notes()
         legend = (
             f"cells: successes/attacked images (SSIM >= {self.settings.success_ssim:g}), [95 % Wilson interval of the "
-            f"success rate, in %], mean SSIM; "
+            f"success rate, in %], mean SSIM; \"no evidence\": the attack rebuilt no image without a defense "
+            f"either, so its 0 says nothing about the defense; signal/noise: the shared gradient's norm over its "
+            f"noise's, median over images and seeds; "
             f"pruning {self.settings.prune_fractions[0]:.0%}.\n{self._unit_legend()}"
         )
         return "\n\n".join(blocks) + "\n" + legend + "\n" + "\n".join(f"n/a: {k}: {v}" for k, v in notes.items())

@@ -196,10 +196,17 @@ class DPRun:
         return out
 
     @property
+    def attack_success(self) -> metrics.Rate:
+        """The (checkpoint, image) pairs where the best attack reaches ``success_ssim``, as a
+        :class:`gleak_edu.metrics.Rate` with its 95 % Wilson interval (n = 0 without checkpoints)."""
+        flat = [v for row in self.best_ssim() for v in row]
+        return metrics.success_rate([v >= self.success_ssim for v in flat])
+
+    @property
     def attack_success_rate(self) -> float:
         """Share of (checkpoint, image) pairs where the best attack reaches ``success_ssim`` (nan without checkpoints)."""
-        flat = [v for row in self.best_ssim() for v in row]
-        return sum(v >= self.success_ssim for v in flat) / len(flat) if flat else math.nan
+        rate = self.attack_success
+        return rate.rate if rate.n else math.nan
 
     def mean_quality(self, key: str = "ssim") -> float:
         """Mean over checkpoints and images of the best attack's ``key`` (ssim or psnr); nan without checkpoints."""
@@ -212,11 +219,15 @@ class DPRun:
         return sum(vals) / len(vals) if vals else math.nan
 
     def summary(self) -> dict:
-        """The four metrics: test_accuracy, epsilon, attack_success_rate, ssim and psnr of the best attack."""
+        """The four metrics: test_accuracy, epsilon, attack_success_rate (with ``attack_successes`` of
+        ``attack_n`` pairs and its 95 % Wilson interval ``attack_success_low``/``attack_success_high``, None
+        without checkpoints), ssim and psnr of the best attack."""
+        rate = self.attack_success
         return {
             "method": self.method, "clipping": self.clipping, "max_grad_norm": self.max_grad_norm,
             "test_accuracy": self.test_accuracy, "epsilon": self.epsilon, "delta": self.delta,
-            "attack_success_rate": self.attack_success_rate,
+            "attack_success_rate": self.attack_success_rate, "attack_successes": rate.successes, "attack_n": rate.n,
+            "attack_success_low": rate.low if rate.n else None, "attack_success_high": rate.high if rate.n else None,
             "ssim": self.mean_quality("ssim"), "psnr": self.mean_quality("psnr"),
         }
 

@@ -4,10 +4,11 @@ The notebook imports this module as ``ex``; the core helpers are re-exported.
 
 **The full grid.** The notebook runs a small arena itself (one digit) and draws
 its conclusions from the full one: the command's grid (``gleak arena`` at its
-defaults: 3 noise levels x 3 test digits x 1 seed), shipped as a JSON file,
-``notebooks/results/arena_full.json`` (:data:`FULL_GRID_FILE`), that
-:func:`load_full_grid` reads in well under a second. One command regenerates it
-(:data:`FULL_GRID_COMMAND`, about 6 minutes on a quiet 2-core CPU, seconds more
+defaults: 3 noise levels x 10 test digits x 3 training seeds, 45 trained
+models), shipped as a JSON file, ``notebooks/results/arena_full.json``
+(:data:`FULL_GRID_FILE`), that :func:`load_full_grid` reads in well under a
+second. One command regenerates it (:data:`FULL_GRID_COMMAND`; two local Ray
+workers; about half an hour from an empty cache on a quiet 2-core CPU, seconds
 when ``gleak arena`` has already filled the cache)::
 
     python -m gleak_edu.exercises.nb07 notebooks/results/arena_full.json
@@ -15,11 +16,11 @@ when ``gleak arena`` has already filled the cache)::
 The file holds, under ``"arena"``, exactly what ``gleak arena --json`` writes
 (settings, versions, the tidy rows), and beside it what the notebook shows
 that the command's JSON leaves out: every cell's per-digit SSIM, PSNR and
-reconstructions (8-bit, compressed), the attacked digits, the signal-to-noise
-ratio of every defense's shared gradient (:func:`shared_gradient_snr`, from
-each defense's model trained again exactly as the arena's cell trains it,
-its test accuracy recorded as a check) and how often iDLG's label rule reads
-the label on the undefended model (:func:`label_rules`).
+reconstructions (the first seed's, 8-bit, compressed), the attacked digits, every digit's
+signal-to-noise record as the cell measured it
+(:func:`gleak_edu.arena.gradient_snr`) and how often iDLG's label rule reads
+the label on the undefended model (:func:`label_rules`, on the first seed's
+model trained once more, its test accuracy recorded as a check).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ from gleak_edu import training
 from gleak_edu._cache import finite, number
 from gleak_edu.arena.cell import _train
 from gleak_edu.attacks import idlg_label
-from gleak_edu.defenses import dp_shared_gradient, perturbation_scope, perturbed_gradient
 from gleak_edu.exercises import (
     Feedback,
     Question,
@@ -73,21 +73,21 @@ __all__ = [
     "folded_attacks",
     "label_rules",
     "load_full_grid",
+    "markdown_table",
     "observed_level_question",
     "predict",
     "record_full_grid",
     "reveal",
-    "shared_gradient_snr",
     "snr_rows",
     "write_full_grid",
 ]
 
-FORMAT = 1  # bump when the file's layout changes
+FORMAT = 2  # bump when the file's layout changes (2: 10 images x 3 seeds, SNR from the cells)
 FULL_GRID_FILE = "notebooks/results/arena_full.json"  # relative to the repository root
 FULL_GRID_COMMAND = "python -m gleak_edu.exercises.nb07 notebooks/results/arena_full.json"
 _REPO = Path(__file__).resolve().parents[2]
 _NUMERIC = ("accuracy", "accuracy_cost", "epsilon", "attacked_noise_multiplier", "attacked_noise_std",
-            "success_rate", "ssim", "psnr", "label_accuracy", "seconds")
+            "success_rate", "ssim", "psnr", "label_accuracy", "seconds", "snr")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -102,68 +102,6 @@ def _threads1(fn, *args, **kwargs):
         return fn(*args, **kwargs)
     finally:
         torch.set_num_threads(threads)
-
-
-def _norm(grads, names) -> float:
-    return float(torch.sqrt(sum(grads[n].double().pow(2).sum() for n in names)))
-
-
-def shared_gradient_snr(settings: arena.ArenaSettings, defense: str, level: float, model, x, y, *,
-                        noise_multiplier: float | None, seed: int) -> dict:
-    """How far one digit's shared gradient stands above the noise the defense adds to it.
-
-    Computes the shared gradient exactly as the arena's cell does
-    (:func:`gleak_edu.arena.shared_gradient`, same seeds, so PRECODE's sample
-    and the noise are the ones the attacks saw) and the same gradient without
-    its noise (clipped as the defense clips, noise multiplier 0).
-
-    Args:
-        settings, defense, level, noise_multiplier, seed: as :func:`gleak_edu.arena.shared_gradient`.
-        model: the defense's trained victim, in train mode.
-        x: one digit float32 ``[1, 1, 28, 28]`` in [0, 1]; y: its label int64 ``[1]``.
-
-    Returns:
-        dict: ``gradient_norm`` (the plain gradient's L2 norm over every parameter,
-        before any defense), ``signal_norm`` (L2 norm of the shared gradient
-        without its noise, after clipping and pruning, over the entries the
-        noise goes on: every entry, PPP's deterministic ones for "ppp"),
-        ``noise_norm`` (L2 norm of the noise on those entries; 0 without noise),
-        ``snr`` (signal_norm / noise_norm; None without noise), ``entries``
-        (how many entries the noise goes on), ``cosine`` (cosine similarity,
-        over every parameter, of the shared gradient without its noise with the
-        plain gradient: how much of the gradient's direction pruning or
-        clipping keeps; 1 when they leave it alone).
-    """
-    def seeded(fn, *args, **kwargs):
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)  # PRECODE's sample, as in the arena's cell
-            return fn(*args, **kwargs)
-
-    c = settings.max_grad_norm
-    plain = seeded(client_gradient, model, x, y)
-    shared = seeded(arena.shared_gradient, settings, defense, level, model, x, y,
-                    noise_multiplier=noise_multiplier, seed=seed)
-    names = list(shared)
-    if defense == "noise":
-        clean = plain
-    elif defense == "ppp":
-        clean = seeded(perturbed_gradient, model, x, y, noise_multiplier=0.0, max_grad_norm=c, scope="ppp", seed=seed)
-        names = perturbation_scope(model, "ppp")
-    elif defense == "dp_fixed":
-        clean = seeded(dp_shared_gradient, model, x, y, noise_multiplier=0.0, max_grad_norm=c, seed=seed)
-    elif defense == "dp_dynamic":
-        clean = seeded(dp_shared_gradient, model, x, y, noise_multiplier=0.0, max_grad_norm=c, clipping="dynamic",
-                       seed=seed)
-    else:  # none, pruning, precode: no noise
-        clean = shared
-    noise = {n: shared[n] - clean[n] for n in names}
-    signal_norm, noise_norm = _norm(clean, names), _norm(noise, names)
-    every = list(plain)
-    dot = float(sum((clean[n].double() * plain[n].double()).sum() for n in every))
-    cosine = dot / max(_norm(clean, every) * _norm(plain, every), 1e-30)
-    return {"gradient_norm": _norm(plain, every), "signal_norm": signal_norm, "noise_norm": noise_norm,
-            "snr": signal_norm / noise_norm if noise_norm > 0 else None,
-            "cosine": cosine, "entries": int(sum(clean[n].numel() for n in names))}
 
 
 def label_rules(model, test, digits: int = 200) -> dict:
@@ -215,7 +153,6 @@ def record_full_grid(settings: arena.ArenaSettings | None = None, *, workers: in
     say("running the arena (the cells gleak arena computed are read from its cache)...")
     result = arena.arena(settings, workers=workers, cache_dir=cache_dir, progress=progress)
     arena_seconds = time.perf_counter() - start
-    shape = (settings.images, 1, 28, 28)
     cells = []
     for (defense, level, seed), cell in result.cells.items():
         attacks = cell["attacks"]
@@ -225,26 +162,20 @@ def record_full_grid(settings: arena.ArenaSettings | None = None, *, workers: in
             "psnr": {a: out["psnr"] for a, out in attacks.items()},
             "label_correct": {a: out["label_correct"] for a, out in attacks.items()},
             "errors": {a: out["errors"] for a, out in attacks.items()},
-            "reconstructions": {a: _pack(out["reconstructions"]) for a, out in attacks.items()},
+            # the first seed's reconstructions only (what the heatmap panel and the figures show): a compact file
+            "reconstructions": ({a: _pack(out["reconstructions"]) for a, out in attacks.items()}
+                                if seed == settings.seeds[0] else None),
         })
-    say("training every defense's model again for the signal-to-noise ratios...")
+    snr = [{"defense": defense, "level": level, "seed": seed, "image": i, "accuracy": cell["accuracy"],
+            "attacked_noise_multiplier": cell["attacked_noise_multiplier"], **row}
+           for (defense, level, seed), cell in result.cells.items() for i, row in enumerate(cell["snr"])]
+    say("training the undefended model once more for the label rules...")
     train, test = training.split(gdata.mnist_subset(), settings.test_fraction, seed=0)
     if settings.train_images is not None:
         train = (train[0][: settings.train_images], train[1][: settings.train_images])
-    snr, labels = [], None
-    for defense, level, seed in arena.cells_of(settings):
-        model = victim(settings, defense, seed)
-        summary, attacked = _threads1(_train, settings, defense, level, seed, model, train, test)
-        model.train()
-        for i in range(settings.images):
-            x, y = test[0][i : i + 1], test[1][i : i + 1]
-            row = _threads1(shared_gradient_snr, settings, defense, level, model, x, y,
-                            noise_multiplier=attacked, seed=1000 * seed + i)
-            snr.append({"defense": defense, "level": level, "seed": seed, "image": i,
-                        "accuracy": summary["accuracy"], "attacked_noise_multiplier": attacked, **row})
-        if defense == "none" and seed == settings.seeds[0]:
-            labels = _threads1(label_rules, model, test, label_digits)
-        say(f"  {arena.defense_label(defense, level, settings)}: accuracy {summary['accuracy']:.1%}")
+    model = victim(settings, "none", settings.seeds[0])
+    summary, _ = _threads1(_train, settings, "none", 0.0, settings.seeds[0], model, train, test)
+    labels = {**_threads1(label_rules, model, test, label_digits), "accuracy": summary["accuracy"]}
     return finite({
         "format": FORMAT,
         "command": FULL_GRID_COMMAND,
@@ -272,15 +203,17 @@ class FullGrid:
     """The full arena, loaded from the shipped file (:func:`load_full_grid`).
 
     Attributes:
-        result: a :class:`gleak_edu.arena.ArenaResult` with the rows, each
-            cell's reconstructions and the attacked digits: everything
-            ``viz.arena_heatmap``, ``widgets.ArenaPanel`` and ``result.row(...)``
-            read (not the per-cell training details).
-        snr: one dict per (defense, level, seed, image): see :func:`shared_gradient_snr`,
-            plus ``accuracy`` (the retrained model's test accuracy, equal to the
-            arena's cell when the training is reproduced) and ``attacked_noise_multiplier``.
+        result: a :class:`gleak_edu.arena.ArenaResult` with the rows (every
+            seed), the first seed's cells with their reconstructions
+            (``result.reconstructions(...)`` at the default seed) and the
+            attacked digits: everything ``viz.arena_heatmap``,
+            ``widgets.ArenaPanel`` and ``result.row(...)`` read (not the
+            per-cell training details).
+        snr: one dict per (defense, level, seed, image): see :func:`gleak_edu.arena.gradient_snr`,
+            plus the cell's ``accuracy`` and ``attacked_noise_multiplier``.
         per_image: ``{(defense, level, seed): {"ssim": {attack: [...]}, "psnr": ..., "label_correct": ...}}``.
-        label_rules: :func:`label_rules` on the undefended model.
+        label_rules: :func:`label_rules` on the undefended model of the first seed, with that model's
+            ``accuracy`` (equal to the grid's cell when the training is reproduced).
         record: the file's other fields (``format``, ``command``, ``made``, ``arena`` as ``gleak arena --json`` writes it).
         path: where it was read from.
     """
@@ -339,8 +272,9 @@ def load_full_grid(path: str | Path | None = None) -> FullGrid:
     cells, per_image = {}, {}
     for c in record["cells"]:
         key = (c["defense"], float(c["level"]), int(c["seed"]))
-        cells[key] = {"attacks": {a: {"reconstructions": _unpack(text, shape).tolist()}
-                                  for a, text in c["reconstructions"].items()}}
+        if c["reconstructions"] is not None:
+            cells[key] = {"attacks": {a: {"reconstructions": _unpack(text, shape).tolist()}
+                                      for a, text in c["reconstructions"].items()}}
         per_image[key] = {k: c[k] for k in ("ssim", "psnr", "label_correct", "errors")}
     result = arena.ArenaResult(settings, cells=cells, rows=rows, cached=grid["cells_cached"],
                                computed=grid["cells_computed"],
@@ -351,23 +285,60 @@ def load_full_grid(path: str | Path | None = None) -> FullGrid:
                     path=path)
 
 
-def snr_rows(full: FullGrid, level: float, attack: str = "ig") -> list[dict]:
+def snr_rows(full: FullGrid, level: float, attack: str = "ig", *, all_seeds: bool = False) -> list[dict]:
     """Per defense at one noise level (pruning at its first fraction), per digit: the SNR record and ``attack``'s SSIM.
 
-    Returns one dict per (defense, digit) in :data:`gleak_edu.arena.DEFENSES` order, with the keys of
-    :func:`shared_gradient_snr`, ``defense``, ``level``, ``image``, ``label`` (the defense at its level, in
-    its unit) and ``ssim`` (``attack``'s SSIM on that digit, None where it cannot run).
+    Args:
+        full: the loaded full grid.
+        level: a noise level of the grid.
+        attack: whose SSIM to attach (its registry key).
+        all_seeds: every training seed's digits (default: the first seed's only, one marker per digit).
+
+    Returns one dict per (defense, seed, digit) in :data:`gleak_edu.arena.DEFENSES` order, with the keys of
+    :func:`gleak_edu.arena.gradient_snr`, ``defense``, ``level``, ``seed``, ``image``, ``label`` (the defense at
+    its level, in its unit) and ``ssim`` (``attack``'s SSIM on that digit, None where it cannot run).
     """
     out = []
     s = full.result.settings
+    seeds = s.seeds if all_seeds else s.seeds[:1]
     for d in arena.DEFENSES:
         k = full.result.knob(d, level)
         for r in full.snr:
-            if r["defense"] == d and math.isclose(r["level"], k) and r["seed"] == s.seeds[0]:
-                ssims = full.per_image[(d, k, s.seeds[0])]["ssim"].get(attack)
+            if r["defense"] == d and math.isclose(r["level"], k) and r["seed"] in seeds:
+                ssims = full.per_image[(d, k, r["seed"])]["ssim"].get(attack)
                 out.append({**r, "label": arena.defense_label(d, k, s),
                             "ssim": None if ssims is None else ssims[r["image"]]})
     return out
+
+
+def markdown_table(result, level: float) -> str:
+    """The arena at one noise level as a Markdown table (the README's): attacks as rows, defenses as columns.
+
+    A cell reads ``successes/n (low-high %)`` (the 95 % Wilson interval of the success rate), "no evidence
+    (0/n)" where the attack rebuilt no image here and none without a defense either, or "n/a"; then one row
+    each for the accuracy cost (points), the median signal-to-noise ratio of the shared gradient and epsilon.
+    """
+    defenses = arena.DEFENSES
+    summary = result.defense_summary(level)
+    head = ["attack"] + [arena.defense_label(s["defense"], s["level"], result.settings) for s in summary]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for a in arena.ATTACKS:
+        cells = []
+        for d in defenses:
+            r = result.row(d, a, level)
+            if r["impossible"]:
+                cells.append("n/a")
+            elif r.get("no_evidence"):
+                cells.append(f"no evidence ({r['successes']}/{r['n']})")
+            else:
+                cells.append(f"{r['successes']}/{r['n']} ({100 * r['success_low']:.0f}-{100 * r['success_high']:.0f} %)")
+        lines.append(f"| {arena.ATTACK_NAMES[a]} | " + " | ".join(cells) + " |")
+    lines.append("| accuracy cost (points) | " + " | ".join(f"{100 * s['accuracy_cost']:.1f}" for s in summary) + " |")
+    lines.append("| signal/noise (median) | " + " | ".join(
+        "-" if s["snr"] is None else f"{s['snr']:.2g}" for s in summary) + " |")
+    lines.append(f"| epsilon (δ = {result.settings.delta:g}) | " + " | ".join(
+        "" if s["epsilon"] is None else f"{s['epsilon']:.3g}" for s in summary) + " |")
+    return "\n".join(lines)
 
 
 def folded_attacks(result) -> list[str]:

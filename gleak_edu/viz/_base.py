@@ -481,6 +481,13 @@ def _arena_panel(ax_heat, ax_cost, result, level: float, prune_fraction: float |
                 continue
             v, q = values[i, j], ssims[i, j]
             row = result.row(defenses[j], shown[i], level, prune_fraction)
+            if row.get("no_evidence"):  # 0 here, and 0 without a defense too: not a defense's merit
+                ax_heat.add_patch(mpatches.Rectangle((j - 0.5, i - 0.5), 1, 1, facecolor="0.94", edgecolor="0.75",
+                                                     hatch="...", lw=0))
+                ax_heat.text(j, i - 0.14, "no evidence", ha="center", va="center", fontsize=7.5, color="0.3")
+                ax_heat.text(j, i + 0.25, f"{row['successes']}/{row['n']}" + (f" SSIM {q:.2f}" if np.isfinite(q) else ""),
+                             ha="center", va="center", fontsize=5.5, color="0.3")
+                continue
             colour = "white" if v > 0.6 else "black"
             ax_heat.text(j, i - 0.14, f"{row['successes']}/{row['n']}", ha="center", va="center", fontsize=9,
                          color=colour, weight="bold")
@@ -556,7 +563,10 @@ def arena_heatmap(result, level: float | None = None, *, prune_fraction: float |
     vermillion, :data:`gleak_edu.viz.palette.SEQUENTIAL`: the redder, the more
     the attack works) and shows its counts (successes/n), its 95 % Wilson
     interval and the mean SSIM. Impossible pairs are grey and hatched
-    with "n/a", their reasons listed under the figure. Under each defense's
+    with "n/a", their reasons listed under the figure. A cell where the
+    attack rebuilt no image, when it rebuilt none without a defense either
+    (the row's ``no_evidence``), is dotted grey and reads "no evidence":
+    its 0 is the attack's failure, not the defense's success. Under each defense's
     column: its accuracy cost (test accuracy of "none" minus its own, in
     points; blue bars, grey when it costs nothing), its accuracy and, for the
     DP defenses, epsilon at the arena's delta.
@@ -597,6 +607,9 @@ def arena_heatmap(result, level: float | None = None, *, prune_fraction: float |
         lines.append(textwrap.fill(
             "not shown: " + ", ".join(arena.ATTACK_NAMES[a] for a in folded)
             + " (0 % in every cell at every level of this grid).", 140))
+    if any(r.get("no_evidence") for r in result.rows if r["attack"] in shown):
+        lines.append(textwrap.fill("no evidence: the attack rebuilt no image here and none without a defense "
+                                   "either, so its 0 says nothing about the defense.", 140))
     lines += [textwrap.fill(f"n/a ({cells}): {reason}.", 140) for cells, reason in notes.items()]
     text = "\n".join(lines)
     # the layout in inches, top to bottom: per level the title and column heads, the heatmap, the cost bars

@@ -146,7 +146,9 @@ def dp_metrics_figure(report: Mapping[str, Mapping[str, float]]):
 
     Args:
         report: ``{label: DPRun.summary()}`` (keys ``test_accuracy`` in [0, 1], ``epsilon`` at the
-            run's δ (inf without DP, drawn as a grey "∞" bar), ``attack_success_rate`` in [0, 1], ``ssim``).
+            run's δ (inf without DP, drawn as a grey "∞" bar), ``attack_success_rate`` in [0, 1], ``ssim``;
+            with ``attack_success_low``, ``attack_success_high`` and ``attack_n``, as ``DPRun.summary()`` gives
+            them, the success bars carry their 95 % Wilson interval).
     """
     plt = _plt()
     colors = method_colors(report)
@@ -162,6 +164,17 @@ def dp_metrics_figure(report: Mapping[str, Mapping[str, float]]):
     for ax, (key, scale, ylabel, fmt, title) in zip(axes, panels):
         values = {m: scale * s[key] if math.isfinite(s[key]) else s[key] for m, s in report.items()}
         metric_bars(values, ylabel, ax=ax, fmt=fmt, title=title, colors=colors)
+        if key == "attack_success_rate" and all(s.get("attack_success_low") is not None for s in report.values()):
+            rates = [100 * s[key] for s in report.values()]
+            lows = [100 * s["attack_success_low"] for s in report.values()]
+            highs = [100 * s["attack_success_high"] for s in report.values()]
+            ax.errorbar(range(len(rates)), rates, yerr=[[r - lo for r, lo in zip(rates, lows)],
+                                                        [hi - r for r, hi in zip(rates, highs)]],
+                        fmt="none", ecolor="0.2", elinewidth=1, capsize=3, zorder=5)
+            ax.set_ylim(0, 110)
+            n = {s["attack_n"] for s in report.values()}
+            ax.set_title(f"{title}\n(95 % Wilson interval, n = {'/'.join(map(str, sorted(n)))})",
+                         fontsize=ax.title.get_fontsize())
     fig.tight_layout()
     return fig
 

@@ -51,11 +51,12 @@ def race_table(runs: Mapping[str, Mapping[int, object]], budgets: Mapping[str, i
 
     Returns:
         The table as a string (print it). Columns: batch, attack, mean PSNR (dB), mean SSIM,
-        success (images with SSIM >= 0.6, of the batch), label accuracy, gradient evaluations
+        success (images with SSIM >= 0.6, of the batch, with the 95 % Wilson interval of the rate in %:
+        :func:`gleak_edu.metrics.success_rate`), label accuracy, gradient evaluations
         used (of the budget), retries (DLG's fresh restarts after a stalled or exploding run),
         seconds of compute.
     """
-    head = f"{'batch':>5} | {'attack':>6} | {'PSNR (dB)':>9} | {'SSIM':>5} | {'success':>7} | {'labels':>6} | {'evaluations':>13} | {'retries':>7} | {'seconds':>7}"
+    head = f"{'batch':>5} | {'attack':>6} | {'PSNR (dB)':>9} | {'SSIM':>5} | {'success [95 % CI]':>17} | {'labels':>6} | {'evaluations':>13} | {'retries':>7} | {'seconds':>7}"
     lines = [head, "-" * len(head)]
     batches = sorted({b for per in runs.values() for b in per})
     for b in batches:
@@ -65,10 +66,10 @@ def race_table(runs: Mapping[str, Mapping[int, object]], budgets: Mapping[str, i
             r = per[b]
             m = r.metrics
             per_image = _per_image_ssim(r)
-            ok, n = sum(s >= metrics.SUCCESS_SSIM for s in per_image), len(per_image)
+            success = metrics.rate_brief(metrics.success_rate([s >= metrics.SUCCESS_SSIM for s in per_image]).row_fields())
             ev = f"{r.evaluations}" + (f" / {budgets[name]}" if budgets and name in budgets else "")
             labels = "-" if m.get("label_accuracy") is None else f"{m['label_accuracy']:.0%}"
-            lines.append(f"{b:>5} | {name:>6} | {m['psnr_mean']:9.1f} | {m['ssim_mean']:5.2f} | {f'{ok}/{n}':>7} | "
+            lines.append(f"{b:>5} | {name:>6} | {m['psnr_mean']:9.1f} | {m['ssim_mean']:5.2f} | {success:>17} | "
                          f"{labels:>6} | {ev:>13} | {r.retries:>7} | {r.seconds:7.1f}")
     return "\n".join(lines)
 
