@@ -780,9 +780,8 @@ class ArenaPanel(_Panel):
         self.caption.value = (
             f"<b>{html.escape(pair)}</b>: "
             f"top the private digits, bottom the reconstructions (first seed) · success over every seed "
-            f"{row['successes']}/{row['n']} = {row['success_rate']:.0%} (95 % CI {100 * row['success_low']:.0f}-"
-            f"{100 * row['success_high']:.0f} %)" + (" (no evidence: it rebuilt nothing without a defense either)"
-                                                      if row.get("no_evidence") else "")
+            f"{metrics.success_rate(successes=row['successes'], n=row['n'])}"
+            + (" (no evidence: it rebuilt nothing without a defense either)" if row.get("no_evidence") else "")
             + f", mean SSIM {row['ssim']:.2f}, PSNR {row['psnr']:.1f} dB"
         )
 
