@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --upgrade --quiet pip
 	# the CPU build of torch first: a later ">=" requirement is then already met
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[lab,app,test,scale]"
+	$(PY) -m pip install --quiet -e ".[lab,app,test,scale,fl]"
 	@$(PY) -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed'; print('torch', torch.__version__, 'CPU build')"
 	touch $(STAMP)
 

@@ -7,7 +7,8 @@ Modules: :mod:`~gleak_edu.data` (offline real images), :mod:`~gleak_edu.models`
 (MSE, PSNR, SSIM, label accuracy), :mod:`~gleak_edu.training` (short seeded runs),
 :mod:`~gleak_edu.sweeps` (the cached PPP trade-off), :mod:`~gleak_edu.arena` (every attack
 against every defense, cached), :mod:`~gleak_edu.viz` (figures) and
-:mod:`~gleak_edu.widgets` (live views, sliders).
+:mod:`~gleak_edu.widgets` (live views, sliders); :mod:`~gleak_edu.flower` (federations on Flower,
+a curious server; the ``fl`` extra).
 """
 
 __version__ = "0.1.0"

@@ -1,9 +1,17 @@
-"""What a federated-learning client shares (FedSGD), and checks on it.
+"""What a federated-learning client shares (FedSGD gradients, FedAvg updates), and checks on it.
 
 A *shared gradient* is an ordered mapping ``parameter name -> gradient tensor``
 (float32, same shape as the parameter), in ``model.named_parameters()`` order,
 exactly as a FedSGD client sends it after one local step on its private batch.
 Attacks and defenses take and return this mapping.
+
+A FedAvg client sends an *update* instead: its weights after K local SGD steps
+minus the global weights it received (McMahan et al., AISTATS 2017), the same
+mapping of names to tensors. :func:`client_update` computes it;
+:func:`local_batches` is the order in which a client visits its examples
+(what an attacker who unrolls the K steps must know or guess);
+:func:`update_as_gradient` is the simple attacker's reading of an update as
+one gradient.
 """
 
 from __future__ import annotations
@@ -15,7 +23,17 @@ import torch
 from torch import nn
 import torch.nn.functional as F
 
-__all__ = ["SharedGradient", "SharedGradientError", "client_gradient", "client_text_gradient", "check_shared", "check_batch"]
+__all__ = [
+    "SharedGradient",
+    "SharedGradientError",
+    "check_batch",
+    "check_shared",
+    "client_gradient",
+    "client_text_gradient",
+    "client_update",
+    "local_batches",
+    "update_as_gradient",
+]
 
 SharedGradient = "OrderedDict[str, torch.Tensor]"
 
@@ -83,6 +101,109 @@ def client_gradient(
     loss = loss_fn(model(x), y)
     grads = torch.autograd.grad(loss, params)
     return OrderedDict((n, g.detach().clone()) for n, g in zip(names, grads))
+
+
+def local_batches(num_examples: int, local_batch: int, local_steps: int, start: int = 0) -> list[list[int]]:
+    """The examples each of a FedAvg client's K local steps uses: in order, wrapping around its data.
+
+    Step k (0-based) takes examples ``(start + k * B + j) mod N`` for ``j < B``: with
+    ``B = N`` every step sees the whole local set (full-batch local GD); with
+    ``B < N`` the client walks through its set, one epoch every ``N / B``
+    steps. A real client usually shuffles; the course's clients do not, so a
+    server that unrolls the steps knows which examples went into which step
+    (state that assumption when you report an attack).
+
+    Args:
+        num_examples: N >= 1, the client's local examples.
+        local_batch: B, 1 <= B <= N.
+        local_steps: K >= 1, the local SGD steps per round.
+        start: where in its data the client resumes (a client that keeps
+            walking through its set across rounds starts round r at
+            ``(r - 1) * K * B``), >= 0.
+
+    Returns:
+        K lists of B example indices.
+
+    Raises:
+        ValueError: for N, B or K below 1, B > N, or a negative start.
+    """
+    for name, v in (("num_examples", num_examples), ("local_batch", local_batch), ("local_steps", local_steps)):
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {v!r}")
+    if isinstance(start, bool) or not isinstance(start, int) or start < 0:
+        raise ValueError(f"start must be an integer >= 0, got {start!r}")
+    if local_batch > num_examples:
+        raise ValueError(f"local_batch ({local_batch}) is larger than the client's {num_examples} example(s); "
+                         "use a local batch of at most the client's data size")
+    return [[(start + k * local_batch + j) % num_examples for j in range(local_batch)] for k in range(local_steps)]
+
+
+def client_update(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    *,
+    lr: float,
+    local_steps: int,
+    local_batch: int,
+    start: int = 0,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> "OrderedDict[str, torch.Tensor]":
+    """The update a FedAvg client sends: its weights after K local SGD steps minus the global weights.
+
+    Plain SGD (no momentum, no weight decay) with step size ``lr`` on the mean
+    cross-entropy of each local batch, batches from :func:`local_batches`. With
+    ``local_steps=1`` and ``local_batch=len(x)`` the update is exactly
+    ``-lr * client_gradient(model, x, y)`` (FedSGD).
+
+    Args:
+        model: the global model; it is not changed (the steps run on a copy).
+        x: the client's images, float32 ``[N, C, H, W]`` in [0, 1].
+        y: its labels, int64 ``[N]``.
+        lr: the local step size (> 0, finite), set by the server.
+        local_steps: K >= 1; local_batch: B, 1 <= B <= N.
+        start: the first example's index (:func:`local_batches`).
+        loss_fn: ``loss_fn(logits, y) -> scalar``; default mean cross-entropy.
+
+    Returns:
+        OrderedDict ``name -> float32 tensor`` (w_K - w_0), one entry per
+        trainable parameter, in ``named_parameters()`` order.
+
+    Raises:
+        TypeError, ValueError: for a malformed batch (:func:`check_batch`), a
+            non-positive or non-finite ``lr``, or bad K/B (:func:`local_batches`).
+    """
+    check_batch(model, x, y)
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and lr < float("inf")):
+        raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
+    steps = local_batches(int(x.shape[0]), local_batch, local_steps, start)
+    loss_fn = loss_fn or F.cross_entropy
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    weights = [p.detach().clone() for p in params]
+    buffers = dict(model.named_buffers())
+    for idx in steps:
+        current = dict(zip(names, (w.requires_grad_(True) for w in weights)))
+        logits = torch.func.functional_call(model, {**buffers, **current}, (x[idx],))
+        grads = torch.autograd.grad(loss_fn(logits, y[idx]), list(current.values()))
+        weights = [(w - lr * g).detach() for w, g in zip(weights, grads)]
+    return OrderedDict((n, (w - p.detach()).clone()) for n, w, p in zip(names, weights, params))
+
+
+def update_as_gradient(update: Mapping[str, torch.Tensor], *, lr: float, local_steps: int) -> "OrderedDict[str, torch.Tensor]":
+    """Read a FedAvg update as one gradient: ``update / (-lr * K)``, the simple attacker's approximation.
+
+    Exact for K = 1 (FedSGD); for K > 1 it is the mean of the K local gradients,
+    each taken at a different point of the client's trajectory, which the
+    attack then treats as one gradient at the global weights (Geiping et al.,
+    NeurIPS 2020, section 6).
+
+    Raises:
+        ValueError: for a non-positive ``lr`` or ``local_steps``.
+    """
+    if not (isinstance(lr, (int, float)) and lr > 0) or not (isinstance(local_steps, int) and local_steps >= 1):
+        raise ValueError(f"lr must be > 0 and local_steps an integer >= 1, got {lr!r} and {local_steps!r}")
+    scale = -1.0 / (float(lr) * local_steps)
+    return OrderedDict((n, u * scale) for n, u in update.items())
 
 
 def client_text_gradient(model: nn.Module, tokens: torch.Tensor, label: torch.Tensor) -> "OrderedDict[str, torch.Tensor]":

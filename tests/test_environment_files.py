@@ -71,6 +71,17 @@ def test_binder_post_build_installs_the_package_and_fails_on_error():
     assert "set -euo pipefail" in post and "pip install" in post and "import gleak_edu" in post
 
 
+def test_flower_is_pinned_once_and_installed_everywhere():
+    """The ``fl`` extra's Flower pin is what Binder's postBuild installs and what make and conda ask for."""
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    (pin,) = extras["fl"]
+    assert pin == "flwr[simulation]==1.42.0" and extras["scale"] == ["ray==2.55.1"]  # the Ray Flower pins
+    assert f'"{pin}"' in (ROOT / "binder" / "postBuild").read_text()
+    assert ",fl]" in (ROOT / "Makefile").read_text() and ",fl]" in (ROOT / "environment.yml").read_text()
+
+
 def test_readme_and_notebooks_carry_badges_from_the_one_repository_url(tmp_path):
     import shutil
 

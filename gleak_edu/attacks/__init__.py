@@ -13,7 +13,9 @@ on Ctrl-C it raises :class:`AttackInterrupted` (a KeyboardInterrupt); both
 carry the best estimate so far in ``.result``. The model comes back as it went
 in (parameters, buffers, train/eval mode).
 
-Read :func:`reference_dlg` first: DLG in fifteen plain lines. Text:
+A FedAvg update (weights after K local steps minus the global weights) is
+attacked by :func:`fedavg_unrolled`, which repeats the client's K steps on
+dummy images. Read :func:`reference_dlg` first: DLG in fifteen plain lines. Text:
 :func:`text_recovery` reads a sentence off a transformer's gradient and
 returns a :class:`TextAttackResult` (an AttackResult with the words).
 """
@@ -21,6 +23,7 @@ returns a :class:`TextAttackResult` (an AttackResult with the words).
 from gleak_edu.attacks._common import AttackInterrupted, AttackOptions, AttackResult, AttackState, CallbackError
 from gleak_edu.attacks.analytic import analytic_recovery, first_linear_layer
 from gleak_edu.attacks.dlg import dlg, idlg, idlg_label
+from gleak_edu.attacks.fedavg import fedavg_label, fedavg_unrolled, unrolled_update
 from gleak_edu.attacks.grnn import GRNNGenerator, grnn, total_variation
 from gleak_edu.attacks.inverting import inverting_gradients, precode_bypass
 from gleak_edu.attacks.reference import reference_dlg
@@ -42,6 +45,8 @@ __all__ = [
     "analytic_recovery",
     "attack_spec",
     "dlg",
+    "fedavg_label",
+    "fedavg_unrolled",
     "first_linear_layer",
     "grnn",
     "idlg",
@@ -53,4 +58,5 @@ __all__ = [
     "text_metrics",
     "text_recovery",
     "total_variation",
+    "unrolled_update",
 ]

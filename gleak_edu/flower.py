@@ -1,0 +1,569 @@
+"""The leak inside a real federated-learning engine: Flower 1.42 (``flwr[simulation]``, the ``fl`` extra).
+
+A federation here is Flower's Message API: a ``ClientApp`` per SuperNode
+trains the course's victim (the arena's MLP on MNIST digits) on its own
+partition and replies with its new weights; a ``ServerApp`` runs a strategy.
+:class:`CuriousServer` is Flower's ``FedAvg`` that also keeps every update
+it is handed (the client's weights minus the global weights it sent) and what
+it sent with them: an honest-but-curious server, which follows the protocol
+and looks. :func:`attack_observation` hands a recorded update to the course's
+attacks (:func:`gleak_edu.attacks.fedavg_unrolled`, or Inverting Gradients on
+the update read as one gradient).
+
+:func:`run_federation` runs the apps in Flower's simulation engine (Ray, in
+this process); :func:`client_app` and :func:`server_app` are the same apps
+for ``flwr run`` (their settings then come from the run config).
+
+What travels beyond FedAvg's protocol, for teaching only: each client's
+reply carries its ``partition-id`` in its metrics so that the notebook can
+show the true images beside the reconstruction (a real server knows the node
+that sent a reply, not the person behind it); the server removes it before
+aggregating.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import time
+from collections import OrderedDict
+from dataclasses import asdict, dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from gleak_edu import fl, training
+from gleak_edu import data as gdata
+
+__all__ = [
+    "FLOWER_VERSION",
+    "CuriousServer",
+    "FederationResult",
+    "FederationSettings",
+    "Observation",
+    "attack_observation",
+    "client_app",
+    "client_data",
+    "global_model",
+    "observed_examples",
+    "run_federation",
+    "server_app",
+]
+
+#: The Flower release the course is written against (it pins ray 2.55.1, as :mod:`gleak_edu.scale`).
+FLOWER_VERSION = "1.42.0"
+
+PARTITIONS = ("iid", "label")
+DP_MODES = ("none", "server")
+_TEST_FRACTION = 0.2  # the arena's split of the 5,000-digit MNIST subset
+
+
+def _import_flwr():
+    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")  # offline: no usage events
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # CPU only: Ray 2.55's notice is moot
+    try:
+        import flwr
+    except ImportError:
+        raise ImportError(
+            f"federations need Flower: pip install 'gleak-edu[fl]' (flwr[simulation]=={FLOWER_VERSION})"
+        ) from None
+    return flwr
+
+
+def _whole(name: str, value: Any, low: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class FederationSettings:
+    """One federation: who takes part, what each client holds, the local training the server asks for.
+
+    Attributes:
+        clients: SuperNodes (clients), each with its own partition (>= 1).
+        sampled: clients the server asks to train each round (None: all);
+            at most ``clients``.
+        rounds: federated rounds (>= 1).
+        examples: MNIST digits per client (N >= 1); clients never share one.
+        local_steps: K, local SGD steps per round (>= 1); K = 1 with one batch is FedSGD.
+        local_batch: B, examples per local step (1 <= B <= N); the client
+            walks through its digits in order (:func:`gleak_edu.fl.local_batches`),
+            resuming each round where it stopped.
+        lr: the local SGD step size the server sends (> 0).
+        partition: ``"iid"`` (a seeded random share of the training digits)
+            or ``"label"`` (client i holds digits of class i mod 10 only).
+        seed: the global model's initialisation and the IID partition.
+        dp: ``"none"``, or ``"server"``: Flower's
+            ``DifferentialPrivacyServerSideFixedClipping`` (each update
+            clipped to ``clipping_norm``, Gaussian noise of std
+            ``noise_multiplier * clipping_norm / sampled`` on the average).
+        clipping_norm: C for ``dp="server"`` (> 0).
+        noise_multiplier: σ for ``dp="server"`` (>= 0; std σ·C on the sum).
+        hidden, activation: the victim MLP (the arena's: 128-128, tanh).
+
+    Raises:
+        ValueError: naming the first bad field (K = 0, more sampled clients
+            than exist, more digits asked for than the training split holds,
+            an unknown partition or DP mode...).
+    """
+
+    clients: int = 4
+    sampled: int | None = None
+    rounds: int = 1
+    examples: int = 8
+    local_steps: int = 1
+    local_batch: int = 1
+    lr: float = 0.1
+    partition: str = "iid"
+    seed: int = 0
+    dp: str = "none"
+    clipping_norm: float = 1.0
+    noise_multiplier: float = 0.0
+    hidden: tuple[int, ...] = (128, 128)
+    activation: str = "tanh"
+
+    def __post_init__(self) -> None:
+        _whole("clients", self.clients, 1)
+        if self.sampled is not None:
+            _whole("sampled", self.sampled, 1)
+            if self.sampled > self.clients:
+                raise ValueError(f"sampled ({self.sampled}) is more than the {self.clients} clients that exist; "
+                                 f"sample at most {self.clients} per round")
+        _whole("rounds", self.rounds, 1)
+        _whole("examples", self.examples, 1)
+        _whole("local_steps", self.local_steps, 1)
+        _whole("local_batch", self.local_batch, 1)
+        _whole("seed", self.seed, 0)
+        if self.local_batch > self.examples:
+            raise ValueError(f"local_batch ({self.local_batch}) is larger than a client's {self.examples} digit(s)")
+        if self.partition not in PARTITIONS:
+            raise ValueError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
+        if self.dp not in DP_MODES:
+            raise ValueError(f"dp must be one of {DP_MODES}, got {self.dp!r}")
+        for name in ("lr", "clipping_norm"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
+                raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
+        v = self.noise_multiplier
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
+            raise ValueError(f"noise_multiplier must be a finite number >= 0, got {v!r}")
+        available = _train_size()
+        if self.partition == "iid" and self.clients * self.examples > available:
+            raise ValueError(f"{self.clients} clients x {self.examples} digits need {self.clients * self.examples} "
+                             f"training digits; the split holds {available}: fewer clients or digits per client")
+        if self.partition == "label":
+            per_class = _class_counts()
+            for c in range(min(self.clients, 10)):
+                holders = len(range(c, self.clients, 10))
+                if holders * self.examples > per_class[c]:
+                    raise ValueError(f"partition 'label' leaves a client of class {c} without enough digits "
+                                     f"({holders} client(s) x {self.examples} > {per_class[c]}): fewer digits per client")
+
+    @property
+    def per_round(self) -> int:
+        """Clients that train in each round."""
+        return self.clients if self.sampled is None else self.sampled
+
+    def train_config(self) -> dict:
+        """What the server sends with the global weights each round (a Flower ConfigRecord's items)."""
+        return {"lr": float(self.lr), "local-steps": int(self.local_steps), "local-batch": int(self.local_batch)}
+
+    def as_run_config(self) -> dict:
+        """The settings as flat ``key -> int | float | str`` (a Flower run config, a JSON record)."""
+        out = asdict(self)
+        out["sampled"] = -1 if self.sampled is None else self.sampled
+        out["hidden"] = ",".join(str(h) for h in self.hidden)
+        return out
+
+    @classmethod
+    def from_run_config(cls, config: Mapping[str, Any]) -> "FederationSettings":
+        """The inverse of :meth:`as_run_config` (unknown keys are ignored, missing ones take the defaults)."""
+        kw = {k: config[k] for k in cls.__dataclass_fields__ if k in config}
+        if "sampled" in kw:
+            kw["sampled"] = None if int(kw["sampled"]) < 0 else int(kw["sampled"])
+        if "hidden" in kw and isinstance(kw["hidden"], str):
+            kw["hidden"] = tuple(int(h) for h in kw["hidden"].split(",") if h)
+        return cls(**kw)
+
+
+@functools.lru_cache(maxsize=1)
+def _split():
+    return training.split(gdata.mnist_subset(), _TEST_FRACTION, seed=0)
+
+
+def _train_size() -> int:
+    return int(_split()[0][1].numel())
+
+
+@functools.lru_cache(maxsize=1)
+def _class_counts() -> list[int]:
+    y = _split()[0][1]
+    return [int((y == c).sum()) for c in range(10)]
+
+
+def client_data(settings: FederationSettings, partition_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits client ``partition_id`` holds: float32 ``[N, 1, 28, 28]`` in [0, 1] and int64 ``[N]``.
+
+    Drawn from the training part of the MNIST subset (the server's test
+    digits are never a client's). IID: a seeded permutation, client i takes
+    the i-th block of N; by label: client i takes the (i // 10)-th block of N
+    digits of class i mod 10.
+
+    Raises:
+        ValueError: for a partition id outside ``0 .. clients - 1``.
+    """
+    if isinstance(partition_id, bool) or not isinstance(partition_id, int) or not 0 <= partition_id < settings.clients:
+        raise ValueError(f"partition_id must be in 0..{settings.clients - 1}, got {partition_id!r}")
+    (x, y), _ = _split()
+    n = settings.examples
+    if settings.partition == "iid":
+        order = torch.randperm(len(y), generator=torch.Generator().manual_seed(settings.seed))
+        idx = order[partition_id * n:(partition_id + 1) * n]
+    else:
+        of_class = torch.nonzero(y == partition_id % 10).reshape(-1)
+        block = partition_id // 10
+        idx = of_class[block * n:(block + 1) * n]
+    return x[idx].clone(), y[idx].clone()
+
+
+def global_model(settings: FederationSettings) -> torch.nn.Module:
+    """The federation's model before round 1: an MLP ``[B, 1, 28, 28] -> [B, 10]`` (PyTorch init from ``settings.seed``)."""
+    from gleak_edu.models import MLP
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(settings.seed)
+        return MLP((1, 28, 28), 10, settings.hidden, settings.activation)
+
+
+def _test_accuracy(model: torch.nn.Module) -> float:
+    _, (x, y) = _split()
+    return training.accuracy(model, x, y)
+
+
+def round_start(settings: FederationSettings, server_round: int) -> int:
+    """Where a client resumes in its data in round ``server_round`` (1-based): ``(r - 1) K B mod N``."""
+    return ((server_round - 1) * settings.local_steps * settings.local_batch) % settings.examples
+
+
+# ---------------------------------------------------------------------------- the apps
+
+def _train_handler(settings: FederationSettings | None):
+    """The ClientApp's train function (``settings`` None: read them from the run config)."""
+
+    def train(msg, context):
+        from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
+
+        torch.set_num_threads(1)  # one CPU per client (Ray's client_resources)
+        s = settings if settings is not None else FederationSettings.from_run_config(context.run_config)
+        pid = int(context.node_config.get("partition-id", 0))
+        config = msg.content["config"]
+        lr, k, b = float(config["lr"]), int(config["local-steps"]), int(config["local-batch"])
+        rnd = int(config.get("server-round", 1))
+        model = global_model(s)
+        model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+        x, y = client_data(s, pid)
+        start = ((rnd - 1) * k * b) % len(y)
+        update = fl.client_update(model, x, y, lr=lr, local_steps=k, local_batch=b, start=start)
+        state = OrderedDict((n, p.detach() + update[n]) for n, p in model.named_parameters())
+        reply = RecordDict({
+            "arrays": ArrayRecord(state),
+            "metrics": MetricRecord({"num-examples": len(y), "partition-id": pid}),
+        })
+        return Message(content=reply, reply_to=msg)
+
+    return train
+
+
+def client_app(settings: FederationSettings | None = None):
+    """A Flower ``ClientApp`` whose train handler runs K local SGD steps (:func:`gleak_edu.fl.client_update`).
+
+    Each SuperNode's ``partition-id`` (node config) picks its digits
+    (:func:`client_data`); lr, K and B come from the server's config. The
+    reply holds the new weights ("arrays") and "num-examples" (plus the
+    teaching-only "partition-id"). ``settings`` None: read from the run config.
+    """
+    _import_flwr()
+    from flwr.clientapp import ClientApp
+
+    app = ClientApp()
+    app.train()(_train_handler(settings))
+    return app
+
+
+@dataclass
+class Observation:
+    """One update a curious server saw.
+
+    Attributes:
+        round: the server round (1-based).
+        node_id: the SuperNode that sent it (Flower's id).
+        partition_id: whose digits (teaching only: lets the notebook show the truth).
+        update: OrderedDict name -> float32 tensor, the client's weights minus the global weights sent.
+        global_state: the global weights the server sent that round (state dict).
+        config: what the server sent with them (``lr``, ``local-steps``, ``local-batch``, ``server-round``).
+        num_examples: the client's reported dataset size.
+    """
+
+    round: int
+    node_id: int
+    partition_id: int | None
+    update: "OrderedDict[str, torch.Tensor]"
+    global_state: dict
+    config: dict
+    num_examples: int
+
+
+def _curious_class():
+    _import_flwr()
+    from flwr.serverapp.strategy import FedAvg
+
+    class _CuriousServer(FedAvg):
+        """Flower's FedAvg that also keeps every update it is handed (see :class:`CuriousServer`)."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.observations: list[Observation] = []
+            self._sent: dict[int, tuple[dict, dict]] = {}
+
+        def configure_train(self, server_round, arrays, config, grid):
+            messages = super().configure_train(server_round, arrays, config, grid)
+            state = {k: v.detach().clone() for k, v in arrays.to_torch_state_dict().items()}
+            self._sent[server_round] = (state, dict(config.items()))
+            return messages
+
+        def aggregate_train(self, server_round, replies):
+            replies = list(replies)
+            state, config = self._sent.get(server_round, ({}, {}))
+            for msg in replies:
+                if msg.has_error():
+                    continue
+                metrics = msg.content["metrics"]
+                pid = metrics.pop("partition-id", None)
+                new = msg.content["arrays"].to_torch_state_dict()
+                update = OrderedDict((n, (new[n].float() - state[n].float()).clone()) for n in state)
+                self.observations.append(Observation(
+                    round=int(server_round), node_id=int(msg.metadata.src_node_id),
+                    partition_id=None if pid is None else int(pid), update=update, global_state=state,
+                    config=config, num_examples=int(metrics.get("num-examples", 0)),
+                ))
+            return super().aggregate_train(server_round, replies)
+
+    return _CuriousServer
+
+
+def CuriousServer(*args, **kwargs):  # noqa: N802 (a class factory: Flower is imported on first use)
+    """Flower's ``FedAvg`` strategy that keeps every update it is handed, an honest-but-curious server.
+
+    Takes FedAvg's arguments. ``strategy.observations`` is a list of
+    :class:`Observation`, one per valid reply, in arrival order: the update
+    is the reply's weights minus the global weights ``configure_train`` sent
+    that round. Wrapped in Flower's ``DifferentialPrivacyServerSideFixedClipping``
+    it is handed the *clipped* updates (the wrapper clips each reply, then
+    calls this strategy, then noises the average): clipping rescales an
+    update, so the direction the attacks match is unchanged.
+    """
+    return _curious_class()(*args, **kwargs)
+
+
+@dataclass
+class FederationResult:
+    """What :func:`run_federation` returns.
+
+    Attributes:
+        settings: the federation's settings.
+        observations: every update the curious server saw (:class:`Observation`).
+        accuracy: test accuracy of the global model (in [0, 1]) before round 1 and after each round (``rounds + 1`` values).
+        seconds: wall-clock seconds of the simulation (Ray's start included).
+        final_state: the global model's weights after the last round.
+    """
+
+    settings: FederationSettings
+    observations: list[Observation] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    seconds: float = 0.0
+    final_state: dict | None = None
+
+    def model(self) -> torch.nn.Module:
+        """The federation's final global model."""
+        model = global_model(self.settings)
+        if self.final_state is not None:
+            model.load_state_dict(self.final_state)
+        return model
+
+
+def _strategy(settings: FederationSettings):
+    curious = CuriousServer(
+        fraction_train=settings.per_round / settings.clients, min_train_nodes=settings.per_round,
+        min_available_nodes=settings.clients, fraction_evaluate=0.0,
+    )
+    if settings.dp == "server":
+        from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
+
+        return curious, DifferentialPrivacyServerSideFixedClipping(
+            curious, noise_multiplier=float(settings.noise_multiplier), clipping_norm=float(settings.clipping_norm),
+            num_sampled_clients=settings.per_round,
+        )
+    return curious, curious
+
+
+def server_app(settings: FederationSettings | None = None, *, sink: dict | None = None):
+    """A Flower ``ServerApp`` running a :class:`CuriousServer` (inside Flower's server-side DP wrapper for
+    ``dp="server"``) for ``settings.rounds`` rounds, with the test accuracy after every round.
+
+    ``sink`` (a dict) receives ``"curious"`` (the strategy, with its observations), ``"accuracy"`` and
+    ``"result"`` (Flower's Result). ``settings`` None: read from the run config.
+    """
+    _import_flwr()
+    from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+    from flwr.serverapp import ServerApp
+
+    app = ServerApp()
+    out = sink if sink is not None else {}
+
+    @app.main()
+    def main(grid, context) -> None:
+        s = settings if settings is not None else FederationSettings.from_run_config(context.run_config)
+        curious, strategy = _strategy(s)
+        out["curious"], out["accuracy"] = curious, []
+        model = global_model(s)
+
+        def evaluate(server_round: int, arrays) -> Any:
+            model.load_state_dict(arrays.to_torch_state_dict())
+            acc = _test_accuracy(model)
+            out["accuracy"].append(acc)
+            return MetricRecord({"accuracy": acc})
+
+        out["result"] = strategy.start(
+            grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=s.rounds,
+            train_config=ConfigRecord(s.train_config()), evaluate_fn=evaluate,
+        )
+
+    return app
+
+
+def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: bool = False) -> FederationResult:
+    """Run a federation in Flower's simulation engine (Ray, started and stopped here) and return what the server saw.
+
+    Args:
+        settings: the federation (:class:`FederationSettings`).
+        num_cpus: CPUs Ray may use (one client trains per CPU at a time).
+        verbose: keep Flower's INFO log (default: warnings only).
+
+    Returns:
+        :class:`FederationResult`.
+
+    Raises:
+        ImportError: without Flower (the ``fl`` extra).
+        RuntimeError: if the simulation ended without a result (a client failed: its error is in Flower's log).
+    """
+    _whole("num_cpus", num_cpus, 1)
+    _import_flwr()
+    from flwr.simulation import run_simulation
+
+    sink: dict = {}
+    backend = {
+        "client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+        "init_args": {"num_cpus": int(num_cpus), "num_gpus": 0, "object_store_memory": 200 * 1024**2,
+                      "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": verbose},
+    }
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    if not verbose:  # Flower's deprecation notice for run_simulation and its INFO log are noise here
+        logger.setLevel(logging.ERROR)
+    start = time.perf_counter()
+    try:
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*deprecated.*")
+            run_simulation(server_app=server_app(settings, sink=sink), client_app=client_app(settings),
+                           num_supernodes=settings.clients, backend_config=backend, verbose_logging=verbose)
+    finally:
+        logger.setLevel(level)
+    seconds = time.perf_counter() - start
+    if "result" not in sink:
+        raise RuntimeError("the federation ended without a result: a client or the server failed "
+                           "(rerun with verbose=True to see Flower's log)")
+    curious = sink["curious"]
+    expected = settings.rounds * settings.per_round
+    if len(curious.observations) != expected:
+        raise RuntimeError(f"the server saw {len(curious.observations)} updates, expected {expected} "
+                           "(a client failed: rerun with verbose=True to see Flower's log)")
+    final = {k: v.detach().clone() for k, v in sink["result"].arrays.to_torch_state_dict().items()}
+    return FederationResult(settings=settings, observations=list(curious.observations),
+                            accuracy=list(sink["accuracy"]), seconds=seconds, final_state=final)
+
+
+# ---------------------------------------------------------------------------- the server's attack
+
+def observed_examples(settings: FederationSettings, obs: Observation) -> tuple[torch.Tensor, torch.Tensor]:
+    """The digits the client of ``obs`` trained on that round (the truth, for scoring).
+
+    With ``K * B <= N`` the ``K * B`` digits the round's local steps touched,
+    in the order the client used them; otherwise (several local epochs) all
+    N of its digits, in its own order.
+
+    Raises:
+        ValueError: if the observation carries no partition id.
+    """
+    if obs.partition_id is None:
+        raise ValueError("this observation has no partition id: its truth is unknown")
+    x, y = client_data(settings, obs.partition_id)
+    k, b = int(obs.config["local-steps"]), int(obs.config["local-batch"])
+    if k * b > len(y):
+        return x, y
+    steps = fl.local_batches(len(y), b, k, round_start(settings, obs.round))
+    seen = [i for idx in steps for i in idx]
+    return x[seen], y[seen]
+
+
+def attack_observation(settings: FederationSettings, obs: Observation, *, attack: str = "unrolled",
+                       iterations: int = 300, seed: int = 0, labels: torch.Tensor | None = None, **kwargs):
+    """The curious server's attack on one recorded update, scored against the digits the client used.
+
+    The server rebuilds the global model it sent, reads lr, K and B off the
+    config it sent, and reconstructs the ``min(K B, N)`` digits the round
+    touched (:func:`observed_examples`), in the client's order.
+
+    Args:
+        attack: ``"unrolled"`` (:func:`gleak_edu.attacks.fedavg_unrolled`: the K
+            steps repeated on dummy digits) or ``"simple"`` (Inverting
+            Gradients on ``update / (-lr K)``, :func:`gleak_edu.fl.update_as_gradient`).
+        iterations: Adam steps (300).
+        seed: the dummy digits' start.
+        labels: int64 ``[M]``; None: read off the update for one digit, and for
+            several the true labels are *given* (an attacker who knows them, as
+            in breaching's FedAvg example; say so when you report it).
+        kwargs: passed to the attack (``tv_weight``, ``options``, ``callback``...).
+
+    Returns:
+        :class:`gleak_edu.attacks.AttackResult` with the truth's PSNR/SSIM in ``metrics``.
+
+    Raises:
+        ValueError: for an unknown attack.
+    """
+    from gleak_edu.attacks import fedavg_unrolled, inverting_gradients
+
+    if attack not in ("unrolled", "simple"):
+        raise ValueError(f"attack must be 'unrolled' or 'simple', got {attack!r}")
+    x, y = observed_examples(settings, obs)
+    m = len(y)
+    if labels is None and m > 1:
+        labels = y
+    model = global_model(settings)
+    model.load_state_dict(obs.global_state)
+    lr, k, b = float(obs.config["lr"]), int(obs.config["local-steps"]), int(obs.config["local-batch"])
+    shape = (m, *x.shape[1:])
+    if attack == "simple":
+        shared = fl.update_as_gradient(obs.update, lr=lr, local_steps=k)
+        return inverting_gradients(model, shared, input_shape=shape, num_classes=10, labels=labels,
+                                   iterations=iterations, seed=seed, truth=(x, y), **kwargs)
+    # the dummy digits are the m touched ones in order: with K B <= N each is used once, from 0
+    start = 0 if k * b <= settings.examples else round_start(settings, obs.round)
+    return fedavg_unrolled(model, obs.update, input_shape=shape, num_classes=10, lr=lr, local_steps=k,
+                           local_batch=b, start=start, labels=labels, iterations=iterations, seed=seed,
+                           truth=(x, y), **kwargs)
