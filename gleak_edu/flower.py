@@ -46,6 +46,10 @@ __all__ = [
     "attack_observation",
     "client_app",
     "client_data",
+    "dpsgd_update",
+    "federation_epsilon",
+    "local_dp_mod",
+    "local_dp_noise_multiplier",
     "global_model",
     "observed_examples",
     "run_federation",
@@ -56,7 +60,7 @@ __all__ = [
 FLOWER_VERSION = "1.42.0"
 
 PARTITIONS = ("iid", "label")
-DP_MODES = ("none", "server")
+DP_MODES = ("none", "server", "local", "dpsgd")
 _TEST_FRACTION = 0.2  # the arena's split of the 5,000-digit MNIST subset
 
 
@@ -97,12 +101,24 @@ class FederationSettings:
         partition: ``"iid"`` (a seeded random share of the training digits)
             or ``"label"`` (client i holds digits of class i mod 10 only).
         seed: the global model's initialisation and the IID partition.
-        dp: ``"none"``, or ``"server"``: Flower's
-            ``DifferentialPrivacyServerSideFixedClipping`` (each update
-            clipped to ``clipping_norm``, Gaussian noise of std
-            ``noise_multiplier * clipping_norm / sampled`` on the average).
-        clipping_norm: C for ``dp="server"`` (> 0).
-        noise_multiplier: σ for ``dp="server"`` (>= 0; std σ·C on the sum).
+        dp: where the noise goes:
+            ``"none"``;
+            ``"server"``: Flower's ``DifferentialPrivacyServerSideFixedClipping``
+            wraps the strategy: each update clipped to ``clipping_norm`` on the
+            server, Gaussian noise of std σ·C on their sum (σ·C / sampled on
+            the average). The server itself still sees every update;
+            ``"local"``: Flower's ``LocalDpMod`` on each client: the update is
+            clipped to C and every weight gets Gaussian noise of std
+            ``C * sqrt(2 ln(1.25 / delta)) / epsilon`` before it leaves;
+            ``"dpsgd"``: each local step is DP-SGD (Opacus per-example
+            gradients clipped to C, noise std σ·C on their sum,
+            :func:`gleak_edu.defenses.perturbed_gradient`).
+        clipping_norm: C (> 0): per client update for "server" and "local",
+            per example for "dpsgd".
+        noise_multiplier: σ (>= 0) for "server" and "dpsgd" (noise std σ·C).
+        epsilon: the per-round epsilon of ``"local"`` (> 0; Flower's classical
+            Gaussian mechanism, a guarantee only below 1).
+        delta: delta of every reported epsilon (0 < delta < 0.1).
         hidden, activation: the victim MLP (the arena's: 128-128, tanh).
 
     Raises:
@@ -123,6 +139,8 @@ class FederationSettings:
     dp: str = "none"
     clipping_norm: float = 1.0
     noise_multiplier: float = 0.0
+    epsilon: float = 1.0
+    delta: float = 1e-5
     hidden: tuple[int, ...] = (128, 128)
     activation: str = "tanh"
 
@@ -144,13 +162,16 @@ class FederationSettings:
             raise ValueError(f"partition must be one of {PARTITIONS}, got {self.partition!r}")
         if self.dp not in DP_MODES:
             raise ValueError(f"dp must be one of {DP_MODES}, got {self.dp!r}")
-        for name in ("lr", "clipping_norm"):
+        for name in ("lr", "clipping_norm", "epsilon"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < math.inf):
                 raise ValueError(f"{name} must be a finite number > 0, got {v!r}")
         v = self.noise_multiplier
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 <= v < math.inf):
             raise ValueError(f"noise_multiplier must be a finite number >= 0, got {v!r}")
+        v = self.delta
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not (0 < v < 0.1):
+            raise ValueError(f"delta must lie strictly between 0 and 0.1, got {v!r}")
         available = _train_size()
         if self.partition == "iid" and self.clients * self.examples > available:
             raise ValueError(f"{self.clients} clients x {self.examples} digits need {self.clients * self.examples} "
@@ -251,10 +272,57 @@ def round_start(settings: FederationSettings, server_round: int) -> int:
 
 # ---------------------------------------------------------------------------- the apps
 
+def _seed_of(seed: int, server_round: int, partition_id: int) -> int:
+    """One seed per (federation seed, round, client): the client's DP noise."""
+    return (int(seed) * 1_000_003 + int(server_round) * 10_007 + int(partition_id)) % (2**31)
+
+
+def dpsgd_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, local_steps: int,
+                 local_batch: int, noise_multiplier: float, clipping_norm: float, start: int = 0,
+                 seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+    """A client's FedAvg update when each of its K local steps is a DP-SGD step (Abadi et al., CCS 2016).
+
+    Step k: ``w <- w - lr * (sum_i clip_C(g_i) + N(0, (σ C)^2)) / B`` over the
+    step's B examples (:func:`gleak_edu.fl.local_batches`), per-example
+    gradients and clipping from Opacus (:func:`gleak_edu.defenses.perturbed_gradient`,
+    scope "full"); step k's noise comes from ``seed + k``.
+
+    Args:
+        model: the global model (not changed).
+        x: float32 ``[N, C, H, W]`` in [0, 1]; y: int64 ``[N]``.
+        lr, local_steps, local_batch, start: as for :func:`gleak_edu.fl.client_update`.
+        noise_multiplier: σ >= 0; clipping_norm: C > 0 (per example).
+
+    Returns:
+        OrderedDict name -> float32 tensor (w_K - w_0).
+
+    Raises:
+        ValueError: as :func:`gleak_edu.fl.client_update` and :func:`gleak_edu.defenses.perturbed_gradient`.
+    """
+    import copy
+
+    from gleak_edu.defenses import perturbed_gradient
+
+    fl.check_batch(model, x, y)
+    steps = fl.local_batches(int(x.shape[0]), local_batch, local_steps, start)
+    work = copy.deepcopy(model)
+    with torch.no_grad():
+        before = OrderedDict((n, p.detach().clone()) for n, p in work.named_parameters() if p.requires_grad)
+    for k, idx in enumerate(steps):
+        grad = perturbed_gradient(work, x[idx], y[idx], noise_multiplier=noise_multiplier,
+                                  max_grad_norm=clipping_norm, scope="full", seed=int(seed) + k)
+        with torch.no_grad():
+            for n, p in work.named_parameters():
+                if n in grad:
+                    p -= lr * grad[n]
+    return OrderedDict((n, (p.detach() - before[n]).clone()) for n, p in work.named_parameters() if n in before)
+
+
 def _train_handler(settings: FederationSettings | None):
     """The ClientApp's train function (``settings`` None: read them from the run config)."""
 
     def train(msg, context):
+        import numpy as np
         from flwr.app import ArrayRecord, Message, MetricRecord, RecordDict
 
         torch.set_num_threads(1)  # one CPU per client (Ray's client_resources)
@@ -267,7 +335,13 @@ def _train_handler(settings: FederationSettings | None):
         model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
         x, y = client_data(s, pid)
         start = ((rnd - 1) * k * b) % len(y)
-        update = fl.client_update(model, x, y, lr=lr, local_steps=k, local_batch=b, start=start)
+        seed = _seed_of(s.seed, rnd, pid)
+        if s.dp == "dpsgd":
+            update = dpsgd_update(model, x, y, lr=lr, local_steps=k, local_batch=b, start=start, seed=seed,
+                                  noise_multiplier=s.noise_multiplier, clipping_norm=s.clipping_norm)
+        else:
+            update = fl.client_update(model, x, y, lr=lr, local_steps=k, local_batch=b, start=start)
+        np.random.seed(seed)  # Flower's LocalDpMod draws its noise from numpy's global generator, after this returns
         state = OrderedDict((n, p.detach() + update[n]) for n, p in model.named_parameters())
         reply = RecordDict({
             "arrays": ArrayRecord(state),
@@ -289,9 +363,70 @@ def client_app(settings: FederationSettings | None = None):
     _import_flwr()
     from flwr.clientapp import ClientApp
 
+    if settings is not None and settings.dp == "local":
+        app = ClientApp(mods=[local_dp_mod(settings)])
+        app.train()(_train_handler(settings))
+        return app
     app = ClientApp()
-    app.train()(_train_handler(settings))
+    handler = _train_handler(settings)
+    if settings is not None:
+        app.train()(handler)
+        return app
+
+    def train(msg, context):  # settings from the run config (`flwr run`): the LocalDpMod is applied here
+        s = FederationSettings.from_run_config(context.run_config)
+        if s.dp == "local":
+            return local_dp_mod(s)(msg, context, handler)
+        return handler(msg, context)
+
+    app.train()(train)
     return app
+
+
+def local_dp_mod(settings: FederationSettings):
+    """Flower's ``LocalDpMod`` for ``settings``: clip each update to C, add noise of std
+    ``C * sqrt(2 ln(1.25 / delta)) / epsilon`` to every weight (sensitivity C)."""
+    _import_flwr()
+    from flwr.clientapp.mod import LocalDpMod
+
+    return LocalDpMod(clipping_norm=float(settings.clipping_norm), sensitivity=float(settings.clipping_norm),
+                      epsilon=float(settings.epsilon), delta=float(settings.delta))
+
+
+def local_dp_noise_multiplier(settings: FederationSettings) -> float:
+    """σ of Flower's LocalDpMod relative to its sensitivity C: ``sqrt(2 ln(1.25 / delta)) / epsilon``."""
+    return math.sqrt(2 * math.log(1.25 / settings.delta)) / settings.epsilon
+
+
+def federation_epsilon(settings: FederationSettings) -> tuple[float | None, str]:
+    """The epsilon (at ``settings.delta``) a federation's ``dp`` mode gives after ``settings.rounds`` rounds, and what it protects.
+
+    - "none": None.
+    - "server": client-level DP of the released global models (Opacus RDP,
+      noise multiplier σ, sampling rate sampled/clients, one step per round);
+      it protects a client against whoever sees the aggregates, *not* against
+      the server, which saw every update before the noise.
+    - "local": each update is an (epsilon, delta) Gaussian mechanism
+      (Flower's classical bound); over R rounds the Opacus RDP composition of
+      noise multiplier ``local_dp_noise_multiplier`` (sampling rate 1, R releases).
+    - "dpsgd": example-level DP of one client's K x R DP-SGD steps (Opacus RDP,
+      sampling rate B/N; the course's clients walk through their data in order
+      rather than Poisson sampling it, the usual approximation).
+    """
+    from gleak_edu.defenses.accounting import epsilon_for_steps
+
+    s = settings
+    if s.dp == "none":
+        return None, "no DP"
+    if s.dp == "server":
+        return (epsilon_for_steps(s.noise_multiplier, s.per_round / s.clients, s.rounds, s.delta),
+                f"client-level, against anyone who sees the global models (not the server), {s.rounds} round(s)")
+    if s.dp == "local":
+        return (epsilon_for_steps(local_dp_noise_multiplier(s), 1.0, s.rounds, s.delta),
+                f"client-level, against the server too; {s.epsilon:g} per round, {s.rounds} round(s) composed")
+    return (epsilon_for_steps(s.noise_multiplier, s.local_batch / s.examples, s.rounds * s.local_steps, s.delta),
+            f"example-level, against the server too; {s.rounds * s.local_steps} DP-SGD steps at rate "
+            f"{s.local_batch}/{s.examples}")
 
 
 @dataclass
@@ -324,9 +459,12 @@ def _curious_class():
     class _CuriousServer(FedAvg):
         """Flower's FedAvg that also keeps every update it is handed (see :class:`CuriousServer`)."""
 
-        def __init__(self, *args, **kwargs) -> None:
+        def __init__(self, *args, on_update=None, noise_seed: int | None = None, **kwargs) -> None:
             super().__init__(*args, **kwargs)
             self.observations: list[Observation] = []
+            self.on_update = on_update
+            self.callback_error: BaseException | None = None
+            self.noise_seed = noise_seed
             self._sent: dict[int, tuple[dict, dict]] = {}
 
         def configure_train(self, server_round, arrays, config, grid):
@@ -345,11 +483,21 @@ def _curious_class():
                 pid = metrics.pop("partition-id", None)
                 new = msg.content["arrays"].to_torch_state_dict()
                 update = OrderedDict((n, (new[n].float() - state[n].float()).clone()) for n in state)
-                self.observations.append(Observation(
+                obs = Observation(
                     round=int(server_round), node_id=int(msg.metadata.src_node_id),
                     partition_id=None if pid is None else int(pid), update=update, global_state=state,
                     config=config, num_examples=int(metrics.get("num-examples", 0)),
-                ))
+                )
+                self.observations.append(obs)
+                if self.on_update is not None and self.callback_error is None:
+                    try:
+                        self.on_update(obs)
+                    except Exception as exc:  # kept, re-raised by run_federation after Flower has finished cleanly
+                        self.callback_error = exc
+            if self.noise_seed is not None:  # Flower's server-side DP wrapper noises the average with numpy's global generator
+                import numpy as np
+
+                np.random.seed(_seed_of(self.noise_seed, server_round, 999_983))
             return super().aggregate_train(server_round, replies)
 
     return _CuriousServer
@@ -358,10 +506,14 @@ def _curious_class():
 def CuriousServer(*args, **kwargs):  # noqa: N802 (a class factory: Flower is imported on first use)
     """Flower's ``FedAvg`` strategy that keeps every update it is handed, an honest-but-curious server.
 
-    Takes FedAvg's arguments. ``strategy.observations`` is a list of
-    :class:`Observation`, one per valid reply, in arrival order: the update
-    is the reply's weights minus the global weights ``configure_train`` sent
-    that round. Wrapped in Flower's ``DifferentialPrivacyServerSideFixedClipping``
+    Takes FedAvg's arguments, plus ``on_update`` (called with each
+    :class:`Observation` as it arrives, in the server's thread: a live view;
+    an exception there is kept in ``callback_error`` and stops further calls)
+    and ``noise_seed`` (seeds numpy's global generator each round, from which
+    Flower's server-side DP wrapper draws its noise). ``strategy.observations``
+    is a list of :class:`Observation`, one per valid reply, in arrival order:
+    the update is the reply's weights minus the global weights
+    ``configure_train`` sent that round. Wrapped in Flower's ``DifferentialPrivacyServerSideFixedClipping``
     it is handed the *clipped* updates (the wrapper clips each reply, then
     calls this strategy, then noises the average): clipping rescales an
     update, so the direction the attacks match is unchanged.
@@ -379,6 +531,8 @@ class FederationResult:
         accuracy: test accuracy of the global model (in [0, 1]) before round 1 and after each round (``rounds + 1`` values).
         seconds: wall-clock seconds of the simulation (Ray's start included).
         final_state: the global model's weights after the last round.
+        epsilon: epsilon at ``settings.delta`` after the rounds (None without DP), and
+        epsilon_note: what it protects (:func:`federation_epsilon`).
     """
 
     settings: FederationSettings
@@ -386,6 +540,8 @@ class FederationResult:
     accuracy: list[float] = field(default_factory=list)
     seconds: float = 0.0
     final_state: dict | None = None
+    epsilon: float | None = None
+    epsilon_note: str = ""
 
     def model(self) -> torch.nn.Module:
         """The federation's final global model."""
@@ -395,10 +551,10 @@ class FederationResult:
         return model
 
 
-def _strategy(settings: FederationSettings):
+def _strategy(settings: FederationSettings, on_update=None):
     curious = CuriousServer(
         fraction_train=settings.per_round / settings.clients, min_train_nodes=settings.per_round,
-        min_available_nodes=settings.clients, fraction_evaluate=0.0,
+        min_available_nodes=settings.clients, fraction_evaluate=0.0, on_update=on_update, noise_seed=settings.seed,
     )
     if settings.dp == "server":
         from flwr.serverapp.strategy import DifferentialPrivacyServerSideFixedClipping
@@ -410,12 +566,13 @@ def _strategy(settings: FederationSettings):
     return curious, curious
 
 
-def server_app(settings: FederationSettings | None = None, *, sink: dict | None = None):
+def server_app(settings: FederationSettings | None = None, *, sink: dict | None = None, on_update=None):
     """A Flower ``ServerApp`` running a :class:`CuriousServer` (inside Flower's server-side DP wrapper for
     ``dp="server"``) for ``settings.rounds`` rounds, with the test accuracy after every round.
 
     ``sink`` (a dict) receives ``"curious"`` (the strategy, with its observations), ``"accuracy"`` and
-    ``"result"`` (Flower's Result). ``settings`` None: read from the run config.
+    ``"result"`` (Flower's Result); ``on_update`` is the curious server's live hook (:func:`CuriousServer`).
+    ``settings`` None: read from the run config.
     """
     _import_flwr()
     from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
@@ -427,7 +584,7 @@ def server_app(settings: FederationSettings | None = None, *, sink: dict | None 
     @app.main()
     def main(grid, context) -> None:
         s = settings if settings is not None else FederationSettings.from_run_config(context.run_config)
-        curious, strategy = _strategy(s)
+        curious, strategy = _strategy(s, on_update)
         out["curious"], out["accuracy"] = curious, []
         model = global_model(s)
 
@@ -445,20 +602,23 @@ def server_app(settings: FederationSettings | None = None, *, sink: dict | None 
     return app
 
 
-def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: bool = False) -> FederationResult:
+def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: bool = False,
+                   on_update=None) -> FederationResult:
     """Run a federation in Flower's simulation engine (Ray, started and stopped here) and return what the server saw.
 
     Args:
         settings: the federation (:class:`FederationSettings`).
         num_cpus: CPUs Ray may use (one client trains per CPU at a time).
-        verbose: keep Flower's INFO log (default: warnings only).
+        verbose: keep Flower's INFO log (default: errors only).
+        on_update: called with each :class:`Observation` as the server receives it (a live view).
 
     Returns:
         :class:`FederationResult`.
 
     Raises:
         ImportError: without Flower (the ``fl`` extra).
-        RuntimeError: if the simulation ended without a result (a client failed: its error is in Flower's log).
+        RuntimeError: if the simulation ended without a result (a client failed: its error is in Flower's log),
+            or ``on_update`` raised (the original exception is its cause).
     """
     _whole("num_cpus", num_cpus, 1)
     _import_flwr()
@@ -480,7 +640,7 @@ def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: 
 
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*deprecated.*")
-            run_simulation(server_app=server_app(settings, sink=sink), client_app=client_app(settings),
+            run_simulation(server_app=server_app(settings, sink=sink, on_update=on_update), client_app=client_app(settings),
                            num_supernodes=settings.clients, backend_config=backend, verbose_logging=verbose)
     finally:
         logger.setLevel(level)
@@ -489,13 +649,19 @@ def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: 
         raise RuntimeError("the federation ended without a result: a client or the server failed "
                            "(rerun with verbose=True to see Flower's log)")
     curious = sink["curious"]
+    if curious.callback_error is not None:
+        err = curious.callback_error
+        raise RuntimeError(f"on_update raised {err.__class__.__name__}: {err} (the federation finished; "
+                           "fix the callback and rerun)") from err
     expected = settings.rounds * settings.per_round
     if len(curious.observations) != expected:
         raise RuntimeError(f"the server saw {len(curious.observations)} updates, expected {expected} "
                            "(a client failed: rerun with verbose=True to see Flower's log)")
     final = {k: v.detach().clone() for k, v in sink["result"].arrays.to_torch_state_dict().items()}
+    eps, note = federation_epsilon(settings)
     return FederationResult(settings=settings, observations=list(curious.observations),
-                            accuracy=list(sink["accuracy"]), seconds=seconds, final_state=final)
+                            accuracy=list(sink["accuracy"]), seconds=seconds, final_state=final,
+                            epsilon=eps, epsilon_note=note)
 
 
 # ---------------------------------------------------------------------------- the server's attack
