@@ -306,6 +306,36 @@ def _build_parser() -> argparse.ArgumentParser:
     ar_cache.add_argument("--no-cache", action="store_true", help="recompute every cell (the cache is still written)")
     ar.add_argument("--json", type=_out_path, required=True, help="write the arena's tidy rows as JSON here")
     ar.add_argument("--png", type=_out_path, help="write the heatmaps (one per noise level) as a PNG here")
+    fe = sub.add_parser("fl", help="a federation on Flower (simulation engine) with a curious server that attacks the updates")
+    fe.add_argument("--clients", type=_positive_int("--clients", 10_000), default=4, help="SuperNodes (4)")
+    fe.add_argument("--sampled", type=_positive_int("--sampled", 10_000), help="clients sampled per round (default: all)")
+    fe.add_argument("--rounds", type=_positive_int("--rounds", 10_000), default=1, help="federated rounds (1)")
+    fe.add_argument("--examples", type=_positive_int("--examples", 4000), default=8, help="MNIST digits per client (8)")
+    fe.add_argument("--local-steps", type=_positive_int("--local-steps", 10_000), default=1,
+                    help="local SGD steps K per round (1: FedSGD with one batch)")
+    fe.add_argument("--local-batch", type=_positive_int("--local-batch", 4000), default=1, help="digits per local step B (1)")
+    fe.add_argument("--lr", type=_positive_float("--lr"), default=0.1, help="local SGD step size the server sends (0.1)")
+    fe.add_argument("--partition", choices=["iid", "label"], default="iid",
+                    help="iid: a random share of the digits; label: client i holds digits of class i mod 10 only")
+    fe.add_argument("--dp", choices=["none", "server", "local", "dpsgd"], default="none",
+                    help="server: Flower's server-side wrapper (clip each update, noise the average); local: Flower's "
+                    "LocalDpMod on each client; dpsgd: Opacus DP-SGD local steps")
+    fe.add_argument("--clipping-norm", type=_positive_float("--clipping-norm"), default=1.0,
+                    help="clipping bound C: per update (server, local), per example (dpsgd) (1.0)")
+    fe.add_argument("--noise-multiplier", type=_nonneg_float("--noise-multiplier"), default=0.0,
+                    help="noise multiplier sigma of server and dpsgd, relative to C (noise std = sigma * C) (0)")
+    fe.add_argument("--epsilon", type=_positive_float("--epsilon"), default=1.0, help="LocalDpMod's epsilon per round (1.0)")
+    fe.add_argument("--delta", type=_positive_float("--delta"), default=1e-5, help="delta of every epsilon (1e-5)")
+    fe.add_argument("--attack", choices=["unrolled", "simple", "none"], default="unrolled",
+                    help="the curious server's attack on every update: unrolled (replay the K local steps), simple "
+                    "(Inverting Gradients on update / (-lr K)), none")
+    fe.add_argument("--attack-rounds", type=_int_list("--attack-rounds"), help="rounds whose updates are attacked (default: all)")
+    fe.add_argument("--iterations", type=_positive_int("--iterations", 100_000), default=300, help="attack steps per update (300)")
+    fe.add_argument("--seed", type=_seed, default=0, help="seed of the model, the IID partition and the DP noise (0)")
+    fe.add_argument("--workers", type=_positive_int("--workers", 64), default=2, help="CPUs of the simulation's Ray (2)")
+    fe.add_argument("--json", type=_out_path, required=True, help="write the accuracy per round, epsilon and every attack's SSIM/PSNR here")
+    fe.add_argument("--png", type=_out_path, help="write the clients' digits above the server's reconstructions as a PNG here")
+
     ca = sub.add_parser("cache", help="the cache of sweep and arena cells: what it holds, or clear it")
     ca.add_argument("action", choices=["info", "clear"], help="info: files, size, bound; clear: remove the cached cells")
     ca.add_argument("--cache", type=_out_path, help="cache folder (default $GLEAK_CACHE or ~/.cache/gleak_edu)")
@@ -679,6 +709,63 @@ def _run_sweep(args) -> dict:
     return out
 
 
+def _run_fl(args) -> dict:
+    """``gleak fl``: run the federation, attack the chosen rounds' updates, summarise."""
+    import torch
+
+    from gleak_edu import flower, metrics
+
+    if args.png is not None and args.attack == "none":
+        raise UsageError("--png draws the server's reconstructions: give --attack unrolled or simple")
+
+    try:
+        settings = flower.FederationSettings(
+            clients=args.clients, sampled=args.sampled, rounds=args.rounds, examples=args.examples,
+            local_steps=args.local_steps, local_batch=args.local_batch, lr=args.lr, partition=args.partition,
+            seed=args.seed, dp=args.dp, clipping_norm=args.clipping_norm, noise_multiplier=args.noise_multiplier,
+            epsilon=args.epsilon, delta=args.delta)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    rounds = set(args.attack_rounds or range(1, settings.rounds + 1))
+    bad = sorted(r for r in rounds if not 1 <= r <= settings.rounds)
+    if bad:
+        raise UsageError(f"--attack-rounds: round(s) {bad} outside 1..{settings.rounds}")
+    fed = flower.run_federation(settings, num_cpus=args.workers)
+    attacks, truth, recon, titles, ssims = [], [], [], [], []
+    if args.attack != "none":
+        for obs in sorted(fed.observations, key=lambda o: (o.round, o.partition_id)):
+            if obs.round not in rounds:
+                continue
+            res = flower.attack_observation(settings, obs, attack=args.attack, iterations=args.iterations)
+            attacks.append({"round": obs.round, "client": obs.partition_id, "node_id": obs.node_id,
+                            "digits": len(res.metrics["ssim"]), "ssim": res.metrics["ssim"], "psnr": res.metrics["psnr"],
+                            "ssim_mean": res.metrics["ssim_mean"], "psnr_mean": res.metrics["psnr_mean"],
+                            "label_accuracy": res.metrics.get("label_accuracy"), "seconds": res.seconds})
+            truth.append(flower.observed_examples(settings, obs)[0])
+            recon.append(res.reconstruction[torch.as_tensor(res.metrics["order"])])
+            titles.append(f"round {obs.round} · client {obs.partition_id}")
+            ssims.append(res.metrics["ssim_mean"])
+    digits = [v for a in attacks for v in a["ssim"]]
+    rate = metrics.success_rate([v >= metrics.SUCCESS_SSIM for v in digits]) if digits else None
+    out = {"settings": settings.as_run_config(), "flwr": flower.FLOWER_VERSION, "accuracy": fed.accuracy,
+           "epsilon": fed.epsilon, "epsilon_note": fed.epsilon_note, "seconds": fed.seconds,
+           "clients_per_second": settings.rounds * settings.per_round / fed.seconds, "attack": args.attack,
+           "attacks": attacks, "success": None if rate is None else {"rule": f"SSIM >= {metrics.SUCCESS_SSIM}",
+                                                                        **rate.row_fields()}}
+    print(f"federation: {settings.clients} clients, {settings.per_round} per round, {settings.rounds} round(s), "
+          f"K={settings.local_steps}, B={settings.local_batch}, dp={settings.dp}: test accuracy "
+          f"{fed.accuracy[0]:.1%} -> {fed.accuracy[-1]:.1%} in {fed.seconds:.1f} s"
+          + ("" if fed.epsilon is None else f"; epsilon {fed.epsilon:.3g} at delta {settings.delta:g} ({fed.epsilon_note})"))
+    if rate is not None:
+        print(f"curious server ({args.attack}): {rate} of {len(attacks)} update(s)' digits rebuilt (SSIM >= 0.6)")
+    if args.png is not None and truth:
+        from gleak_edu import viz
+
+        fig = viz.federation_grid(truth, recon, titles, columns=min(settings.per_round, 8), ssims=ssims)
+        fig.savefig(args.png, dpi=90)
+    return out
+
+
 def _run_arena(args) -> dict:
     from gleak_edu import arena
 
@@ -944,6 +1031,9 @@ def main(argv: list[str] | None = None) -> int:
             _write_json(args.json, out)
         elif args.command == "arena":
             out = _run_arena(args)
+            _write_json(args.json, out)
+        elif args.command == "fl":
+            out = _run_fl(args)
             _write_json(args.json, out)
         elif args.command == "cache":
             out = _run_cache(args)

@@ -11,8 +11,9 @@ attacks (:func:`gleak_edu.attacks.fedavg_unrolled`, or Inverting Gradients on
 the update read as one gradient).
 
 :func:`run_federation` runs the apps in Flower's simulation engine (Ray, in
-this process); :func:`client_app` and :func:`server_app` are the same apps
-for ``flwr run`` (their settings then come from the run config).
+this process); :func:`run_deployment` runs the same apps on Flower's
+deployment engine (a SuperLink and SuperNodes as processes, ``flwr run``
+on the Flower App :func:`write_app` writes: settings in its run config).
 
 What travels beyond FedAvg's protocol, for teaching only: each client's
 reply carries its ``partition-id`` in its metrics so that the notebook can
@@ -30,6 +31,7 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Mapping
 
 import torch
@@ -50,6 +52,11 @@ __all__ = [
     "federation_epsilon",
     "local_dp_mod",
     "local_dp_noise_multiplier",
+    "local_dp_update",
+    "load_observations",
+    "run_deployment",
+    "save_observations",
+    "write_app",
     "global_model",
     "observed_examples",
     "run_federation",
@@ -393,6 +400,51 @@ def local_dp_mod(settings: FederationSettings):
                       epsilon=float(settings.epsilon), delta=float(settings.delta))
 
 
+def local_dp_update(settings: FederationSettings, global_state: Mapping[str, torch.Tensor],
+                    update: Mapping[str, torch.Tensor], *, seed: int = 0) -> "OrderedDict[str, torch.Tensor]":
+    """What Flower's ``LocalDpMod`` makes of one client update, run here in-process (no engine, no Ray).
+
+    The mod receives a train message holding ``global_state``, lets the
+    client reply with ``global_state + update``, clips that update to
+    ``settings.clipping_norm`` and adds Gaussian noise of std
+    ``C * sqrt(2 ln(1.25 / delta)) / epsilon`` (``settings.epsilon`` per
+    round) to every weight; the result is the reply minus the global state.
+    The noise comes from numpy's global generator, seeded here with ``seed``.
+
+    Returns:
+        OrderedDict name -> float32 tensor, the noised update the server receives.
+    """
+    import numpy as np
+
+    _import_flwr()
+    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+    from flwr.app.metadata import Metadata
+
+    state = OrderedDict((n, torch.as_tensor(v).detach().float().clone()) for n, v in global_state.items())
+    meta = Metadata(run_id=0, message_id="in-process", src_node_id=0, dst_node_id=1, reply_to_message_id="",
+                    group_id="", created_at=time.time(), ttl=3600.0, message_type="train")
+    msg = Message(metadata=meta, content=RecordDict({"arrays": ArrayRecord(state), "config": ConfigRecord({})}))
+
+    def reply(message, context):
+        new = OrderedDict((n, state[n] + update[n].detach().float()) for n in state)
+        return Message(content=RecordDict({"arrays": ArrayRecord(new), "metrics": MetricRecord({"num-examples": 1})}),
+                       reply_to=message)
+
+    context = Context(run_id=0, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    np.random.seed(int(seed) % 2**32)
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    logger.setLevel(logging.ERROR)  # the mod logs every clip and noise draw at INFO
+    try:
+        out = local_dp_mod(settings)(msg, context, reply)
+    finally:
+        logger.setLevel(level)
+    if out.has_error():
+        raise RuntimeError(f"Flower's LocalDpMod refused the update: {out.error.reason}")
+    got = out.content["arrays"].to_torch_state_dict()
+    return OrderedDict((n, got[n].float() - state[n]) for n in state)
+
+
 def local_dp_noise_multiplier(settings: FederationSettings) -> float:
     """σ of Flower's LocalDpMod relative to its sensitivity C: ``sqrt(2 ln(1.25 / delta)) / epsilon``."""
     return math.sqrt(2 * math.log(1.25 / settings.delta)) / settings.epsilon
@@ -598,6 +650,10 @@ def server_app(settings: FederationSettings | None = None, *, sink: dict | None 
             grid=grid, initial_arrays=ArrayRecord(model.state_dict()), num_rounds=s.rounds,
             train_config=ConfigRecord(s.train_config()), evaluate_fn=evaluate,
         )
+        record_dir = (context.run_config or {}).get("record-dir") if settings is None else None
+        if record_dir:  # `flwr run`: this process ends with the run, so what the server saw goes to disk
+            final = {k: v.detach().clone() for k, v in out["result"].arrays.to_torch_state_dict().items()}
+            save_observations(record_dir, curious.observations, accuracy=out["accuracy"], final_state=final)
 
     return app
 
@@ -662,6 +718,200 @@ def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: 
     return FederationResult(settings=settings, observations=list(curious.observations),
                             accuracy=list(sink["accuracy"]), seconds=seconds, final_state=final,
                             epsilon=eps, epsilon_note=note)
+
+
+def save_observations(folder, observations, *, accuracy=(), final_state=None) -> Path:
+    """Write what a curious server saw to ``folder/observations.pt`` (torch.save), for a server that runs in
+    another process (``flwr run``). Returns the file's path."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "observations.pt"
+    torch.save({"observations": [vars(o) for o in observations], "accuracy": list(accuracy),
+                "final_state": final_state}, path)
+    return path
+
+
+def load_observations(folder) -> tuple[list[Observation], list[float], dict | None]:
+    """Read :func:`save_observations`' file: ``(observations, accuracy per round, final global state)``.
+
+    Raises:
+        FileNotFoundError: if the folder holds no ``observations.pt`` (the run did not finish).
+    """
+    path = Path(folder) / "observations.pt"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no recorded observations (did the run finish? see the SuperLink's log)")
+    data = torch.load(path, weights_only=False)
+    return [Observation(**o) for o in data["observations"]], list(data["accuracy"]), data["final_state"]
+
+
+APP_NAME = "gleak-curious-fl"
+
+
+def write_app(folder, settings: FederationSettings, *, record_dir=None) -> Path:
+    """Write a Flower App directory for ``flwr run``: ``gleak_app.py`` (``clientapp = client_app()``,
+    ``serverapp = server_app()``: settings from the run config) and a ``pyproject.toml`` naming them, whose
+    run config holds ``settings`` (and ``record-dir``, where the server saves what it saw).
+
+    Returns:
+        the folder (``flwr run FOLDER CONNECTION``; override settings with ``--run-config "rounds=3"``).
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = dict(settings.as_run_config(), **{"record-dir": str(record_dir or folder / "records")})
+
+    def toml(v):
+        return f'"{v}"' if isinstance(v, str) else repr(float(v)) if isinstance(v, float) else str(v)
+
+    lines = [
+        "[project]", f'name = "{APP_NAME}"', 'version = "1.0.0"',
+        'description = "gleak_edu: a curious server inside Flower (notebook 08)"', 'license = "MIT"',
+        f'dependencies = ["flwr[simulation]=={FLOWER_VERSION}", "gleak-edu"]', "",
+        "[tool.flwr.app]", 'publisher = "gleak-edu"', "",
+        "[tool.flwr.app.components]", 'serverapp = "gleak_app:serverapp"', 'clientapp = "gleak_app:clientapp"', "",
+        "[tool.flwr.app.config]", *(f'{k} = {toml(v)}' for k, v in config.items()), "",
+    ]
+    (folder / "pyproject.toml").write_text("\n".join(lines))
+    (folder / "gleak_app.py").write_text(
+        '"""The Flower App of gleak_edu\'s notebook 08 (written by gleak_edu.flower.write_app): the course\'s\n'
+        'ClientApp and curious ServerApp, their settings read from the run config."""\n\n'
+        "from gleak_edu.flower import client_app, server_app\n\n"
+        "clientapp = client_app()\nserverapp = server_app()\n")
+    return folder
+
+
+def _wait(condition, seconds: float, what: str, logs=()) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.5)
+    tails = "".join(f"\n--- {p}:\n" + "".join(Path(p).read_text(errors="replace").splitlines(True)[-15:])
+                    for p in logs if Path(p).is_file())
+    raise TimeoutError(f"{what} not ready after {seconds:.0f} s{tails}")
+
+
+def run_deployment(settings: FederationSettings, folder, *, port: int = 9093, timeout: float = 300.0,
+                   verbose: bool = False) -> FederationResult:
+    """The same apps on Flower's deployment engine: a SuperLink and one SuperNode per client, each its own
+    process on 127.0.0.1 (insecure mode), then ``flwr run``; always stops them again.
+
+    Ports: the SuperLink serves Flower 1.42's Fleet, Control and ServerAppIo APIs over HTTP on ``port``;
+    SuperNode i listens on ``port + 1 + i``. Runtime dependency installation is off (offline). Every
+    process has its own ``FLWR_HOME`` under ``folder``; their logs are ``folder/logs/*.log``.
+
+    Args:
+        settings: the federation (``clients`` SuperNodes are started: keep it small).
+        folder: a working folder (the app, Flower's homes, logs, the server's records).
+        timeout: seconds for the run itself (start-up waits are bounded separately: 60 s each).
+
+    Returns:
+        :class:`FederationResult` read back from the server's records (``seconds``: the whole deployment).
+
+    Raises:
+        TimeoutError: a process did not come up, or the run did not end in time (with the logs' tails).
+        RuntimeError: the run ended but not as ``finished:completed``.
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+    import urllib.request
+
+    _import_flwr()
+    folder = Path(folder).resolve()
+    logs = folder / "logs"
+    for sub in ("logs", "records", "home"):
+        shutil.rmtree(folder / sub, ignore_errors=True)
+    logs.mkdir(parents=True)
+    app = write_app(folder / "app", settings, record_dir=folder / "records")
+    bin_dir = str(Path(sys.executable).parent)  # flower-superexec, flwr-serverapp, flwr-clientapp: spawned by name
+    env = dict(os.environ, PATH=bin_dir + os.pathsep + os.environ.get("PATH", ""), FLWR_TELEMETRY_ENABLED="0",
+               FLWR_DISABLE_UPDATE_CHECK="1", RAY_USAGE_STATS_ENABLED="0")
+
+    def home(name: str) -> dict:
+        h = folder / "home" / name
+        h.mkdir(parents=True, exist_ok=True)
+        return dict(env, FLWR_HOME=str(h))
+
+    cli_home = home("cli")
+    (Path(cli_home["FLWR_HOME"]) / "config.toml").write_text(
+        f'[superlink]\ndefault = "local-deployment"\n\n[superlink.local-deployment]\n'
+        f'address = "127.0.0.1:{port}"\ninsecure = true\n')
+    procs: list = []
+    flwr = [sys.executable, "-m", "flwr.cli.app"] if shutil.which("flwr", path=env["PATH"]) is None else [
+        shutil.which("flwr", path=env["PATH"])]
+    start = time.perf_counter()
+    try:
+        link_log = logs / "superlink.log"
+        procs.append(subprocess.Popen(
+            [str(Path(bin_dir) / "flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(port),
+             "--disable-runtime-dependency-installation"],
+            stdout=open(link_log, "w"), stderr=subprocess.STDOUT, env=home("superlink"), start_new_session=True))
+
+        def healthy() -> bool:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=1) as r:
+                    return r.status == 200
+            except OSError:
+                return False
+
+        _wait(healthy, 60, "the SuperLink", [link_log])
+        node_logs = []
+        for i in range(settings.clients):
+            log = logs / f"supernode{i}.log"
+            node_logs.append(log)
+            procs.append(subprocess.Popen(
+                [str(Path(bin_dir) / "flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{port}",
+                 "--host", "127.0.0.1", "--port", str(port + 1 + i),
+                 "--node-config", f"partition-id={i} num-partitions={settings.clients}"],
+                stdout=open(log, "w"), stderr=subprocess.STDOUT, env=home(f"supernode{i}"), start_new_session=True))
+        _wait(lambda: all("SuperNode ID" in p.read_text(errors="replace") for p in node_logs if p.is_file())
+              and all(p.is_file() for p in node_logs), 60, "the SuperNodes", node_logs)
+        run_log = logs / "flwr_run.log"
+        submitted = subprocess.run([*flwr, "run", str(app), "local-deployment", "--format", "json"],
+                                   capture_output=True, text=True, env=cli_home, timeout=120)
+        run_log.write_text(submitted.stdout + submitted.stderr)
+        try:
+            run_id = json.loads(submitted.stdout)["run-id"]
+        except (ValueError, KeyError):
+            raise RuntimeError(f"flwr run did not submit the app: {(submitted.stdout + submitted.stderr)[-800:]}") from None
+        status = {"value": ""}
+
+        def finished() -> bool:
+            out = subprocess.run([*flwr, "ls", "local-deployment", "--run-id", str(run_id), "--format", "json"],
+                                 capture_output=True, text=True, env=cli_home, timeout=60)
+            try:
+                status["value"] = json.loads(out.stdout)["runs"][0]["status"]
+            except (ValueError, KeyError, IndexError):
+                return False
+            return status["value"].startswith("finished")
+
+        _wait(finished, timeout, f"run {run_id}", [link_log, *node_logs])
+        if status["value"] != "finished:completed":
+            raise RuntimeError(f"run {run_id} ended {status['value']!r}; see {link_log}")
+    finally:
+        import signal
+
+        for p in procs:
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except OSError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(p.pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                p.wait(timeout=10)
+    observations, accuracy, final = load_observations(folder / "records")
+    eps, note = federation_epsilon(settings)
+    if verbose:
+        print(f"deployment: {len(observations)} updates recorded in {time.perf_counter() - start:.1f} s")
+    return FederationResult(settings=settings, observations=observations, accuracy=accuracy,
+                            seconds=time.perf_counter() - start, final_state=final, epsilon=eps, epsilon_note=note)
 
 
 # ---------------------------------------------------------------------------- the server's attack

@@ -22,8 +22,18 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from gleak_edu import arena, data, fl, metrics, models, viz
-from gleak_edu.attacks import ATTACKS, AttackInterrupted, AttackOptions, AttackResult, AttackState, CallbackError, TextState
+from gleak_edu import arena, data, fl, flower, metrics, models, viz
+from gleak_edu.attacks import (
+    ATTACKS,
+    AttackInterrupted,
+    AttackOptions,
+    AttackResult,
+    AttackState,
+    CallbackError,
+    TextState,
+    fedavg_unrolled,
+    inverting_gradients,
+)
 from gleak_edu.defenses import (
     SCHEDULES,
     AttackPlan,
@@ -44,6 +54,7 @@ from gleak_edu.training import TrainState
 __all__ = [
     "ArenaPanel", "LiveView", "DefensePanel", "GRNNPanel", "LayerPanel", "PPPPanel", "TrainingCurves", "DPSchedulePanel",
     "TextLiveView", "TextNoisePanel", "Playground", "PrecodeKnobPanel", "TEXT_NOISE_LEVELS",
+    "FederationLiveView", "FedAvgPanel", "LocalDpPanel", "FEDAVG_STEPS", "FEDAVG_BATCHES", "LOCAL_DP_EPSILONS",
     "NOISE_LEVELS", "PPP_NOISE_LEVELS", "NOISE_STD_LABEL", "NOISE_MULTIPLIER_LABEL",
 ]
 
@@ -984,3 +995,193 @@ class PrecodeKnobPanel(_Panel):
         plt.close(fig)
         self.renders += 1
         self.last_beta = float(beta)
+
+
+# --------------------------------------------------------------------------------------------------
+# Notebook 08: federations on Flower
+
+
+class FederationLiveView(_Panel):
+    """The curious server at work: each update it receives is attacked at once and drawn, round by round.
+
+    Pass it as ``on_update`` to :func:`gleak_edu.flower.run_federation`; for
+    each :class:`gleak_edu.flower.Observation` it runs
+    :func:`gleak_edu.flower.attack_observation` (in the server's thread, while
+    the federation waits) and redraws a grid: per update, the client's digits
+    above the server's reconstruction, one row of panels per round.
+
+    Args:
+        settings: the federation's :class:`gleak_edu.flower.FederationSettings`.
+        attack: ``"unrolled"`` or ``"simple"``.
+        iterations: Adam steps per update (200: about a second for a FedSGD update).
+
+    Attributes:
+        widget; ``results``: a list of ``(observation, AttackResult)`` in arrival order.
+    """
+
+    def __init__(self, settings, *, attack: str = "unrolled", iterations: int = 200) -> None:
+        self._flower = flower
+        self.settings, self.attack, self.iterations = settings, attack, int(iterations)
+        self.results: list = []
+        w = _widgets()
+        self.image = w.Image(format="png")
+        self.readout = w.HTML("waiting for the first round ...")
+        self.widget = w.VBox([self.image, self.readout])
+
+    def __call__(self, obs) -> None:
+        res = self._flower.attack_observation(self.settings, obs, attack=self.attack, iterations=self.iterations)
+        self.results.append((obs, res))
+        self.readout.value = (f"round {obs.round}, client {obs.partition_id}: SSIM <b>{res.metrics['ssim_mean']:.2f}</b> "
+                              f"· {len(self.results)} update(s) attacked")
+        import matplotlib.pyplot as plt
+
+        fig = self.figure()
+        self.image.value = viz.fig_png_bytes(fig, dpi=70)
+        plt.close(fig)
+
+    def figure(self):
+        """The grid as a static figure (truth above reconstruction, one row of clients per round, by client)."""
+        truth, recon, titles, ssims = [], [], [], []
+        for obs, res in sorted(self.results, key=lambda r: (r[0].round, r[0].partition_id)):
+            x, _ = self._flower.observed_examples(self.settings, obs)
+            truth.append(x)
+            recon.append(res.reconstruction[torch.as_tensor(res.metrics["order"])])
+            titles.append(f"round {obs.round} · client {obs.partition_id}")
+            ssims.append(res.metrics["ssim_mean"])
+        return viz.federation_grid(truth, recon, titles, columns=self.settings.per_round, ssims=ssims,
+                                   caption="top: the client's digits; below: what the server rebuilt from its update")
+
+
+FEDAVG_STEPS: tuple[int, ...] = (1, 2, 5, 10)
+FEDAVG_BATCHES: tuple[int, ...] = (1, 4)
+
+
+class FedAvgPanel(_Panel):
+    """Sliders for a FedAvg client's local steps K and local batch B, and the server's two attacks, live.
+
+    One client (its digits from :func:`gleak_edu.flower.client_data`) runs K
+    local SGD steps of B digits on the global model (:func:`gleak_edu.fl.client_update`,
+    the code its ClientApp runs); the server attacks the update it would
+    receive, simply (Inverting Gradients on ``update / (-lr K)``) or by
+    replaying the K steps (:func:`gleak_edu.attacks.fedavg_unrolled`), with
+    the labels read off the update (one digit) or given (several). The handler
+    runs once with K = 2, B = 1 and the unrolled attack.
+
+    Args:
+        settings: a :class:`gleak_edu.flower.FederationSettings` with at least
+            40 digits per client; partition_id: the client.
+        iterations: Adam steps per attack (200).
+
+    Attributes: ``widget``, ``last`` (the last AttackResult), ``results`` ``{(K, B, attack): AttackResult}``.
+    """
+
+    def __init__(self, settings, partition_id: int = 0, *, iterations: int = 200) -> None:
+        if settings.examples < max(FEDAVG_STEPS) * max(FEDAVG_BATCHES):
+            raise ValueError(f"the panel needs {max(FEDAVG_STEPS) * max(FEDAVG_BATCHES)} digits per client "
+                             f"(settings.examples), got {settings.examples}")
+        self._flower = flower
+        self.settings, self.iterations = settings, int(iterations)
+        self.model = flower.global_model(settings)
+        self.x, self.y = flower.client_data(settings, partition_id)
+        self.results: dict = {}
+        self.last = None
+        w = _widgets()
+        self.k = w.SelectionSlider(options=list(FEDAVG_STEPS), value=2, description="local steps K",
+                                   continuous_update=False, style={"description_width": "initial"})
+        self.b = w.SelectionSlider(options=list(FEDAVG_BATCHES), value=1, description="local batch B",
+                                   continuous_update=False, style={"description_width": "initial"})
+        self.which = w.ToggleButtons(options=[("unrolled (replay the K steps)", "unrolled"),
+                                              ("simple (update / -lr K)", "simple")], value="unrolled")
+        self.view = LiveView(original=None, scale=3, title="the server's reconstruction")
+        self.truth = w.Image(format="png")
+        self.summary = w.HTML()
+        out = w.interactive_output(self.run, {"local_steps": self.k, "local_batch": self.b, "attack": self.which})
+        self.widget = w.VBox([w.HBox([self.k, self.b]), self.which, w.HTML("the client's digits, in step order"),
+                              self.truth, self.view.widget, self.summary, out])
+
+    def run(self, local_steps: int, local_batch: int, attack: str):
+        """Compute the client's update for (K, B) and attack it; returns the AttackResult."""
+        m = local_steps * local_batch
+        x, y = self.x[:m], self.y[:m]
+        update = fl.client_update(self.model, x, y, lr=self.settings.lr, local_steps=local_steps, local_batch=local_batch)
+        labels = None if m == 1 else y
+        common = dict(input_shape=tuple(x.shape), num_classes=10, labels=labels, iterations=self.iterations,
+                      truth=(x, y), callback=self.view, options=AttackOptions(callback_every=25))
+        self.truth.value = viz.png_bytes(torch.cat(list(x), dim=-1), scale=3)
+        if attack == "unrolled":
+            res = fedavg_unrolled(self.model, update, lr=self.settings.lr, local_steps=local_steps,
+                                  local_batch=local_batch, **common)
+        else:
+            res = inverting_gradients(self.model, fl.update_as_gradient(update, lr=self.settings.lr,
+                                                                        local_steps=local_steps), **common)
+        self.results[(local_steps, local_batch, attack)] = res
+        self.last = res
+        ssim = res.metrics["ssim"]
+        rebuilt = sum(v >= metrics.SUCCESS_SSIM for v in ssim)
+        self.summary.value = (f"K = {local_steps}, B = {local_batch}: {m} digit(s), {attack} attack: "
+                              f"<b>{rebuilt} of {m} rebuilt</b> (SSIM ≥ 0.6), mean SSIM {sum(ssim) / m:.2f}"
+                              + (" · labels given (the server would have to know or guess them)" if m > 1 else
+                                 " · label read off the update"))
+        return res
+
+
+LOCAL_DP_EPSILONS: tuple[float, ...] = (math.inf, 1e5, 1e4, 3e3, 1e3, 100.0, 10.0, 1.0)
+
+
+class LocalDpPanel(_Panel):
+    """An epsilon slider for Flower's LocalDpMod and the curious server's attack on the noised update, live.
+
+    One client's FedSGD update (one digit, one step) goes through Flower's own
+    ``LocalDpMod`` in-process (:func:`gleak_edu.flower.local_dp_update`:
+    clip to C, Gaussian noise of std ``C sqrt(2 ln(1.25/δ)) / ε`` on every
+    weight); the server then runs the unrolled attack (K = 1: Inverting
+    Gradients) on what it receives. ε = inf is the mod switched off.
+
+    Args:
+        settings: a :class:`gleak_edu.flower.FederationSettings` (its clipping norm C and delta are used).
+        partition_id: the client; iterations: Adam steps (200).
+
+    Attributes: ``widget``, ``last``, ``results`` ``{epsilon: AttackResult}``.
+    """
+
+    def __init__(self, settings, partition_id: int = 0, *, iterations: int = 200,
+                 epsilons: Sequence[float] = LOCAL_DP_EPSILONS) -> None:
+        self._flower = flower
+        self.settings, self.iterations = settings, int(iterations)
+        self.model = flower.global_model(settings)
+        x, y = flower.client_data(settings, partition_id)
+        self.x, self.y = x[:1], y[:1]
+        self.update = fl.client_update(self.model, self.x, self.y, lr=settings.lr, local_steps=1, local_batch=1)
+        self.results: dict = {}
+        self.last = None
+        w = _widgets()
+        self.epsilon = w.SelectionSlider(options=[("off" if math.isinf(e) else f"{e:g}", e) for e in epsilons],
+                                         value=epsilons[0], description="LocalDpMod ε per round (δ = "
+                                         f"{settings.delta:g})", continuous_update=False,
+                                         style={"description_width": "initial"}, layout=w.Layout(width="560px"))
+        self.view = LiveView(original=self.x, scale=4, title="the server's reconstruction")
+        self.summary = w.HTML()
+        out = w.interactive_output(self.run, {"epsilon": self.epsilon})
+        self.widget = w.VBox([self.epsilon, self.view.widget, self.summary, out])
+
+    def run(self, epsilon: float):
+        """Noise the update with LocalDpMod at ``epsilon`` (inf: off) and attack it; returns the AttackResult."""
+        import dataclasses
+
+        if math.isinf(epsilon):
+            received = self.update
+        else:
+            s = dataclasses.replace(self.settings, dp="local", epsilon=float(epsilon))
+            received = self._flower.local_dp_update(s, self.model.state_dict(), self.update, seed=self.settings.seed)
+        res = fedavg_unrolled(self.model, received, input_shape=tuple(self.x.shape), num_classes=10,
+                              lr=self.settings.lr, local_steps=1, local_batch=1, iterations=self.iterations,
+                              truth=(self.x, self.y), callback=self.view, options=AttackOptions(callback_every=25))
+        self.results[epsilon] = res
+        self.last = res
+        c = self.settings.clipping_norm
+        std = 0.0 if math.isinf(epsilon) else c * math.sqrt(2 * math.log(1.25 / self.settings.delta)) / epsilon
+        entries = sum(v.numel() for v in self.update.values())
+        self.summary.value = (f"ε = {epsilon:g} per round: noise std {std:.3g} on each of {entries:,} weights "
+                              f"(noise norm about {std * math.sqrt(entries):.3g}; the update is clipped to C = {c:g}) · "
+                              f"<b>SSIM {res.metrics['ssim_mean']:.2f}</b>")
+        return res

@@ -111,3 +111,109 @@ def test_run_config_round_trip():
     s = flower.FederationSettings(clients=6, sampled=2, local_steps=3, hidden=(64, 32), dp="server")
     assert flower.FederationSettings.from_run_config(s.as_run_config()) == s
     assert flower.FederationSettings.from_run_config({}) == flower.FederationSettings()
+
+
+def test_local_dp_update_is_flowers_mod_clip_and_noise():
+    """flower.local_dp_update runs Flower's LocalDpMod: the update clipped to C plus noise of the stated std."""
+    import math
+
+    s = flower.FederationSettings(dp="local", clipping_norm=0.05, epsilon=100.0)
+    model = flower.global_model(s)
+    x, y = flower.client_data(s, 0)
+    update = fl.client_update(model, x[:1], y[:1], lr=0.1, local_steps=1, local_batch=1)
+    norm = math.sqrt(sum(float((u.double() ** 2).sum()) for u in update.values()))
+    assert norm > 0.05  # so the mod clips
+    noisy = flower.local_dp_update(s, model.state_dict(), update, seed=1)
+    noise = torch.cat([(noisy[n] - update[n] * 0.05 / norm).reshape(-1) for n in update])
+    std = 0.05 * math.sqrt(2 * math.log(1.25 / s.delta)) / 100.0
+    assert abs(float(noise.std()) / std - 1) < 0.02 and abs(float(noise.mean())) < 0.01 * std
+    again = flower.local_dp_update(s, model.state_dict(), update, seed=1)
+    assert all(torch.equal(noisy[n], again[n]) for n in noisy)  # seeded
+
+
+def test_epsilon_of_each_dp_mode_comes_from_the_accountant():
+    from gleak_edu.defenses import epsilon_for_steps
+
+    base = dict(clients=10, sampled=5, rounds=4, examples=20, local_steps=3, local_batch=2, delta=1e-5)
+    assert flower.federation_epsilon(flower.FederationSettings(**base))[0] is None
+    server = flower.FederationSettings(**base, dp="server", noise_multiplier=1.2)
+    assert flower.federation_epsilon(server)[0] == pytest.approx(epsilon_for_steps(1.2, 0.5, 4, 1e-5))
+    local = flower.FederationSettings(**base, dp="local", epsilon=0.5)
+    sigma = flower.local_dp_noise_multiplier(local)
+    assert flower.federation_epsilon(local)[0] == pytest.approx(epsilon_for_steps(sigma, 1.0, 4, 1e-5))
+    dpsgd = flower.FederationSettings(**base, dp="dpsgd", noise_multiplier=1.0)
+    assert flower.federation_epsilon(dpsgd)[0] == pytest.approx(epsilon_for_steps(1.0, 0.1, 12, 1e-5))
+
+
+def test_widgets_run_headless_once_with_their_defaults():
+    from gleak_edu import widgets
+
+    settings = flower.FederationSettings(examples=40)
+    panel = widgets.FedAvgPanel(settings, iterations=100)
+    assert panel.last is not None and panel.last.attack == "FedAvg unrolled" and panel.last.reconstruction.shape[0] == 2
+    dp_panel = widgets.LocalDpPanel(settings, iterations=100)
+    assert dp_panel.last.metrics["ssim_mean"] >= 0.8  # the mod off: the digit comes back
+    strong = dp_panel.run(1.0)
+    assert strong.metrics["ssim_mean"] < 0.3  # epsilon 1 per round: noise far above the clipped update
+    model = flower.global_model(settings)
+    x, y = flower.client_data(settings, 2)
+    obs = flower.Observation(round=1, node_id=7, partition_id=2, num_examples=40, global_state=model.state_dict(),
+                             config={"lr": 0.1, "local-steps": 1, "local-batch": 1, "server-round": 1},
+                             update=fl.client_update(model, x, y, lr=0.1, local_steps=1, local_batch=1))
+    view = widgets.FederationLiveView(settings, iterations=100)
+    view(obs)
+    assert len(view.results) == 1 and view.results[0][1].metrics["ssim_mean"] >= 0.8
+    assert view.figure() is not None
+
+
+def test_gleak_fl_refuses_bad_input_before_any_work(tmp_path):
+    from gleak_edu import cli
+
+    out = tmp_path / "fl.json"
+    assert cli.main(["fl", "--clients", "3", "--sampled", "5", "--json", str(out)]) == 2
+    assert cli.main(["fl", "--local-steps", "0", "--json", str(out)]) == 2
+    assert cli.main(["fl", "--examples", "2", "--local-batch", "3", "--json", str(out)]) == 2
+    assert cli.main(["fl", "--rounds", "2", "--attack-rounds", "3", "--json", str(out)]) == 2
+    assert cli.main(["fl", "--attack", "none", "--png", str(tmp_path / "a.png"), "--json", str(out)]) == 2
+    assert not out.exists()
+
+
+def test_gleak_fl_runs_a_federation_and_reports_the_attack(tmp_path):
+    import json
+
+    from gleak_edu import cli
+
+    out, png = tmp_path / "fl.json", tmp_path / "fl.png"
+    assert cli.main(["fl", "--clients", "2", "--rounds", "1", "--examples", "4", "--iterations", "150",
+                     "--json", str(out), "--png", str(png)]) == 0
+    report = json.loads(out.read_text())
+    assert len(report["accuracy"]) == 2 and len(report["attacks"]) == 2
+    assert report["success"]["n"] == 2 and report["success"]["successes"] >= 1
+    assert report["clients_per_second"] > 0 and png.stat().st_size > 1000
+
+
+def test_the_same_apps_on_a_local_deployment(tmp_path):
+    """Flower's deployment engine: a SuperLink and two SuperNodes as processes on 127.0.0.1 (insecure), the app
+    submitted with `flwr run`; bounded waits, and every process stopped afterwards. The curious server, now in
+    its own process, saves what it saw; the attack reconstructs from it as in the simulation."""
+    import socket
+    import subprocess
+
+    with socket.socket() as sock:  # a free port for the SuperLink (the SuperNodes take the next two)
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = flower.FederationSettings(clients=2, rounds=1, examples=4)
+    result = flower.run_deployment(settings, tmp_path / "deploy", port=port, timeout=240)
+    assert len(result.observations) == 2 and len(result.accuracy) == 2
+    assert sorted(o.partition_id for o in result.observations) == [0, 1]
+    for obs in result.observations:
+        model = flower.global_model(settings)
+        model.load_state_dict(obs.global_state)
+        x, y = flower.client_data(settings, obs.partition_id)
+        expected = fl.client_update(model, x, y, lr=0.1, local_steps=1, local_batch=1)
+        for name in expected:
+            torch.testing.assert_close(obs.update[name], expected[name], rtol=1e-4, atol=1e-6)
+        assert flower.attack_observation(settings, obs, iterations=200).metrics["ssim_mean"] >= 0.8
+    left = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout.split()
+    assert not left, f"processes still running: {left}"
+    assert (tmp_path / "deploy" / "app" / "pyproject.toml").is_file()

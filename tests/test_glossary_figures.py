@@ -24,6 +24,8 @@ MAX_PNG_BYTES = 60 * 1024
 #: Every term the glossary must define, as its ``###`` headings spell them.
 TERMS = [
     "FedSGD and FedAvg",
+    "Update",
+    "Secure aggregation",
     "Honest-but-curious and malicious server",
     "Shared gradient",
     "Gradient matching",
