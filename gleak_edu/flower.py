@@ -46,15 +46,20 @@ __all__ = [
     "FederationSettings",
     "Observation",
     "attack_observation",
+    "attack_secagg",
     "client_app",
     "client_data",
     "dpsgd_update",
+    "dpsgd_uses",
     "federation_epsilon",
     "local_dp_mod",
     "local_dp_noise_multiplier",
     "local_dp_update",
     "load_observations",
     "run_deployment",
+    "run_secagg",
+    "secagg_quantization",
+    "SecAggResult",
     "save_observations",
     "write_app",
     "global_model",
@@ -114,9 +119,10 @@ class FederationSettings:
             wraps the strategy: each update clipped to ``clipping_norm`` on the
             server, Gaussian noise of std σ·C on their sum (σ·C / sampled on
             the average). The server itself still sees every update;
-            ``"local"``: Flower's ``LocalDpMod`` on each client: the update is
-            clipped to C and every weight gets Gaussian noise of std
-            ``C * sqrt(2 ln(1.25 / delta)) / epsilon`` before it leaves;
+            ``"local"``: Flower's ``LocalDpMod`` on each client (local DP): the
+            update is clipped to C and every weight gets Gaussian noise of std
+            ``C * sqrt(2 ln(1.25 / delta)) / epsilon`` before it leaves (the
+            mod's sensitivity set to C);
             ``"dpsgd"``: each local step is DP-SGD (Opacus per-example
             gradients clipped to C, noise std σ·C on their sum,
             :func:`gleak_edu.defenses.perturbed_gradient`).
@@ -450,20 +456,34 @@ def local_dp_noise_multiplier(settings: FederationSettings) -> float:
     return math.sqrt(2 * math.log(1.25 / settings.delta)) / settings.epsilon
 
 
+def dpsgd_uses(settings: FederationSettings) -> int:
+    """How many local DP-SGD steps use the digit used most often: ``ceil(K R B / N)`` (the clients walk
+    through their digits in order, so every step a digit is not in releases nothing about it)."""
+    s = settings
+    return math.ceil(s.local_steps * s.rounds * s.local_batch / s.examples)
+
+
 def federation_epsilon(settings: FederationSettings) -> tuple[float | None, str]:
     """The epsilon (at ``settings.delta``) a federation's ``dp`` mode gives after ``settings.rounds`` rounds, and what it protects.
 
+    Every value is Opacus's RDP accountant (valid at any epsilon) for the
+    Gaussian noise the mode adds, with the adjacency of the course's DP-SGD:
+    one record (a client's data, or one example) present or absent, so the
+    sensitivity is the clipping bound C (replacing a record instead would make
+    it 2C).
+
     - "none": None.
-    - "server": client-level DP of the released global models (Opacus RDP,
-      noise multiplier σ, sampling rate sampled/clients, one step per round);
-      it protects a client against whoever sees the aggregates, *not* against
-      the server, which saw every update before the noise.
-    - "local": each update is an (epsilon, delta) Gaussian mechanism
-      (Flower's classical bound); over R rounds the Opacus RDP composition of
-      noise multiplier ``local_dp_noise_multiplier`` (sampling rate 1, R releases).
-    - "dpsgd": example-level DP of one client's K x R DP-SGD steps (Opacus RDP,
-      sampling rate B/N; the course's clients walk through their data in order
-      rather than Poisson sampling it, the usual approximation).
+    - "server": client-level central DP of the released global models
+      (noise multiplier σ, sampling rate sampled/clients as if Poisson-sampled,
+      one release per round). It protects a client against whoever sees the
+      global models, *not* against the server, which saw every update before the noise.
+    - "local": client-level local DP: each update is a Gaussian mechanism with
+      noise multiplier ``local_dp_noise_multiplier`` (Flower's LocalDpMod with
+      sensitivity C); R releases composed (sampling rate 1). Against the server too.
+    - "dpsgd": example-level DP of one client's digits against the server: the
+      digit used most often (:func:`dpsgd_uses`) is in that many DP-SGD steps of
+      noise multiplier σ; no amplification by sampling, since the clients walk
+      through their digits in order instead of sampling them.
     """
     from gleak_edu.defenses.accounting import epsilon_for_steps
 
@@ -472,13 +492,13 @@ def federation_epsilon(settings: FederationSettings) -> tuple[float | None, str]
         return None, "no DP"
     if s.dp == "server":
         return (epsilon_for_steps(s.noise_multiplier, s.per_round / s.clients, s.rounds, s.delta),
-                f"client-level, against anyone who sees the global models (not the server), {s.rounds} round(s)")
+                f"client-level central DP: against whoever sees the global models, not the server; {s.rounds} round(s)")
     if s.dp == "local":
         return (epsilon_for_steps(local_dp_noise_multiplier(s), 1.0, s.rounds, s.delta),
-                f"client-level, against the server too; {s.epsilon:g} per round, {s.rounds} round(s) composed")
-    return (epsilon_for_steps(s.noise_multiplier, s.local_batch / s.examples, s.rounds * s.local_steps, s.delta),
-            f"example-level, against the server too; {s.rounds * s.local_steps} DP-SGD steps at rate "
-            f"{s.local_batch}/{s.examples}")
+                f"client-level local DP, against the server too; {s.rounds} round(s) of LocalDpMod composed")
+    uses = dpsgd_uses(s)
+    return (epsilon_for_steps(s.noise_multiplier, 1.0, uses, s.delta),
+            f"example-level, against the server too; each digit in at most {uses} DP-SGD step(s), no sampling")
 
 
 @dataclass
@@ -674,7 +694,8 @@ def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: 
     Raises:
         ImportError: without Flower (the ``fl`` extra).
         RuntimeError: if the simulation ended without a result (a client failed: its error is in Flower's log),
-            or ``on_update`` raised (the original exception is its cause).
+            or ``on_update`` raised (the original exception is its cause). A simulation that fails before any
+            client has trained (Ray timing out while it starts on a loaded machine) is started once more.
     """
     _whole("num_cpus", num_cpus, 1)
     _import_flwr()
@@ -694,10 +715,24 @@ def run_federation(settings: FederationSettings, *, num_cpus: int = 2, verbose: 
     try:
         import warnings
 
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*deprecated.*")
-            run_simulation(server_app=server_app(settings, sink=sink, on_update=on_update), client_app=client_app(settings),
-                           num_supernodes=settings.clients, backend_config=backend, verbose_logging=verbose)
+        for attempt in (1, 2):
+            sink.clear()
+            try:
+                with warnings.catch_warnings():
+                    warnings.filterwarnings("ignore", message=".*deprecated.*")
+                    run_simulation(server_app=server_app(settings, sink=sink, on_update=on_update),
+                                   client_app=client_app(settings), num_supernodes=settings.clients,
+                                   backend_config=backend, verbose_logging=verbose)
+                break
+            except RuntimeError:
+                # Ray's node can time out while starting on a loaded machine, before any client ran:
+                # start the simulation once more; anything later (or twice) is a real failure
+                started = "curious" in sink and sink["curious"].observations
+                if attempt == 2 or started:
+                    raise
+                warnings.warn("Flower's simulation engine failed to start (Ray); trying once more", RuntimeWarning,
+                              stacklevel=2)
+                time.sleep(5)
     finally:
         logger.setLevel(level)
     seconds = time.perf_counter() - start
@@ -912,6 +947,185 @@ def run_deployment(settings: FederationSettings, folder, *, port: int = 9093, ti
         print(f"deployment: {len(observations)} updates recorded in {time.perf_counter() - start:.1f} s")
     return FederationResult(settings=settings, observations=observations, accuracy=accuracy,
                             seconds=time.perf_counter() - start, final_state=final, epsilon=eps, epsilon_note=note)
+
+
+# ---------------------------------------------------------------------------- secure aggregation (SecAgg+)
+
+@dataclass
+class SecAggResult:
+    """What a server running Flower's SecAgg+ gets in each round: the sum of the clients' updates, never one.
+
+    Attributes:
+        settings: the federation.
+        sums: per round, OrderedDict name -> float32 tensor: the sum of the sampled clients' updates
+            (``clients`` x (the unmasked mean of their weights - the global weights)).
+        global_states: per round, the global weights the server sent.
+        clients: per round, how many clients the sum is over.
+        seconds: wall-clock seconds of the simulation (Ray's start included).
+    """
+
+    settings: FederationSettings
+    sums: list = field(default_factory=list)
+    global_states: list = field(default_factory=list)
+    clients: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def secagg_quantization(clients: int) -> int:
+    """SecAgg+'s quantization range for ``clients``: the largest power of 2 with ``clients * Q < 2**32`` (the
+    modulus), at most ``2**28`` (quantization step 2C/Q on each weight)."""
+    q = 2**28
+    while clients * q >= 2**32:
+        q //= 2
+    return q
+
+
+def run_secagg(settings: FederationSettings, *, num_cpus: int = 2, clipping_range: float = 8.0,
+               verbose: bool = False) -> SecAggResult:
+    """Run the federation with Flower's secure aggregation (SecAgg+, Bell et al. 2020) on the simulation engine.
+
+    SecAgg+ lives in Flower 1.42's legacy stack: each client is a ``NumPyClient``
+    behind ``secaggplus_mod`` (it masks its weights, quantized), the server runs
+    ``DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...))`` with the legacy
+    ``FedAvg``, whose ``aggregate_fit`` receives only the unmasked *mean* of the
+    clients' weights (every result holds the same aggregate). The server here
+    records it, and the sum of the updates, ``clients`` x (mean - global), is
+    what an honest-but-curious server can attack. Each client trains as in
+    :func:`client_app` (K SGD steps on its digits) and reports one example, so
+    the mean is unweighted. Quantization: weights clipped to
+    ``+-clipping_range`` and mapped onto ``secagg_quantization(clients)`` levels
+    (an error of about ``2 * clipping_range / Q`` per weight).
+
+    Raises:
+        ValueError: for fewer than 2 clients per round (SecAgg+ needs 2), DP or a
+            non-positive clipping range.
+        RuntimeError: if the protocol halted (Flower logs why) and no aggregate came back.
+    """
+    import warnings
+
+    _whole("num_cpus", num_cpus, 1)
+    if settings.per_round < 2:
+        raise ValueError(f"secure aggregation needs at least 2 clients per round, got {settings.per_round}")
+    if settings.dp != "none":
+        raise ValueError("run_secagg runs without DP (dp='none'): its point is the sum alone")
+    if not (isinstance(clipping_range, (int, float)) and 0 < clipping_range < math.inf):
+        raise ValueError(f"clipping_range must be a finite number > 0, got {clipping_range!r}")
+    _import_flwr()
+    import numpy as np
+    from flwr.client import ClientApp, NumPyClient
+    from flwr.client.mod import secaggplus_mod
+    from flwr.common import ndarrays_to_parameters, parameters_to_ndarrays
+    from flwr.server import LegacyContext, ServerApp, ServerConfig
+    from flwr.server.strategy import FedAvg as LegacyFedAvg
+    from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+    from flwr.simulation import run_simulation
+
+    names = [n for n, _ in global_model(settings).named_parameters()]
+
+    class _Client(NumPyClient):
+        def __init__(self, partition_id: int) -> None:
+            self.partition_id = partition_id
+
+        def fit(self, parameters, config):
+            torch.set_num_threads(1)
+            model = global_model(settings)
+            model.load_state_dict(OrderedDict((n, torch.from_numpy(np.asarray(p, dtype=np.float32)))
+                                              for n, p in zip(names, parameters)))
+            x, y = client_data(settings, self.partition_id)
+            rnd = int(config.get("server-round", 1))
+            k, b = settings.local_steps, settings.local_batch
+            update = fl.client_update(model, x, y, lr=settings.lr, local_steps=k, local_batch=b,
+                                      start=((rnd - 1) * k * b) % len(y))
+            return [np.asarray(p, dtype=np.float64) + update[n].double().numpy() for n, p in zip(names, parameters)], 1, {}
+
+    def client_fn(context):
+        return _Client(int(context.node_config.get("partition-id", 0))).to_client()
+
+    record: dict = {"sums": [], "states": [], "clients": []}
+
+    class _Recorder(LegacyFedAvg):
+        def configure_fit(self, server_round, parameters, client_manager):
+            record["sent"] = [np.asarray(p, dtype=np.float64) for p in parameters_to_ndarrays(parameters)]
+            return super().configure_fit(server_round, parameters, client_manager)
+
+        def aggregate_fit(self, server_round, results, failures):
+            if results:
+                mean = parameters_to_ndarrays(results[0][1].parameters)  # every result holds the same aggregate
+                n = len(results)
+                record["sums"].append(OrderedDict(
+                    (name, torch.from_numpy(n * (np.asarray(m, dtype=np.float64) - s)).float())
+                    for name, m, s in zip(names, mean, record["sent"])))
+                record["states"].append(OrderedDict((name, torch.from_numpy(s).float()) for name, s in zip(names, record["sent"])))
+                record["clients"].append(n)
+            return super().aggregate_fit(server_round, results, failures)
+
+    init = [p.detach().double().numpy() for p in global_model(settings).parameters()]
+    server = ServerApp()
+
+    @server.main()
+    def main(grid, context) -> None:
+        strategy = _Recorder(fraction_fit=settings.per_round / settings.clients, min_fit_clients=settings.per_round,
+                             min_available_clients=settings.clients, fraction_evaluate=0.0,
+                             initial_parameters=ndarrays_to_parameters(init),
+                             on_fit_config_fn=lambda server_round: {"server-round": server_round})
+        legacy = LegacyContext(context=context, config=ServerConfig(num_rounds=settings.rounds), strategy=strategy)
+        workflow = SecAggPlusWorkflow(num_shares=1.0, reconstruction_threshold=0.7, max_weight=1.0,
+                                      clipping_range=float(clipping_range),
+                                      quantization_range=secagg_quantization(settings.per_round), modulus_range=2**32)
+        DefaultWorkflow(fit_workflow=workflow)(grid, legacy)
+
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"num_cpus": int(num_cpus), "num_gpus": 0, "object_store_memory": 200 * 1024**2,
+                             "include_dashboard": False, "logging_level": logging.ERROR, "log_to_driver": verbose}}
+    logger = logging.getLogger("flwr")
+    level = logger.level
+    if not verbose:
+        logger.setLevel(logging.ERROR)
+    start = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*deprecated.*")
+            run_simulation(server_app=server, client_app=ClientApp(client_fn=client_fn, mods=[secaggplus_mod]),
+                           num_supernodes=settings.clients, backend_config=backend, verbose_logging=verbose)
+    finally:
+        logger.setLevel(level)
+    if len(record["sums"]) != settings.rounds:
+        raise RuntimeError(f"secure aggregation returned {len(record['sums'])} of {settings.rounds} aggregates: the "
+                           "protocol halted (rerun with verbose=True to see Flower's log)")
+    return SecAggResult(settings=settings, sums=record["sums"], global_states=record["states"],
+                        clients=record["clients"], seconds=time.perf_counter() - start)
+
+
+def attack_secagg(result: SecAggResult, server_round: int = 1, *, iterations: int = 300, seed: int = 0, **kwargs):
+    """The curious server's attack on what SecAgg+ gave it in ``server_round``: the sum of every client's FedSGD
+    update, read as the mean gradient of all their digits of that round (one batch of N x B), with the labels
+    *given* (an attacker who knows them), scored against those digits.
+
+    Raises:
+        ValueError: for K > 1 (a sum of multi-step updates is not one batch's gradient), a round that was not
+            run, or a federation that sampled only some clients (the truth would be unknown).
+    """
+    from gleak_edu.attacks import inverting_gradients
+
+    s = result.settings
+    if s.local_steps != 1:
+        raise ValueError("attack_secagg reads a sum of FedSGD updates (local_steps=1)")
+    if s.per_round != s.clients:
+        raise ValueError("attack_secagg needs every client in every round (sampled=None): the truth is their digits")
+    if not 1 <= server_round <= len(result.sums):
+        raise ValueError(f"server_round must be in 1..{len(result.sums)}, got {server_round}")
+    xs, ys = [], []
+    for pid in range(s.clients):
+        x, y = client_data(s, pid)
+        idx = fl.local_batches(len(y), s.local_batch, 1, round_start(s, server_round))[0]
+        xs.append(x[idx])
+        ys.append(y[idx])
+    x, y = torch.cat(xs), torch.cat(ys)
+    model = global_model(s)
+    model.load_state_dict(result.global_states[server_round - 1])
+    shared = fl.update_as_gradient(result.sums[server_round - 1], lr=s.lr * s.clients, local_steps=1)
+    return inverting_gradients(model, shared, input_shape=tuple(x.shape), num_classes=10, labels=y,
+                               iterations=iterations, seed=seed, truth=(x, y), **kwargs)
 
 
 # ---------------------------------------------------------------------------- the server's attack

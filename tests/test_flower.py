@@ -142,7 +142,9 @@ def test_epsilon_of_each_dp_mode_comes_from_the_accountant():
     sigma = flower.local_dp_noise_multiplier(local)
     assert flower.federation_epsilon(local)[0] == pytest.approx(epsilon_for_steps(sigma, 1.0, 4, 1e-5))
     dpsgd = flower.FederationSettings(**base, dp="dpsgd", noise_multiplier=1.0)
-    assert flower.federation_epsilon(dpsgd)[0] == pytest.approx(epsilon_for_steps(1.0, 0.1, 12, 1e-5))
+    # 4 rounds x 3 steps x 2 digits walk through 20 digits: each digit in at most ceil(24 / 20) = 2 steps
+    assert flower.dpsgd_uses(dpsgd) == 2
+    assert flower.federation_epsilon(dpsgd)[0] == pytest.approx(epsilon_for_steps(1.0, 1.0, 2, 1e-5))
 
 
 def test_widgets_run_headless_once_with_their_defaults():
@@ -175,6 +177,9 @@ def test_gleak_fl_refuses_bad_input_before_any_work(tmp_path):
     assert cli.main(["fl", "--examples", "2", "--local-batch", "3", "--json", str(out)]) == 2
     assert cli.main(["fl", "--rounds", "2", "--attack-rounds", "3", "--json", str(out)]) == 2
     assert cli.main(["fl", "--attack", "none", "--png", str(tmp_path / "a.png"), "--json", str(out)]) == 2
+    assert cli.main(["fl", "--secagg", "--local-steps", "2", "--json", str(out)]) == 2
+    assert cli.main(["fl", "--secagg", "--clients", "4", "--sampled", "2", "--json", str(out)]) == 2
+    assert cli.main(["fl", "--secagg", "--png", str(tmp_path / "a.png"), "--json", str(out)]) == 2
     assert not out.exists()
 
 
@@ -217,3 +222,24 @@ def test_the_same_apps_on_a_local_deployment(tmp_path):
     left = subprocess.run(["pgrep", "-f", f"127.0.0.1:{port}"], capture_output=True, text=True).stdout.split()
     assert not left, f"processes still running: {left}"
     assert (tmp_path / "deploy" / "app" / "pyproject.toml").is_file()
+
+
+def test_secagg_plus_hands_the_server_only_the_sum_of_the_updates():
+    """Flower's SecAgg+ (legacy workflow, simulation engine): what the server unmasks is the sum of the clients'
+    updates, to SecAgg+'s quantization, never one of them; and the sum of FedSGD updates is the batch the
+    notebook attacks."""
+    settings = flower.FederationSettings(clients=3, rounds=1, examples=4, local_steps=1, local_batch=1)
+    result = flower.run_secagg(settings)
+    assert result.clients == [3] and len(result.sums) == 1
+    model = flower.global_model(settings)
+    total = None
+    for pid in range(3):
+        x, y = flower.client_data(settings, pid)
+        update = fl.client_update(model, x, y, lr=0.1, local_steps=1, local_batch=1)
+        total = update if total is None else {n: total[n] + update[n] for n in update}
+    for name, t in total.items():
+        assert float((result.sums[0][name] - t).abs().max()) < 1e-5 * 3  # quantization: about 6e-8 per weight
+        torch.testing.assert_close(result.global_states[0][name], dict(model.named_parameters())[name].detach())
+    assert max(float(t.abs().max()) for t in total.values()) > 1e-3  # the sum is not trivially small
+    with pytest.raises(ValueError, match="at least 2 clients"):
+        flower.run_secagg(flower.FederationSettings(clients=1))

@@ -26,6 +26,7 @@ TERMS = [
     "FedSGD and FedAvg",
     "Update",
     "Secure aggregation",
+    "Central, local and distributed DP; client-level and example-level",
     "Honest-but-curious and malicious server",
     "Shared gradient",
     "Gradient matching",

@@ -5,8 +5,8 @@ The notebook imports this module as ``ex``; the core helpers are re-exported.
 **The measured results.** The notebook runs one small federation live; its
 tables come from real Flower federations too many to run in three minutes,
 shipped as ``notebooks/results/flower_fedavg.json`` (:data:`RESULTS_FILE`)
-and made by one command (:data:`RESULTS_COMMAND`; about half an hour on a
-2-core CPU, most of it Ray's start-up, once per federation, and the attacks)::
+and made by one command (:data:`RESULTS_COMMAND`; about 25 minutes on a
+2-core CPU: Ray's start-up, once per federation, and the attacks)::
 
     python -m gleak_edu.exercises.nb08 notebooks/results/flower_fedavg.json
 
@@ -25,7 +25,7 @@ recorded inside Flower's simulation engine:
   clients' updates, for N in :data:`SECAGG_CLIENTS`, attacked as one batch of N
   digits (the sum of N one-digit FedSGD updates is N times the mean gradient
   of those N digits). The sums are computed from 40 recorded FedSGD updates
-  (what SecAgg+ would hand the server), not by Flower's SecAgg+ protocol.
+  (what SecAgg+ would hand the server), not by running Flower's SecAgg+ protocol.
 
 An attack *succeeds* on a digit at SSIM >= 0.6 (:data:`gleak_edu.metrics.SUCCESS_SSIM`,
 the course's rule); every rate comes with its 95 % Wilson interval.
@@ -79,7 +79,7 @@ ITERATIONS = 300  # Adam steps of every attack here (Inverting Gradients' recipe
 DP_RUNS: tuple[tuple[str, dict], ...] = (
     ("no DP", {"dp": "none"}),
     ("server-side DP (Flower)", {"dp": "server", "clipping_norm": 1.0, "noise_multiplier": 0.1}),
-    ("LocalDpMod (Flower)", {"dp": "local", "clipping_norm": 1.0, "epsilon": 1.0}),
+    ("LocalDpMod (Flower)", {"dp": "local", "clipping_norm": 1.0, "epsilon": 0.5}),
     ("DP-SGD on the client (Opacus)", {"dp": "dpsgd", "clipping_norm": 1.0, "noise_multiplier": 1.0}),
 )
 _REPO = Path(__file__).resolve().parents[2]
@@ -233,22 +233,22 @@ def write_results(path: str | Path = RESULTS_FILE, **kwargs) -> Path:
 register(
     Question(
         key="08.dp",
-        prompt=("Flower offers DP switches on both sides. Which of them stop the curious server from rebuilding the "
-                "clients' digits: its server-side wrapper (DifferentialPrivacyServerSideFixedClipping), its client "
-                "mod (LocalDpMod), DP-SGD on the client?"),
+        prompt=("Flower offers DP in two places, and a client can run DP-SGD itself. Which of them stop the curious "
+                "server from rebuilding the clients' digits: the central wrapper (DifferentialPrivacyServerSideFixedClipping), "
+                "local DP (LocalDpMod), DP-SGD on the client?"),
         options={
             "a": "all three: each one adds calibrated noise",
-            "b": "only the client-side ones (LocalDpMod, DP-SGD): the server-side wrapper does not",
-            "c": "only the server-side wrapper: it sees every update and can noise them all",
-            "d": "none of them, at settings that still let the federation learn",
+            "b": "only the client-side noise (LocalDpMod, DP-SGD): the central wrapper does not",
+            "c": "only the central wrapper: it sees every update and can noise them all",
+            "d": "none of them",
         },
         explanation=(
-            "where the noise is added decides whom it protects. The server-side wrapper runs on the server: it "
-            "receives every raw update, clips it (which keeps its direction, all that the cosine attack matches) and "
-            "noises only the average, which is what leaves the server. It protects the clients against whoever sees "
-            "the global models, not against the server. LocalDpMod and DP-SGD noise the update before it leaves the "
-            "client, so the server only ever sees noise on top of it; at the ε stated here the noise buries the "
-            "digit, and the learning with it."
+            "who adds the noise decides whom it protects. The central wrapper runs on the server: it receives every "
+            "update, clips it (which keeps its direction, all that the cosine attack matches) and noises only the "
+            "sum, which is what leaves the server; it protects the clients against whoever sees the global models, "
+            "never against the server, whatever its noise multiplier. LocalDpMod and DP-SGD noise the update before it "
+            "leaves the client, so the server only ever sees noise on top of it; at the ε stated here the noise "
+            "buries the digit, and (the accuracy column) the learning with it."
         ),
     ),
     Question(
