@@ -35,12 +35,17 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "Chromium not installed (needs root and apt-get): the browser test will be skipped"
 
+# Two pytest workers (pytest-xdist; a test file, or a notebook, stays on one worker), the real-browser test
+# alone afterwards (its timed waits need a quiet machine). TEST_JOBS=1 runs everything in one process.
+TEST_JOBS ?= 2
 test: $(STAMP) browser
-	$(PY) -m pytest tests
-	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --ignore=tests/test_browser.py tests
+	$(PY) -m pytest tests/test_browser.py
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --nbval-lax --nbval-current-env notebooks/
 
 test-unit: $(STAMP)
-	$(PY) -m pytest tests
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --ignore=tests/test_browser.py tests
+	$(PY) -m pytest tests/test_browser.py
 
 # The unit tests again under other CPU kernels (PyTorch's ATEN_CPU_CAPABILITY): a seeded optimisation
 # takes another path with other vector instructions, and the suite must pass on any x86-64 CPU.
@@ -53,7 +58,7 @@ test-cpus: $(STAMP)
 	done
 
 test-notebooks: $(STAMP)
-	$(PY) -m pytest --nbval-lax --nbval-current-env notebooks/
+	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --nbval-lax --nbval-current-env notebooks/
 
 # Benchmark suite (benchmarks/): every attack against a plain reference loop, peak memory, batched
 # restarts; writes benchmarks/results.json and build/benchmarks.md (the README's Performance tables).

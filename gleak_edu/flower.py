@@ -38,6 +38,9 @@ import torch
 
 from gleak_edu import fl, training
 from gleak_edu import data as gdata
+from gleak_edu.attacks import fedavg_unrolled, inverting_gradients
+from gleak_edu.defenses import epsilon_for_steps, perturbed_gradient
+from gleak_edu.models import MLP
 
 __all__ = [
     "FLOWER_VERSION",
@@ -266,8 +269,6 @@ def client_data(settings: FederationSettings, partition_id: int) -> tuple[torch.
 
 def global_model(settings: FederationSettings) -> torch.nn.Module:
     """The federation's model before round 1: an MLP ``[B, 1, 28, 28] -> [B, 10]`` (PyTorch init from ``settings.seed``)."""
-    from gleak_edu.models import MLP
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(settings.seed)
         return MLP((1, 28, 28), 10, settings.hidden, settings.activation)
@@ -313,8 +314,6 @@ def dpsgd_update(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr
         ValueError: as :func:`gleak_edu.fl.client_update` and :func:`gleak_edu.defenses.perturbed_gradient`.
     """
     import copy
-
-    from gleak_edu.defenses import perturbed_gradient
 
     fl.check_batch(model, x, y)
     steps = fl.local_batches(int(x.shape[0]), local_batch, local_steps, start)
@@ -485,8 +484,6 @@ def federation_epsilon(settings: FederationSettings) -> tuple[float | None, str]
       noise multiplier σ; no amplification by sampling, since the clients walk
       through their digits in order instead of sampling them.
     """
-    from gleak_edu.defenses.accounting import epsilon_for_steps
-
     s = settings
     if s.dp == "none":
         return None, "no DP"
@@ -1105,8 +1102,6 @@ def attack_secagg(result: SecAggResult, server_round: int = 1, *, iterations: in
         ValueError: for K > 1 (a sum of multi-step updates is not one batch's gradient), a round that was not
             run, or a federation that sampled only some clients (the truth would be unknown).
     """
-    from gleak_edu.attacks import inverting_gradients
-
     s = result.settings
     if s.local_steps != 1:
         raise ValueError("attack_secagg reads a sum of FedSGD updates (local_steps=1)")
@@ -1176,8 +1171,6 @@ def attack_observation(settings: FederationSettings, obs: Observation, *, attack
     Raises:
         ValueError: for an unknown attack.
     """
-    from gleak_edu.attacks import fedavg_unrolled, inverting_gradients
-
     if attack not in ("unrolled", "simple"):
         raise ValueError(f"attack must be 'unrolled' or 'simple', got {attack!r}")
     x, y = observed_examples(settings, obs)

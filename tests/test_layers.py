@@ -25,7 +25,7 @@ LAYERS = [
     ["fl", "precode", "training"],
     ["attacks"],
     ["defenses"],
-    ["sweeps", "arena"],
+    ["sweeps", "arena", "flower"],
     ["viz"],
     ["widgets"],
     ["exercises", "figures"],

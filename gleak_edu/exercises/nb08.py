@@ -41,7 +41,7 @@ from pathlib import Path
 
 import torch
 
-from gleak_edu import flower, metrics
+from gleak_edu import __version__, flower, metrics
 from gleak_edu.attacks import inverting_gradients
 from gleak_edu.exercises import Feedback, Question, ask, check_function, course_checks, predict, register, reveal
 from gleak_edu.fl import update_as_gradient
@@ -192,8 +192,6 @@ def _record_secagg(say) -> list[dict]:
 def record_results(*, progress: bool = True) -> dict:
     """Run the three experiments (Flower federations, then the curious server's attacks); a JSON-ready record."""
     import flwr
-
-    from gleak_edu import __version__
 
     say = print if progress else (lambda *a, **k: None)
     start = time.perf_counter()
