@@ -32,6 +32,7 @@ __all__ = [
     "client_text_gradient",
     "client_update",
     "local_batches",
+    "sgd_steps",
     "update_as_gradient",
 ]
 
@@ -177,16 +178,31 @@ def client_update(
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not (lr > 0 and lr < float("inf")):
         raise ValueError(f"lr must be a finite number > 0, got {lr!r}")
     steps = local_batches(int(x.shape[0]), local_batch, local_steps, start)
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    deltas = sgd_steps(model, x, y, lr=lr, steps=steps, loss_fn=loss_fn, create_graph=False)
+    return OrderedDict((n, d.detach().clone()) for n, d in zip(names, deltas))
+
+
+def sgd_steps(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float, steps, loss_fn=None,
+              create_graph: bool = False) -> list[torch.Tensor]:
+    """K plain SGD steps from the model's weights, on ``x[steps[k]]`` at step k; returns ``w_K - w_0`` per
+    trainable parameter (``named_parameters()`` order). The model is not changed (the steps run on its
+    weights through ``torch.func.functional_call``). ``create_graph=True`` keeps every step's graph, so the
+    result can be differentiated with respect to x (the unrolled FedAvg attack); no checks here (callers check).
+    """
     loss_fn = loss_fn or F.cross_entropy
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    weights = [p.detach().clone() for p in params]
     buffers = dict(model.named_buffers())
+    w0 = [p.detach() for p in params]
+    weights = [w.clone().requires_grad_(True) for w in w0]
     for idx in steps:
-        current = dict(zip(names, (w.requires_grad_(True) for w in weights)))
-        logits = torch.func.functional_call(model, {**buffers, **current}, (x[idx],))
-        grads = torch.autograd.grad(loss_fn(logits, y[idx]), list(current.values()))
-        weights = [(w - lr * g).detach() for w, g in zip(weights, grads)]
-    return OrderedDict((n, (w - p.detach()).clone()) for n, w, p in zip(names, weights, params))
+        idx = list(idx)
+        logits = torch.func.functional_call(model, {**buffers, **dict(zip(names, weights))}, (x[idx],))
+        grads = torch.autograd.grad(loss_fn(logits, y[idx]), weights, create_graph=create_graph)
+        weights = [w - lr * g for w, g in zip(weights, grads)]
+        if not create_graph:
+            weights = [w.detach().requires_grad_(True) for w in weights]
+    return [w - w_ for w, w_ in zip(weights, w0)]
 
 
 def update_as_gradient(update: Mapping[str, torch.Tensor], *, lr: float, local_steps: int) -> "OrderedDict[str, torch.Tensor]":

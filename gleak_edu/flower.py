@@ -50,6 +50,7 @@ __all__ = [
     "Observation",
     "attack_observation",
     "attack_secagg",
+    "attack_sum",
     "client_app",
     "client_data",
     "dpsgd_update",
@@ -1115,10 +1116,22 @@ def attack_secagg(result: SecAggResult, server_round: int = 1, *, iterations: in
         idx = fl.local_batches(len(y), s.local_batch, 1, round_start(s, server_round))[0]
         xs.append(x[idx])
         ys.append(y[idx])
-    x, y = torch.cat(xs), torch.cat(ys)
-    model = global_model(s)
-    model.load_state_dict(result.global_states[server_round - 1])
-    shared = fl.update_as_gradient(result.sums[server_round - 1], lr=s.lr * s.clients, local_steps=1)
+    return attack_sum(s, result.sums[server_round - 1], result.global_states[server_round - 1], torch.cat(xs),
+                      torch.cat(ys), iterations=iterations, seed=seed, **kwargs)
+
+
+def attack_sum(settings: FederationSettings, total: Mapping[str, torch.Tensor], global_state: Mapping[str, torch.Tensor],
+               x: torch.Tensor, y: torch.Tensor, *, iterations: int = 300, seed: int = 0, **kwargs):
+    """Inverting Gradients on a sum of one-step (FedSGD) updates of several clients, read as the mean gradient
+    of all their digits (the sum of N updates of B digits is ``-lr N`` times the mean over the N B digits),
+    with the labels ``y`` given, scored against the digits ``x`` ``[M, 1, 28, 28]``.
+
+    ``settings`` gives the model and lr; ``total`` is the summed update, ``global_state`` the weights sent.
+    """
+    model = global_model(settings)
+    model.load_state_dict(global_state)
+    clients = int(y.numel()) // settings.local_batch
+    shared = fl.update_as_gradient(total, lr=settings.lr * clients, local_steps=1)
     return inverting_gradients(model, shared, input_shape=tuple(x.shape), num_classes=10, labels=y,
                                iterations=iterations, seed=seed, truth=(x, y), **kwargs)
 

@@ -22,7 +22,6 @@ import math
 from typing import Mapping, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from gleak_edu.attacks._common import (
@@ -38,7 +37,7 @@ from gleak_edu.attacks._common import (
     options_of,
 )
 from gleak_edu.attacks.grnn import total_variation
-from gleak_edu.fl import check_shared, local_batches
+from gleak_edu.fl import check_shared, local_batches, sgd_steps
 from gleak_edu.models import output_layer
 
 __all__ = ["fedavg_label", "fedavg_unrolled", "unrolled_update"]
@@ -63,7 +62,8 @@ def fedavg_label(model: nn.Module, update: Mapping[str, torch.Tensor]) -> int:
 
 def unrolled_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: float,
                     steps: Sequence[Sequence[int]], create_graph: bool = True) -> list[torch.Tensor]:
-    """The update (w_K - w_0) K local SGD steps on (x, y) produce, differentiable in x.
+    """The update (w_K - w_0) K local SGD steps on (x, y) produce, differentiable in x
+    (:func:`gleak_edu.fl.sgd_steps`, the same steps as the client's :func:`gleak_edu.fl.client_update`).
 
     Args:
         model: the global model (its weights are w_0; not changed).
@@ -77,16 +77,7 @@ def unrolled_update(model: nn.Module, x: torch.Tensor, y: torch.Tensor, *, lr: f
     Returns:
         one tensor per trainable parameter, in ``named_parameters()`` order.
     """
-    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    buffers = dict(model.named_buffers())
-    w0 = [p.detach() for p in params]
-    weights = [w.clone().requires_grad_(True) for w in w0]
-    for idx in steps:
-        idx = list(idx)
-        logits = torch.func.functional_call(model, {**buffers, **dict(zip(names, weights))}, (x[idx],))
-        grads = torch.autograd.grad(F.cross_entropy(logits, y[idx]), weights, create_graph=create_graph)
-        weights = [w - lr * g for w, g in zip(weights, grads)]
-    return [w - w_ for w, w_ in zip(weights, w0)]
+    return sgd_steps(model, x, y, lr=lr, steps=steps, create_graph=create_graph)
 
 
 @keeps_model

@@ -42,7 +42,6 @@ from pathlib import Path
 import torch
 
 from gleak_edu import __version__, flower, metrics
-from gleak_edu.attacks import inverting_gradients
 from gleak_edu.exercises import Feedback, Question, ask, check_function, course_checks, predict, register, reveal
 from gleak_edu.fl import update_as_gradient
 
@@ -166,24 +165,13 @@ def secagg_sums(settings: flower.FederationSettings, observations, clients: int)
     return groups
 
 
-def attack_sum(settings: flower.FederationSettings, total, global_state, x, y, *, iterations: int = ITERATIONS, seed: int = 0):
-    """Inverting Gradients on a sum of N one-digit FedSGD updates, read as the mean gradient of N digits
-    (labels given: the attacker who knows them), scored against the N digits."""
-    model = flower.global_model(settings)
-    model.load_state_dict(global_state)
-    n = int(y.numel())
-    shared = update_as_gradient(total, lr=settings.lr * n, local_steps=1)  # sum of N updates = -lr N x mean gradient
-    return inverting_gradients(model, shared, input_shape=(n, *x.shape[1:]), num_classes=10, labels=y,
-                               iterations=iterations, seed=seed, truth=(x, y))
-
-
 def _record_secagg(say) -> list[dict]:
     s = secagg_settings()
     start = time.perf_counter()
     fed = flower.run_federation(s)
     rows = []
     for n in SECAGG_CLIENTS:
-        scores = [_scores(attack_sum(s, *group)) for group in secagg_sums(s, fed.observations, n)]
+        scores = [_scores(flower.attack_sum(s, *group, iterations=ITERATIONS)) for group in secagg_sums(s, fed.observations, n)]
         rows.append({"clients": n, "groups": scores})
         say(f"  N={n}: mean SSIM {_mean(scores):.2f}")
     return [{"seconds": round(time.perf_counter() - start, 1), "rows": rows}]

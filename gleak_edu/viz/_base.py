@@ -182,6 +182,16 @@ def history_figure(runs: dict, key: str = "psnr", x: str = "seconds", threshold:
     return fig
 
 
+def _finish(fig, caption: str | None):
+    """Lay the figure out, keeping a strip at the bottom for the caption line."""
+    if caption:
+        fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, color="0.35")
+        fig.tight_layout(rect=(0, 0.035, 1, 1))
+    else:
+        fig.tight_layout()
+    return fig
+
+
 def _diagram(figsize: tuple[float, float], xlim: float, ylim: float):
     """An empty axes for a box-and-arrow diagram, and a ``box(x, y, w, h, text, color)`` drawer."""
     plt = _plt()

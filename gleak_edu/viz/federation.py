@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import torch
 
 from gleak_edu import metrics
-from gleak_edu.viz._base import _diagram, _plt, to_numpy_image
+from gleak_edu.viz._base import _diagram, _finish, _plt, to_numpy_image
 from gleak_edu.viz.palette import ROLE
 
 __all__ = ["federation_figure", "federation_grid", "fedavg_figure", "dp_federation_figure", "secagg_figure"]
@@ -86,12 +86,7 @@ def federation_grid(truth: Sequence[torch.Tensor], reconstructions: Sequence[tor
             if s is not None:
                 axes[2 * r + 1, c].set_title(f"SSIM {s:.2f}", fontsize=7,
                                              color=ROLE["leak"] if s >= metrics.SUCCESS_SSIM else "black")
-    if caption:
-        fig.text(0.5, 0.005, caption, ha="center", va="bottom", fontsize=7, color="0.35")
-        fig.tight_layout(rect=(0, 0.03, 1, 1))
-    else:
-        fig.tight_layout()
-    return fig
+    return _finish(fig, caption)
 
 
 def _bars(ax, x, rate: metrics.Rate, color, label=None, offset=0.0):

@@ -15,23 +15,13 @@ from typing import Mapping, Sequence
 import torch
 
 from gleak_edu import metrics
-from gleak_edu.viz._base import STYLE, _plt, to_numpy_image
+from gleak_edu.viz._base import STYLE, _finish, _plt, to_numpy_image
 from gleak_edu.viz.palette import ROLE
 
 __all__ = ["ATTACK_COLORS", "gallery_neighbours", "race_figure", "race_images", "race_table", "reid_figure", "tv_figure"]
 
 #: Colour of each attack in notebook 02's figures.
 ATTACK_COLORS = {"GRNN": ROLE["leak"], "DLG": ROLE["reference"]}
-
-
-def _finish(fig, caption: str | None):
-    """Lay the figure out, keeping a strip at the bottom for the caption line."""
-    if caption:
-        fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7, color="0.35")
-        fig.tight_layout(rect=(0, 0.035, 1, 1))
-    else:
-        fig.tight_layout()
-    return fig
 
 
 def _per_image_ssim(result) -> list[float]:
