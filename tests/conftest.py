@@ -106,3 +106,4 @@ def _close_figures():
     plt = sys.modules.get("matplotlib.pyplot")
     if plt is not None and plt.get_fignums():  # close("all") always runs gc.collect, 0.2 s here: only when needed
         plt.close("all")
+

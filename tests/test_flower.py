@@ -183,17 +183,29 @@ def test_gleak_fl_refuses_bad_input_before_any_work(tmp_path):
     assert not out.exists()
 
 
-def test_gleak_fl_runs_a_federation_and_reports_the_attack(tmp_path):
+def test_gleak_fl_runs_a_federation_and_reports_the_attack(tmp_path, monkeypatch, fedsgd):
+    """The command builds the federation its flags describe and attacks the rounds asked for. The federation is
+    the module's (the same flags; one Ray start-up fewer): run_federation itself is tested above."""
     import json
 
     from gleak_edu import cli
 
+    calls = []
+
+    def same_federation(settings, num_cpus=2, **kw):
+        calls.append((settings.as_run_config(), num_cpus))
+        return fedsgd
+
+    monkeypatch.setattr(flower, "run_federation", same_federation)
     out, png = tmp_path / "fl.json", tmp_path / "fl.png"
-    assert cli.main(["fl", "--clients", "2", "--rounds", "1", "--examples", "4", "--iterations", "150",
+    assert cli.main(["fl", "--clients", "10", "--rounds", "2", "--examples", "4", "--local-steps", "1",
+                     "--local-batch", "1", "--lr", "0.1", "--attack-rounds", "2", "--iterations", "150",
                      "--json", str(out), "--png", str(png)]) == 0
+    assert calls == [(fedsgd.settings.as_run_config(), 2)]
     report = json.loads(out.read_text())
-    assert len(report["accuracy"]) == 2 and len(report["attacks"]) == 2
-    assert report["success"]["n"] == 2 and report["success"]["successes"] >= 1
+    assert len(report["accuracy"]) == 3 and len(report["attacks"]) == 10
+    assert {a["round"] for a in report["attacks"]} == {2} and sorted(a["client"] for a in report["attacks"]) == list(range(10))
+    assert report["success"]["n"] == 10 and report["success"]["successes"] >= 8  # one digit per FedSGD update (K = B = 1)
     assert report["clients_per_second"] > 0 and png.stat().st_size > 1000
 
 

@@ -20,7 +20,7 @@ PACKAGE = ROOT / "gleak_edu"
 
 #: Lower layers first. A module may import its own layer's modules (without a cycle) and any lower layer.
 LAYERS = [
-    ["_cache", "metrics", "text", "badges", "scale"],
+    ["_cache", "metrics", "text", "badges", "colab", "scale"],
     ["data", "models"],
     ["fl", "precode", "training"],
     ["attacks"],
