@@ -37,7 +37,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gleak_edu.colab import FLOWER_MOVES, normalize, read_constraints  # noqa: E402
+from gleak_edu.colab import FLOWER_MOVES, constraints_from_freeze, normalize, read_constraints  # noqa: E402
 
 PINS = ROOT / "binder" / "colab-constraints.txt"
 TORCH = "torch==2.13.0"  # the stand-in for Colab's torch 2.11.0+cpu (a cp313 wheel on download.pytorch.org)
@@ -59,19 +59,16 @@ def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
 
 
 def _installed(py: Path) -> dict[str, str]:
+    """``{normalized name: version}`` of what the venv holds (its pip list read as a freeze)."""
     out = subprocess.run([str(py), "-m", "pip", "list", "--format=freeze", "--disable-pip-version-check"],
                          capture_output=True, text=True, check=True).stdout
-    pins = {}
-    for line in out.splitlines():
-        if "==" in line:
-            name, version = line.split("==", 1)
-            pins[normalize(name)] = version.strip()
-    return pins
+    return dict(constraints_from_freeze(out))
 
 
-def _uv(py: Path, *args: str) -> None:
-    # uv (a dependency of Flower, so in the course's venv) installs several times faster than pip, same resolution
-    _run([sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(py), *args])
+def _write_pins(path: Path, pins: dict[str, str], leave_out=()) -> Path:
+    """Write ``pins`` less the names in ``leave_out`` as a pip constraints file; returns ``path``."""
+    path.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items()) if n not in leave_out))
+    return path
 
 
 _NEEDS_NEWER_PYTHON = re.compile(r"([A-Za-z0-9][A-Za-z0-9._-]*)==(\S+) depends on Python>=")
@@ -81,7 +78,8 @@ def _uv_under_pins(py: Path, constraints: Path, pins: dict[str, str], dropped: d
     """Install ``args`` under ``pins`` (written to ``constraints``). A pin whose release needs a newer Python than
     this machine's (Colab runs 3.13) is dropped, recorded in ``dropped`` and the install retried."""
     for _ in range(30):
-        constraints.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items()) if n not in dropped))
+        _write_pins(constraints, pins, dropped)
+        # uv (Flower depends on it, so it is in the course's venv) resolves as pip does, several times faster
         cmd = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(py), "-c", str(constraints), *args]
         print("$ " + " ".join(cmd), flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
@@ -123,8 +121,7 @@ def _flower_under_pins(py: Path, venv: Path, pins: dict[str, str], dropped: dict
     cases = [("all_pins", ()), ("without_moves", FLOWER_MOVES)]
     cases += [(f"without_moves_but_{m}", tuple(x for x in FLOWER_MOVES if x != m)) for m in FLOWER_MOVES]
     for key, leave_out in cases:
-        path = venv / f"colab-constraints-{key}.txt"
-        path.write_text("".join(f"{n}=={v}\n" for n, v in sorted(pins.items()) if n not in dropped and n not in leave_out))
+        path = _write_pins(venv / f"colab-constraints-{key}.txt", pins, {*dropped, *leave_out})
         done = subprocess.run([sys.executable, "-m", "uv", "pip", "install", "--dry-run", "--python", str(py), "-c",
                                str(path), "-e", f"{ROOT}[fl]"], capture_output=True, text=True)
         out[key] = "resolves" if done.returncode == 0 else "no solution: " + " ".join(done.stderr.split())[-300:]
