@@ -85,7 +85,7 @@ test-cpus: $(STAMP)
 	done
 
 test-notebooks: $(STAMP)
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --nbval-lax --nbval-current-env notebooks/
+	$(NBVAL) notebooks/
 
 # Benchmark suite (benchmarks/): every attack against a plain reference loop, peak memory, batched
 # restarts; writes benchmarks/results.json and build/benchmarks.md (the README's Performance tables).
