@@ -38,7 +38,7 @@ def _gleak_command() -> list[str]:
 
 
 @pytest.mark.slow
-def test_attack_dlg_sample_json_and_png(tmp_path, capsys, cached_photos, dlg_photo0):
+def test_attack_dlg_sample_json_and_png(tmp_path, capsys, cached_photos, make_lenet):
     out_json = tmp_path / "out" / "result.json"  # the parent folder does not exist yet
     out_png = tmp_path / "figs" / "result.png"
     status = cli.main(
@@ -68,13 +68,23 @@ def test_attack_dlg_sample_json_and_png(tmp_path, capsys, cached_photos, dlg_pho
     assert all(b > a for a, b in zip(evals, evals[1:]))
     assert max(h["psnr"] for h in hist) >= 30
 
-    # Same seed, same model, same attack as the library call: the same result.
-    _, _, lib = dlg_photo0
-    assert res["psnr"] == pytest.approx(lib.metrics["psnr_mean"], abs=1e-3)
-    assert res["iterations"] == lib.iterations and res["evaluations"] == lib.evaluations
-
     assert out_png.read_bytes()[:8] == PNG_MAGIC
     assert out_png.stat().st_size > 1000
+
+    # Same seed, same model, same attack as the library call: the same result (a short run of both; the full
+    # library run is tests/test_attacks.py's reference case).
+    from gleak_edu import attacks, fl
+
+    short = tmp_path / "short.json"
+    assert cli.main(["attack", "dlg", "--sample", "photos:0", "--seed", "1", "--iterations", "25",
+                     "--json", str(short)]) == 0
+    res = _strict_json(short)
+    x, y = cached_photos.batch(0)
+    model = make_lenet(seed=1)
+    lib = attacks.dlg(model, fl.client_gradient(model, x, y), input_shape=tuple(x.shape), num_classes=100,
+                      iterations=25, truth=(x, y), seed=1)
+    assert res["psnr"] == pytest.approx(lib.metrics["psnr_mean"], abs=1e-3)
+    assert res["iterations"] == lib.iterations and res["evaluations"] == lib.evaluations
 
 
 def test_attack_idlg_short_run_in_a_real_process(tmp_path):

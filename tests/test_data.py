@@ -55,6 +55,28 @@ def test_photos_are_13_distinct_images_labelled_by_position(photo_set):
     assert float(off_diag.min()) > 1.0  # no two photos are (near) duplicates
 
 
+@pytest.mark.parametrize("loader", [data.photos, data.lfw_faces, data.digits, data.mnist_subset])
+def test_offline_sets_are_decoded_once_and_every_call_gets_its_own_copy(loader):
+    loader.cache_clear()
+    first = loader()
+    misses = loader.cache_info().misses
+    first.images.zero_()
+    first.labels.fill_(-1)
+    first.item_names.append("changed")
+    second = loader()
+    assert loader.cache_info().misses == misses and loader.cache_info().hits >= 1  # not decoded again
+    assert float(second.images.max()) > 0 and int(second.labels.min()) >= 0  # another caller's edits stay its own
+    assert "changed" not in second.item_names and len(second.item_names) == len(second)
+    assert second.images.data_ptr() != first.images.data_ptr()
+
+
+def test_a_loader_that_fails_caches_nothing():
+    data.photos.cache_clear()
+    with pytest.raises(ValueError, match="image size"):
+        data.photos(3)
+    assert data.photos.cache_info().currsize == 0
+
+
 def test_load_offline_unknown_name_lists_the_known_sets():
     with pytest.raises(ValueError) as err:
         data.load_offline("cifar")
