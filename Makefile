@@ -12,8 +12,9 @@ TORCH := torch==2.13.0
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade --quiet pip
-	# the CPU build of torch first: a later ">=" requirement is then already met
-	$(PY) -m pip install --quiet $(TORCH) "uv>=0.13.5,<0.14"
+	# the CPU build of torch first: a later ">=" requirement is then already met (--no-compile: Python compiles
+	# what it imports, once, instead of all of torch here: 31 s -> 10 s)
+	$(PY) -m pip install --quiet --no-compile $(TORCH) "uv>=0.13.5,<0.14"
 	# uv (Flower depends on it: the range is Flower's) installs the rest about twice as fast as pip; the CPU torch
 	# above already meets ">=2.6", so nothing replaces it
 	$(PY) -m uv pip install --quiet --python $(PY) -e ".[lab,app,test,scale,fl]"
@@ -49,16 +50,29 @@ TEST_JOBS ?= 2
 COLAB ?= 1
 COLAB_VENV := build/colab-venv
 NOTEBOOK_01 := notebooks/01_dlg_idlg.ipynb
-NBVAL := $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --nbval-lax --nbval-current-env
+# The unit tests likewise, the slowest files first (the Ray and Flower files after two that only compute, away
+# from the Colab-like venv's build at the start); every other test file follows
+SLOWEST_TESTS := $(addprefix tests/test_,grnn.py inverting.py flower.py arena.py text.py dpsgd.py attacks.py \
+  precode_cli_training.py cli.py scale.py accounting_hardening.py)
+UNIT_TESTS := $(foreach t,$(SLOWEST_TESTS),$(filter $(t),$(wildcard tests/test_*.py))) \
+  $(filter-out $(SLOWEST_TESTS) tests/test_browser.py,$(wildcard tests/test_*.py))
+UNIT := $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder
+NBVAL := $(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --no-loadscope-reorder --nbval-lax --nbval-current-env
+# nbval takes the notebooks in this order, the slowest first (measured under nbval in two workers), so that the
+# two workers finish together; any notebook not named here follows
+SLOWEST_NOTEBOOKS := $(addprefix notebooks/,02_grnn.ipynb 06_transformer_leakage.ipynb 07_defense_arena.ipynb \
+  05_dp_fixed_vs_dynamic.ipynb 08_flower.ipynb)
+NOTEBOOKS := $(foreach n,$(SLOWEST_NOTEBOOKS),$(filter $(n),$(wildcard notebooks/*.ipynb))) \
+  $(filter-out $(SLOWEST_NOTEBOOKS),$(wildcard notebooks/*.ipynb))
 test: $(STAMP) browser
 	@mkdir -p build && rm -f $(COLAB_VENV).status
 	@if [ "$(COLAB)" = 1 ]; then echo "building the Colab-like venv in the background (build/colab-build.log)"; \
 	  $(PY) tests/colab_env.py build $(COLAB_VENV) > build/colab-build.log 2>&1 & fi
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --ignore=tests/test_browser.py tests
+	$(UNIT) $(UNIT_TESTS)
 	$(PY) -m pytest tests/test_browser.py
-	@if [ "$(COLAB)" != 1 ]; then set -x; $(NBVAL) notebooks/; exit $$?; fi; \
+	@if [ "$(COLAB)" != 1 ]; then set -x; $(NBVAL) $(NOTEBOOKS); exit $$?; fi; \
 	$(PY) tests/colab_env.py check $(COLAB_VENV) > build/colab-check.log 2>&1 & colab=$$!; \
-	set -x; $(NBVAL) $(filter-out $(NOTEBOOK_01),$(wildcard notebooks/*.ipynb)); nb=$$?; set +x; \
+	set -x; $(NBVAL) $(filter-out $(NOTEBOOK_01),$(NOTEBOOKS)); nb=$$?; set +x; \
 	wait $$colab; rc=$$?; echo "== the Colab-like venv: build/colab-build.log (end), build/colab-check.log"; \
 	tail -n 12 build/colab-build.log; cat build/colab-check.log; \
 	[ $$nb -eq 0 ] && [ $$rc -eq 0 ]
@@ -71,7 +85,7 @@ test-colab: $(STAMP)
 	$(PY) tests/colab_env.py check --timed $(COLAB_VENV)
 
 test-unit: $(STAMP)
-	$(PY) -m pytest -n $(TEST_JOBS) --dist loadfile --ignore=tests/test_browser.py tests
+	$(UNIT) $(UNIT_TESTS)
 	$(PY) -m pytest tests/test_browser.py
 
 # The unit tests again under other CPU kernels (PyTorch's ATEN_CPU_CAPABILITY): a seeded optimisation
@@ -85,7 +99,7 @@ test-cpus: $(STAMP)
 	done
 
 test-notebooks: $(STAMP)
-	$(NBVAL) notebooks/
+	$(NBVAL) $(NOTEBOOKS)
 
 # Benchmark suite (benchmarks/): every attack against a plain reference loop, peak memory, batched
 # restarts; writes benchmarks/results.json and build/benchmarks.md (the README's Performance tables).

