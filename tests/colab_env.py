@@ -80,7 +80,9 @@ def _uv_under_pins(py: Path, constraints: Path, pins: dict[str, str], dropped: d
     for _ in range(30):
         _write_pins(constraints, pins, dropped)
         # uv (Flower depends on it, so it is in the course's venv) resolves as pip does, several times faster
-        cmd = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(py), "-c", str(constraints), *args]
+        # bytecode compiled once, as make does (PYTHONDONTWRITEBYTECODE would make every process compile it again)
+        cmd = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(py), "-c",
+               str(constraints), *args]
         print("$ " + " ".join(cmd), flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
@@ -140,9 +142,7 @@ def build(venv: Path) -> dict:
         shutil.rmtree(venv)
     _run([sys.executable, "-m", "venv", str(venv)])
     py = venv / "bin" / "python"
-    # --no-compile: byte-compiling all of torch costs about 20 s of CPU (31 s -> 10 s), and it runs beside the unit
-    # tests; Python compiles what is imported, once
-    _run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", TORCH])
+    _run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH])
     constraints = venv / "colab-constraints-here.txt"  # Colab's pins, less those that cannot install here
     missing = [n for n in RUNTIME if normalize(n) not in pins]
     if missing:
