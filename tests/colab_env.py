@@ -80,9 +80,7 @@ def _uv_under_pins(py: Path, constraints: Path, pins: dict[str, str], dropped: d
     for _ in range(30):
         _write_pins(constraints, pins, dropped)
         # uv (Flower depends on it, so it is in the course's venv) resolves as pip does, several times faster
-        # bytecode compiled once, as make does (PYTHONDONTWRITEBYTECODE would make every process compile it again)
-        cmd = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", str(py), "-c",
-               str(constraints), *args]
+        cmd = [sys.executable, "-m", "uv", "pip", "install", "--quiet", "--python", str(py), "-c", str(constraints), *args]
         print("$ " + " ".join(cmd), flush=True)
         done = subprocess.run(cmd, capture_output=True, text=True)
         if done.returncode == 0:
@@ -142,7 +140,10 @@ def build(venv: Path) -> dict:
         shutil.rmtree(venv)
     _run([sys.executable, "-m", "venv", str(venv)])
     py = venv / "bin" / "python"
-    _run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", TORCH])
+    # no bytecode compiled in this venv (--no-compile here, uv's default below): its few processes (pytest, one
+    # kernel) compile what they import in a few seconds, where compiling every package costs about two minutes of
+    # CPU beside the unit tests (make's venv is compiled: its processes are many)
+    _run([str(py), "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile", TORCH])
     constraints = venv / "colab-constraints-here.txt"  # Colab's pins, less those that cannot install here
     missing = [n for n in RUNTIME if normalize(n) not in pins]
     if missing:
