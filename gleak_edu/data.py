@@ -115,19 +115,23 @@ class ImageSet:
         return self.images[idx].clone(), self.labels[idx].clone()
 
 
-
 def _loaded_once(loader: Callable[..., ImageSet]) -> Callable[..., ImageSet]:
     """Decode an offline set once per process and per argument; every call returns its own copy.
 
     Decoding is the slow part (the 13 photos' resizing takes about 1.7 s, the digits about 1.4 s,
     MNIST's 5,000 digits about 0.3 s on a 2-core CPU) and the course loads the same set many times
-    (each notebook section, each arena cell, each CLI command). The copy (cloned tensors, a new name list) keeps callers from
-    changing each other's images. A loader that raises caches nothing.
+    (each notebook section, each arena cell, each CLI command). The copy (cloned tensors, a new name
+    list) keeps callers from changing each other's images. A loader that raises caches nothing; an
+    argument that cannot be a cache key (a list as ``size``) is decoded each time.
     """
     decoded = functools.lru_cache(maxsize=8)(loader)
 
     @functools.wraps(loader)
     def fresh_copy(*args, **kwargs) -> ImageSet:
+        try:
+            hash((args, tuple(sorted(kwargs.items()))))
+        except TypeError:
+            return loader(*args, **kwargs)
         s = decoded(*args, **kwargs)
         return ImageSet(s.name, s.images.clone(), s.labels.clone(), list(s.item_names), s.source, s.licence,
                         s.num_classes)
@@ -325,7 +329,6 @@ def digits() -> ImageSet:
         licence="CC BY 4.0 (UCI Machine Learning Repository)",
         num_classes=10,
     )
-
 
 
 def _mnist_arrays() -> tuple[np.ndarray, np.ndarray]:

@@ -83,6 +83,8 @@ def test_a_loader_that_fails_caches_nothing():
     with pytest.raises(ValueError, match="image size"):
         data.photos(3)
     assert data.photos.cache_info().currsize == 0
+    assert data.photos([8, 8]).images.shape == (13, 3, 8, 8)  # a list is no cache key: decoded, not cached
+    assert data.photos.cache_info().currsize == 0
 
 
 def test_load_offline_unknown_name_lists_the_known_sets():
