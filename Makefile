@@ -16,9 +16,10 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet $(TORCH) "uv>=0.13.5,<0.14"
 	# uv (Flower depends on it: the range is Flower's) installs the rest about twice as fast as pip; the CPU torch
 	# above already meets ">=2.6", so nothing replaces it. Bytecode is compiled here, once (uv's
-	# --compile-bytecode, and compileall for the course's own modules): where PYTHONDONTWRITEBYTECODE is set (CI
-	# machines often set it) Python never caches it, and every process (test worker, notebook kernel, Ray worker)
-	# would compile every module it imports again: 8 s instead of 3.5 s to import torch, gleak_edu and matplotlib
+	# --compile-bytecode, and compileall for the course's own modules): where PYTHONDONTWRITEBYTECODE is set (the
+	# machine our timings come from sets it) Python never caches it, and every process (test worker, notebook
+	# kernel, Ray worker) would compile every module it imports again: 8 s instead of 3.5 s to import torch,
+	# gleak_edu and matplotlib
 	$(PY) -m uv pip install --quiet --compile-bytecode --python $(PY) -e ".[lab,app,test,scale,fl]"
 	$(PY) -m compileall -q gleak_edu
 	@$(PY) -c "import torch; assert not torch.version.cuda, 'a CUDA torch was installed'; print('torch', torch.__version__, 'CPU build')"
@@ -54,8 +55,9 @@ TEST_JOBS ?= 2
 COLAB ?= 1
 COLAB_VENV := build/colab-venv
 NOTEBOOK_01 := notebooks/01_dlg_idlg.ipynb
-# The unit tests likewise, the slowest files first (the Ray and Flower files after two that only compute, away
-# from the Colab-like venv's build at the start); every other test file follows
+# The unit test files go to the two workers slowest first (the Ray and Flower files after two that only compute,
+# away from the Colab-like venv's build at the start), so that the workers finish together; every other file
+# follows
 SLOWEST_TESTS := $(addprefix tests/test_,grnn.py inverting.py flower.py arena.py text.py dpsgd.py attacks.py \
   precode_cli_training.py cli.py scale.py accounting_hardening.py)
 UNIT_TESTS := $(foreach t,$(SLOWEST_TESTS),$(filter $(t),$(wildcard tests/test_*.py))) \
