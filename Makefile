@@ -42,7 +42,7 @@ browser:
 	    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) ; } || \
 	  echo "Chromium not installed (needs root and apt-get): the browser test will be skipped"
 
-# make test, in the order that keeps two cores busy (about 26 minutes on a 2-core CPU from a fresh clone, with the
+# make test, in the order that keeps two cores busy (about 25 minutes on a 2-core CPU from a fresh clone, with the
 # install):
 # 1. the unit tests in two pytest-xdist workers (a test file stays on one worker), while the Colab-like venv
 #    (tests/colab_env.py: Colab's pinned packages, the course installed under them) builds in the background;
