@@ -37,16 +37,9 @@ def photo_set() -> data.ImageSet:
 
 
 @pytest.fixture
-def cached_photos(photo_set, monkeypatch):
-    """Make ``load_offline("photos")`` (and so ``parse_sample``, the CLI's ``--sample``)
-    return the session's photo set instead of resizing the 13 photos again (1-2 s a call)."""
-
-    def photos_from_cache(size: int = 32) -> data.ImageSet:
-        assert size == 32
-        s = photo_set
-        return data.ImageSet(s.name, s.images, s.labels, list(s.item_names), s.source, s.licence, s.num_classes)
-
-    monkeypatch.setitem(data.OFFLINE_SETS, "photos", photos_from_cache)
+def cached_photos(photo_set):
+    """The session's photo set; ``load_offline("photos")`` (and so ``parse_sample``, the CLI's ``--sample``)
+    no longer needs patching: :mod:`gleak_edu.data` decodes each set once per process."""
     return photo_set
 
 
