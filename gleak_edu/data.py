@@ -36,7 +36,7 @@ from __future__ import annotations
 import functools
 import re
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -133,8 +133,7 @@ def _loaded_once(loader: Callable[..., ImageSet]) -> Callable[..., ImageSet]:
         except TypeError:
             return loader(*args, **kwargs)
         s = decoded(*args, **kwargs)
-        return ImageSet(s.name, s.images.clone(), s.labels.clone(), list(s.item_names), s.source, s.licence,
-                        s.num_classes)
+        return replace(s, images=s.images.clone(), labels=s.labels.clone(), item_names=list(s.item_names))
 
     fresh_copy.cache_clear = decoded.cache_clear  # type: ignore[attr-defined]
     fresh_copy.cache_info = decoded.cache_info  # type: ignore[attr-defined]
