@@ -36,13 +36,6 @@ def photo_set() -> data.ImageSet:
     return data.photos()
 
 
-@pytest.fixture
-def cached_photos(photo_set):
-    """The session's photo set; ``load_offline("photos")`` (and so ``parse_sample``, the CLI's ``--sample``)
-    no longer needs patching: :mod:`gleak_edu.data` decodes each set once per process."""
-    return photo_set
-
-
 @pytest.fixture(scope="session")
 def photo0(photo_set):
     """Photo 0 and its label, ``[1, 3, 32, 32]`` and ``[1]``."""

@@ -38,7 +38,7 @@ def _gleak_command() -> list[str]:
 
 
 @pytest.mark.slow
-def test_attack_dlg_sample_json_and_png(tmp_path, capsys, cached_photos, make_lenet):
+def test_attack_dlg_sample_json_and_png(tmp_path, capsys, photo_set, make_lenet):
     out_json = tmp_path / "out" / "result.json"  # the parent folder does not exist yet
     out_png = tmp_path / "figs" / "result.png"
     status = cli.main(
@@ -79,7 +79,7 @@ def test_attack_dlg_sample_json_and_png(tmp_path, capsys, cached_photos, make_le
     assert cli.main(["attack", "dlg", "--sample", "photos:0", "--seed", "1", "--iterations", "25",
                      "--json", str(short)]) == 0
     res = _strict_json(short)
-    x, y = cached_photos.batch(0)
+    x, y = photo_set.batch(0)
     model = make_lenet(seed=1)
     lib = attacks.dlg(model, fl.client_gradient(model, x, y), input_shape=tuple(x.shape), num_classes=100,
                       iterations=25, truth=(x, y), seed=1)
@@ -156,7 +156,7 @@ BAD_CASES = [
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
-def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, cached_photos):
+def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys):
     args, must_mention = _bad_inputs(tmp_path)[case]
     out_json = tmp_path / "never.json"
     # "--iterations 1" comes last: a bad value given earlier must still be refused.
@@ -172,7 +172,7 @@ def test_bad_input_exits_2_with_one_line(case, tmp_path, capsys, cached_photos):
     assert not out_json.exists()  # nothing is written for a refused command
 
 
-def test_idlg_refuses_a_batch(capsys, cached_photos):
+def test_idlg_refuses_a_batch(capsys):
     assert cli.main(["attack", "idlg", "--sample", "photos:0,1", "--iterations", "1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "single image" in err[0]
@@ -280,7 +280,7 @@ def test_attack_choices_are_the_registry():
     assert tuple(action.choices) == tuple(ATTACKS)
 
 
-def test_analytic_json_reports_no_label(tmp_path, capsys, cached_photos):
+def test_analytic_json_reports_no_label(tmp_path, capsys):
     """Analytic recovery reads no label: the JSON says null, never a label taken from the truth."""
     out = tmp_path / "analytic.json"
     assert cli.main(["attack", "analytic", "--sample", "photos:3", "--json", str(out)]) == 0
@@ -292,14 +292,14 @@ def test_analytic_json_reports_no_label(tmp_path, capsys, cached_photos):
     assert "label not recovered" in captured.out
 
 
-def test_the_bypass_without_a_bottleneck_is_refused(capsys, cached_photos):
+def test_the_bypass_without_a_bottleneck_is_refused(capsys):
     """The registry says the bypass needs PRECODE's bottleneck; the command refuses it without one."""
     assert cli.main(["attack", "bypass", "--sample", "photos:0", "--iterations", "2"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--precode" in err[0] and "bottleneck" in err[0]
 
 
-def test_defense_json_uses_the_new_names(tmp_path, capsys, cached_photos):
+def test_defense_json_uses_the_new_names(tmp_path, capsys):
     out = tmp_path / "defended.json"
     status = cli.main(["attack", "idlg", "--sample", "photos:1", "--iterations", "2", "--defense", "full",
                        "--noise-multiplier", "0.5", "--max-grad-norm", "2", "--json", str(out)])
@@ -325,7 +325,7 @@ def test_text_attack_json_uses_the_new_names(tmp_path, capsys):
     assert len(err) == 1 and "--noise-multiplier" in err[0]
 
 
-def test_restarts_refused_where_the_registry_says_so(capsys, cached_photos):
+def test_restarts_refused_where_the_registry_says_so(capsys):
     from gleak_edu.attacks import ATTACKS
 
     once = [k for k, s in ATTACKS.items() if not s.takes_restarts and s.modality == "image"]

@@ -112,7 +112,7 @@ def test_batch_returns_copies_and_rejects_bad_indices(photo_set):
 # --------------------------------------------------------------------------- parse_sample
 
 
-def test_parse_sample_valid(cached_photos):
+def test_parse_sample_valid():
     s, idx = data.parse_sample("photos:4")
     assert s.name == "photos" and idx == [4]
     s, idx = data.parse_sample("lfw:0,7")
@@ -120,12 +120,12 @@ def test_parse_sample_valid(cached_photos):
 
 
 @pytest.mark.parametrize("spec", ["photos", "photos0", "", "photos:", "photos:x", "photos:1.5"])
-def test_parse_sample_malformed_is_value_error(spec, cached_photos):
+def test_parse_sample_malformed_is_value_error(spec):
     with pytest.raises(ValueError):
         data.parse_sample(spec)
 
 
-def test_parse_sample_no_colon_message_shows_the_form(cached_photos):
+def test_parse_sample_no_colon_message_shows_the_form():
     with pytest.raises(ValueError, match="SET:INDEX"):
         data.parse_sample("photos")
 
@@ -136,7 +136,7 @@ def test_parse_sample_unknown_set():
 
 
 @pytest.mark.parametrize("spec", ["photos:13", "photos:-1", "lfw:100", "photos:0,99"])
-def test_parse_sample_index_out_of_range_is_index_error(spec, cached_photos):
+def test_parse_sample_index_out_of_range_is_index_error(spec):
     with pytest.raises(IndexError):
         data.parse_sample(spec)
 

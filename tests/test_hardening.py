@@ -123,7 +123,7 @@ def test_json_and_png_may_not_be_the_same_file(tmp_path, capsys, no_work):
 
 
 @pytest.mark.slow
-def test_png_means_exactly_the_path_given(tmp_path, capsys, cached_photos):
+def test_png_means_exactly_the_path_given(tmp_path, capsys):
     target = tmp_path / "figure_without_suffix"
     status, _, err = _run(
         ["attack", "analytic", "--sample", "photos:0", "--classes", "13", "--png", target], capsys
@@ -156,7 +156,7 @@ def _interrupt_at(monkeypatch, iteration: int) -> None:
 
 
 @pytest.mark.parametrize("attack", ["dlg", "ig", "grnn"])
-def test_ctrl_c_writes_the_best_estimate_and_exits_130(attack, tmp_path, capsys, cached_photos, monkeypatch):
+def test_ctrl_c_writes_the_best_estimate_and_exits_130(attack, tmp_path, capsys, monkeypatch):
     _interrupt_at(monkeypatch, 6)
     out_json, out_png = tmp_path / "r.json", tmp_path / "r.png"
     status, stdout, err = _run(

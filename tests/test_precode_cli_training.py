@@ -54,7 +54,7 @@ def test_split_is_seeded_and_disjoint():
     ("ig", ["--iterations", "300"], lambda r: r["ssim"] >= 0.9 and "classifier.weight" in r["layers_matched"]),
     ("ig", ["--iterations", "300", "--precode"], lambda r: r["ssim"] <= 0.2),
 ])
-def test_inverting_commands(attack, extra, check, tmp_path, capsys, cached_photos):
+def test_inverting_commands(attack, extra, check, tmp_path, capsys):
     out = tmp_path / "r.json"
     assert cli.main(["attack", attack, "--sample", "photos:0", *extra, "--json", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -64,7 +64,7 @@ def test_inverting_commands(attack, extra, check, tmp_path, capsys, cached_photo
 
 
 @pytest.mark.slow
-def test_bypass_command(tmp_path, capsys, cached_photos):
+def test_bypass_command(tmp_path, capsys):
     out = tmp_path / "b.json"
     assert cli.main(["attack", "bypass", "--sample", "photos:0", "--precode", "--json", str(out)]) == 0
     res = json.loads(out.read_text())
@@ -73,7 +73,7 @@ def test_bypass_command(tmp_path, capsys, cached_photos):
     assert res["ssim"] >= 0.8
 
 
-def test_analytic_command_refuses_a_conv_first_model(capsys, cached_photos):
+def test_analytic_command_refuses_a_conv_first_model(capsys):
     assert cli.main(["attack", "analytic", "--sample", "photos:0", "--model", "lenet-zhu"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "convolution" in err[0]
